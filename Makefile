@@ -1,0 +1,56 @@
+# DeskPilot: `make run` and `make test` are the whole set-up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch, installed first and pinned so nothing pulls a CUDA build.
+TORCH_VERSION ?= 2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install install-dev run test lint bench browser clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Debian's chromium for the trace-viewer browser tests (the tests skip, saying why, where it cannot be had).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium not installed: browser tests will be skipped"; }
+
+run: install
+	$(VENV)/bin/deskpilot serve --host $(HOST) --port $(PORT) --demo
+
+test: install-dev browser
+	$(VENV)/bin/pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check app agent knowledge ingest tests bench
+	$(VENV)/bin/mypy
+
+bench: install-dev
+	$(PY) bench/report.py
+
+clean:
+	rm -rf $(VENV) .deskpilot .pytest_cache

@@ -1,0 +1,1 @@
+"""DeskPilot: the Litestar service, its settings, database access, workers and command line."""

@@ -1,0 +1,183 @@
+"""The `deskpilot` command line: serve, worker, migrate, db-url, customers, and the knowledge/agent commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from app import db  # noqa: E402
+from app.settings import Settings, SettingsError, redact_url  # noqa: E402
+
+log = logging.getLogger("deskpilot")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def database_url_or_exit(settings: Settings, *, keep_running: bool = False) -> str:
+    try:
+        return db.resolve_database_url(settings, keep_running=keep_running)
+    except db.EmbeddedDatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def migrate_or_exit(url: str) -> list[str]:
+    try:
+        return asyncio.run(db.migrate(url))
+    except (OSError, db.MigrationError) as exc:
+        raise click.ClickException(f"migration failed: {exc}") from None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+def main(log_level: str) -> None:
+    """DeskPilot: self-hosted support automation."""
+    configure_logging(log_level)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-worker", is_flag=True, help="Serve the API only; run `deskpilot worker` separately.")
+@click.option("--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database.")
+def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
+    """Migrate, then run the API with an in-process worker."""
+    import uvicorn
+
+    from app.asgi import create_app
+
+    settings = load_settings()
+    url = database_url_or_exit(settings)
+    applied = migrate_or_exit(url)
+    if applied:
+        click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+    if not settings.webhook_secret:
+        click.secho(
+            "WARNING: DESKPILOT_WEBHOOK_SECRET is not set: the ingest webhook accepts UNSIGNED requests. "
+            "Set it in production.",
+            fg="yellow",
+            bold=True,
+            err=True,
+        )
+    if not settings.admin_token:
+        click.secho(
+            "WARNING: DESKPILOT_ADMIN_TOKEN is not set: the admin API and console are open to anyone who can "
+            "reach this port.",
+            fg="yellow",
+            bold=True,
+            err=True,
+        )
+    if demo:
+        from app.demo import load_demo_if_empty
+
+        asyncio.run(load_demo_if_empty(url, settings))
+    app = create_app(settings, database_url=url, run_worker=not no_worker)
+    base = f"http://{host}:{port}"
+    click.echo(
+        f"DeskPilot on {base}  (database: {redact_url(url)})\n"
+        f"  console        {base}/\n"
+        f"  health         {base}/health\n"
+        f"  tickets        {base}/api/tickets\n"
+        f"  review queue   {base}/api/review-queue\n"
+        f"  OpenAPI        {base}/schema/openapi.json\n"
+        f"  post a ticket  curl -X POST {base}/api/webhooks/support/ingest "
+        f"-H 'content-type: application/json' -d @examples/tickets/howto-invoice.json",
+        err=True,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+
+
+@main.command()
+@click.option("--concurrency", default=None, type=click.IntRange(1, 256), help="Tickets processed at once.")
+def worker(concurrency: int | None) -> None:
+    """Run workers only (no HTTP API)."""
+    from app.worker import run_worker_process
+
+    settings = load_settings()
+    url = database_url_or_exit(settings)
+    migrate_or_exit(url)
+    asyncio.run(run_worker_process(settings, url, concurrency=concurrency or settings.worker_concurrency))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending migrations."""
+    settings = load_settings()
+    url = database_url_or_exit(settings)
+    applied = migrate_or_exit(url)
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command("db-url")
+def db_url() -> None:
+    """Print the database URL in use (the embedded server is started and left running if needed)."""
+    settings = load_settings()
+    url = database_url_or_exit(settings, keep_running=True)
+    if not settings.database_url:
+        click.echo(f"embedded PostgreSQL under {settings.embedded_pgdata} (left running)", err=True)
+    click.echo(url)
+
+
+@main.group()
+def customers() -> None:
+    """Customer accounts."""
+
+
+@customers.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def customers_load(file: Path) -> None:
+    """Load customer accounts and their events from CSV or JSONL."""
+    from app.customer_loader import load_customers_file
+
+    settings = load_settings()
+    url = database_url_or_exit(settings)
+    migrate_or_exit(url)
+    report = asyncio.run(load_customers_file(url, settings, file))
+    click.echo(
+        f"customers: {report.customers} loaded, events: {report.events} added, errors: {len(report.errors)}"
+    )
+    for error in report.errors:
+        click.echo(f"  {error}", err=True)
+    if report.errors:
+        sys.exit(1)
+
+
+def register(group: Any) -> None:
+    main.add_command(group)
+
+
+if __name__ == "__main__":
+    main()

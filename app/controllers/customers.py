@@ -1,0 +1,43 @@
+"""Customer accounts and events (admin): the account context routing and the agent use."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from email_validator import EmailNotValidError, validate_email
+from litestar import Controller, Response, post
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from app import customers
+from app.core import admin_guard
+from app.errors import InvalidInput
+from app.schemas import CustomerEventIn, CustomerIn
+
+
+def normalized_email(address: str) -> str:
+    try:
+        return validate_email(address.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise InvalidInput(f"not a valid email address: {exc}", field="email") from None
+
+
+class CustomerController(Controller):
+    path = "/api/customers"
+    tags = ["customers"]
+    guards = [admin_guard]
+    security = [{"AdminToken": []}]
+
+    @post("/", operation_id="upsertCustomer", summary="Create a customer account, or update it by email")
+    async def upsert(self, pool: asyncpg.Pool, data: CustomerIn) -> Response[dict[str, Any]]:
+        async with pool.acquire() as conn:
+            customer, created = await customers.upsert_customer(
+                conn, email=normalized_email(data.email), name=data.name, tier=data.tier, metadata=data.metadata
+            )
+        return Response(customer, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @post("/{customer_id:uuid}/events", operation_id="addCustomerEvent", summary="Record an account event")
+    async def add_event(self, pool: asyncpg.Pool, customer_id: UUID, data: CustomerEventIn) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            return await customers.add_event(conn, customer_id, data.kind, data.occurred_at, data.data)

@@ -1,0 +1,54 @@
+"""Ticket read API (admin): list with filters and cursor pagination, one ticket with its thread."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import asyncpg
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from app import tickets
+from app.core import admin_guard
+
+StatusFilter = Literal["open", "in_progress", "pending_customer", "resolved", "closed"]
+CategoryFilter = Literal["billing", "technical", "onboarding", "general"]
+PriorityFilter = Literal["low", "normal", "high", "urgent"]
+
+
+class TicketController(Controller):
+    path = "/api/tickets"
+    tags = ["tickets"]
+    guards = [admin_guard]
+    security = [{"AdminToken": []}]
+
+    @get("/", operation_id="listTickets", summary="List tickets, newest first")
+    async def list_tickets(
+        self,
+        pool: asyncpg.Pool,
+        status: StatusFilter | None = None,
+        category: CategoryFilter | None = None,
+        priority: PriorityFilter | None = None,
+        customer_id: UUID | None = None,
+        flagged: bool | None = None,
+        cursor: Annotated[str | None, Parameter(max_length=512)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            items, next_cursor = await tickets.list_tickets(
+                conn,
+                status=status,
+                category=category,
+                priority=priority,
+                customer_id=customer_id,
+                flagged=flagged,
+                cursor=cursor,
+                limit=limit,
+            )
+        return {"items": items, "next_cursor": next_cursor}
+
+    @get("/{ticket_id:uuid}", operation_id="getTicket", summary="A ticket with messages, attempts and deliveries")
+    async def get_ticket(self, pool: asyncpg.Pool, ticket_id: UUID) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            return await tickets.get_ticket_detail(conn, ticket_id)

@@ -1,0 +1,165 @@
+"""The one init plugin: routes, dependencies, error rendering, lifespan resources and OpenAPI, wired in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins import InitPluginProtocol
+
+from app import db
+from app.errors import EXCEPTION_HANDLERS, Unauthorized, Unavailable
+from app.metrics import Metrics, latency_middleware_factory
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_COOKIE = "deskpilot_admin"
+
+
+@dataclass
+class Runtime:
+    """Process-wide resources, created in the lifespan and reached through `app.state.runtime`."""
+
+    settings: Settings
+    database_url: str | None
+    run_worker: bool
+    metrics: Metrics = field(default_factory=Metrics)
+    pool: asyncpg.Pool | None = None
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise Unavailable("the database pool is not ready")
+        return self.pool
+
+
+def runtime_of(app: Litestar) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    runtime = runtime_of(app)
+    url = runtime.database_url or db.resolve_database_url(runtime.settings)
+    # Migrate before the pool exists: registering the vector codec needs the extension.
+    await db.migrate(url)
+    runtime.pool = await db.create_pool(url, runtime.settings)
+    if runtime.run_worker:
+        from app.worker import start_background_work
+
+        runtime.background.extend(await start_background_work(runtime))
+    try:
+        yield
+    finally:
+        runtime.stop.set()
+        if runtime.background:
+            from app.worker import stop_background_work
+
+            await stop_background_work(runtime)
+        await runtime.pool.close()
+        runtime.pool = None
+
+
+# --- dependencies -------------------------------------------------------------------------------------------
+
+
+async def provide_runtime(state: State) -> Runtime:
+    return runtime_of_state(state)
+
+
+async def provide_settings(state: State) -> Settings:
+    return runtime_of_state(state).settings
+
+
+async def provide_pool(state: State) -> asyncpg.Pool:
+    return runtime_of_state(state).require_pool()
+
+
+def runtime_of_state(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+# --- guards -------------------------------------------------------------------------------------------------
+
+
+def presented_admin_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    cookie = connection.cookies.get(ADMIN_COOKIE)
+    return cookie or None
+
+
+def admin_token_valid(settings: Settings, presented: str | None) -> bool:
+    if not settings.admin_token:
+        return True
+    return presented is not None and hmac.compare_digest(presented.encode(), settings.admin_token.encode())
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Admin endpoints need the admin bearer token when one is configured."""
+    settings = runtime_of_state(connection.app.state).settings
+    if not admin_token_valid(settings, presented_admin_token(connection)):
+        raise Unauthorized(
+            "a valid admin token is required (Authorization: Bearer <DESKPILOT_ADMIN_TOKEN>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+# --- the plugin ---------------------------------------------------------------------------------------------
+
+
+class DeskPilotPlugin(InitPluginProtocol):
+    def __init__(self, settings: Settings, *, database_url: str | None, run_worker: bool) -> None:
+        self.runtime = Runtime(settings=settings, database_url=database_url, run_worker=run_worker)
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        from app.controllers import ROUTE_HANDLERS
+        from app.web import template_config
+
+        settings = self.runtime.settings
+        app_config.state["runtime"] = self.runtime
+        app_config.route_handlers.extend(ROUTE_HANDLERS)
+        app_config.dependencies.update(
+            {
+                "runtime": Provide(provide_runtime),
+                "settings": Provide(provide_settings),
+                "pool": Provide(provide_pool),
+            }
+        )
+        app_config.exception_handlers.update(EXCEPTION_HANDLERS)
+        app_config.lifespan.append(lifespan)
+        app_config.middleware.append(latency_middleware_factory(self.runtime.metrics))
+        app_config.request_max_body_size = settings.max_body_bytes
+        app_config.template_config = template_config()
+        app_config.openapi_config = OpenAPIConfig(
+            title="DeskPilot",
+            version="0.1.0",
+            description="Self-hosted support automation: ingest, route and resolve tickets.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "AdminToken": SecurityScheme(type="http", scheme="bearer", description="DESKPILOT_ADMIN_TOKEN"),
+                }
+            ),
+        )
+        return app_config

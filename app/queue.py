@@ -1,0 +1,158 @@
+"""The ticket work queue in Postgres: claim with SKIP LOCKED, leases with heartbeats, fencing tokens on completion.
+
+A ticket is queued while `next_attempt_at` is set. A claim takes a fresh `lease_token` from a sequence; every write
+that completes work first checks, in its own transaction, that the ticket still carries that token, so a worker that
+was paused past its lease (and replaced) cannot complete or deliver anything afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+NOTIFY_CHANNEL = "deskpilot_work"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    ticket_id: UUID
+    token: int
+    worker_id: str
+    attempt_no: int
+    claimed_at: datetime
+
+
+class LeaseLost(Exception):
+    """The claim's lease expired and someone else holds the ticket now: the holder must stop without writing."""
+
+
+_CLAIM_SQL = """
+WITH next AS (
+    SELECT id FROM tickets
+    WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now()
+      AND parked_at IS NULL
+      AND (lease_expires_at IS NULL OR lease_expires_at < now())
+    ORDER BY next_attempt_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tickets t SET
+    lease_owner = $1,
+    lease_expires_at = now() + make_interval(secs => $2),
+    lease_token = nextval('lease_token_seq'),
+    attempt_count = t.attempt_count + 1,
+    updated_at = now()
+FROM next WHERE t.id = next.id
+RETURNING t.id, t.lease_token, t.attempt_count, now() AS claimed_at
+"""
+
+
+async def claim_next_ticket(conn: asyncpg.Connection, worker_id: str, lease_s: float) -> Claim | None:
+    """Take the oldest due ticket nobody holds a live lease on, or None when there is nothing to do."""
+    row = await conn.fetchrow(_CLAIM_SQL, worker_id, lease_s)
+    if row is None:
+        return None
+    return Claim(
+        ticket_id=row["id"],
+        token=row["lease_token"],
+        worker_id=worker_id,
+        attempt_no=row["attempt_count"],
+        claimed_at=row["claimed_at"],
+    )
+
+
+async def heartbeat(conn: asyncpg.Connection, claim: Claim, lease_s: float) -> bool:
+    """Extend the lease; False means it was lost (expired and re-claimed), and the work must stop."""
+    status = await conn.execute(
+        """UPDATE tickets SET lease_expires_at = now() + make_interval(secs => $3)
+           WHERE id = $1 AND lease_token = $2""",
+        claim.ticket_id,
+        claim.token,
+        lease_s,
+    )
+    return status == "UPDATE 1"
+
+
+async def assert_lease(conn: asyncpg.Connection, claim: Claim) -> None:
+    """Lock the ticket row and check the fencing token. Call first inside every completing transaction."""
+    token = await conn.fetchval("SELECT lease_token FROM tickets WHERE id = $1 FOR UPDATE", claim.ticket_id)
+    if token != claim.token:
+        raise LeaseLost(f"ticket {claim.ticket_id}: lease token {claim.token} superseded by {token}")
+
+
+async def finish_claim(conn: asyncpg.Connection, claim: Claim, *, retry_at_s: float | None = None) -> None:
+    """Release the ticket after a completed attempt (call inside the completing transaction, after assert_lease).
+
+    The ticket leaves the queue unless `retry_at_s` asks for another cycle later, or the customer wrote again
+    while this attempt ran, in which case it is due again at once.
+    """
+    await conn.execute(
+        """
+        UPDATE tickets SET
+            lease_owner = NULL, lease_expires_at = NULL, last_error = NULL,
+            next_attempt_at = CASE
+                WHEN last_customer_message_at > $2 THEN now()
+                WHEN $3::float8 IS NOT NULL THEN now() + make_interval(secs => $3::float8)
+                ELSE NULL END,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        claim.ticket_id,
+        claim.claimed_at,
+        retry_at_s,
+    )
+
+
+def failure_backoff_s(failures: int, *, base_s: float = 5.0, cap_s: float = 600.0) -> float:
+    """Exponential backoff with full jitter for a ticket whose processing raised."""
+    ceiling: float = min(cap_s, base_s * 2 ** max(0, failures - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+async def fail_claim(conn: asyncpg.Connection, claim: Claim, error: str, *, max_failures: int) -> bool:
+    """Record a crashed attempt: retry later with backoff, or park the ticket after `max_failures`.
+
+    Returns True when the ticket was parked. Fenced: a lost lease records nothing.
+    """
+    async with conn.transaction():
+        await assert_lease(conn, claim)
+        failures = await conn.fetchval(
+            "UPDATE tickets SET failure_count = failure_count + 1 WHERE id = $1 RETURNING failure_count",
+            claim.ticket_id,
+        )
+        parked = failures >= max_failures
+        await conn.execute(
+            """
+            UPDATE tickets SET
+                lease_owner = NULL, lease_expires_at = NULL, last_error = $2,
+                parked_at = CASE WHEN $3 THEN now() ELSE NULL END,
+                needs_review = needs_review OR $3,
+                next_attempt_at = now() + make_interval(secs => $4),
+                updated_at = now()
+            WHERE id = $1
+            """,
+            claim.ticket_id,
+            error[:4000],
+            parked,
+            failure_backoff_s(failures),
+        )
+        return bool(parked)
+
+
+async def release_claim(conn: asyncpg.Connection, claim: Claim) -> None:
+    """Give the ticket back untouched (graceful shutdown): due again at once for another worker."""
+    await conn.execute(
+        """UPDATE tickets SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = now()
+           WHERE id = $1 AND lease_token = $2""",
+        claim.ticket_id,
+        claim.token,
+    )
+
+
+async def notify_work(conn: asyncpg.Connection) -> None:
+    """Wake idle workers (delivered on commit when called inside a transaction)."""
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

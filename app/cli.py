@@ -179,5 +179,9 @@ def register(group: Any) -> None:
     main.add_command(group)
 
 
+from knowledge.cli import kb  # noqa: E402
+
+main.add_command(kb)
+
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,8 @@ from app.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+# A non-editable install (the Docker image) points here at the copied migrations folder.
+MIGRATIONS_DIR = Path(os.environ.get("DESKPILOT_MIGRATIONS_DIR") or PROJECT_ROOT / "migrations")
 EMBEDDED_DATABASE = "deskpilot"
 # pg_advisory_lock key for migrations: any constant works as long as every process uses the same one.
 _MIGRATION_LOCK_KEY = 0x6465736B70696C  # "deskpil"

@@ -78,6 +78,16 @@ async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
 
 
 @pytest.fixture
+def pg_data_root() -> Iterator[Path]:
+    """A folder the embedded server's own system user can reach (pytest's tmp_path is private to root)."""
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="deskpilot-test-data-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()

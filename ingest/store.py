@@ -18,7 +18,7 @@ import asyncpg
 from app import lifecycle
 from app.customers import find_or_create_customer
 from app.errors import Conflict, InvalidInput
-from app.queue import notify_work
+from app.queue import NOTIFY_CHANNEL, notify_work
 from ingest.schemas import NormalizedTicket
 
 # "Re:", "Fwd:", "AW:", "WG:", "RE[2]:" ... prefixes a mail client puts before the subject of a reply.
@@ -56,6 +56,8 @@ def base_subject(subject: str) -> str:
 
 async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
     """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
+    if not _may_follow_up(ticket):
+        return await _ingest_new_ticket(conn, ticket, raw_payload)
     replay = await _replay_of(conn, ticket)
     if replay is not None:
         return replay
@@ -71,6 +73,93 @@ async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload
             raise _LostRace
         await notify_work(conn)
         return result
+
+
+def _may_follow_up(ticket: NormalizedTicket) -> bool:
+    """Only these requests need the thread lookup; everything else takes the one-statement path."""
+    if ticket.thread_ref:
+        return True
+    return ticket.channel == "email" and bool(
+        ticket.in_reply_to or ticket.references or _REPLY_PREFIX.match(ticket.subject)
+    )
+
+
+# The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency key,
+# status history and the worker wake-up, all in one implicitly transactional statement.
+_NEW_TICKET_SQL = """
+WITH existing_customer AS (
+    SELECT id FROM customers WHERE email = $3
+), new_customer AS (
+    INSERT INTO customers (email, name)
+    SELECT $3, $7 WHERE NOT EXISTS (SELECT 1 FROM existing_customer)
+    ON CONFLICT (email) DO NOTHING
+    RETURNING id
+), customer AS (
+    SELECT id FROM existing_customer UNION ALL SELECT id FROM new_customer
+), ticket AS (
+    INSERT INTO tickets (id, external_id, customer_id, channel, subject, body, customer_name, metadata,
+                         raw_payload, thread_ref, email_message_id, next_attempt_at)
+    SELECT $1, $2, customer.id, $4, $5, $6, $7, $8, $9, $10, $11, now() FROM customer
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING id, created_at
+), message AS (
+    INSERT INTO ticket_messages (ticket_id, direction, channel, author, external_id, subject, body,
+                                 email_message_id)
+    SELECT ticket.id, 'inbound', $4, 'customer', $2, $5, $6, $11 FROM ticket
+    RETURNING 1
+), idempotency_key AS (
+    INSERT INTO ingest_keys (external_id, content_hash, ticket_id) SELECT $2, $12, ticket.id FROM ticket
+    RETURNING 1
+), history AS (
+    INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason)
+    SELECT ticket.id, NULL, 'open', $13 FROM ticket
+    RETURNING 1
+), wake AS (
+    SELECT pg_notify('""" + NOTIFY_CHANNEL + """', '') FROM ticket
+)
+SELECT ticket.created_at,
+       (SELECT count(*) FROM message) + (SELECT count(*) FROM idempotency_key)
+       + (SELECT count(*) FROM history) + (SELECT count(*) FROM wake) AS written
+FROM ticket
+"""
+
+
+async def _ingest_new_ticket(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
+) -> IngestResult:
+    ticket_id = uuid.uuid4()
+    # Twice at most: the first try can find nothing when a concurrent request is creating the same customer.
+    for _ in range(2):
+        try:
+            row = await conn.fetchrow(
+                _NEW_TICKET_SQL,
+                ticket_id,
+                ticket.external_id,
+                ticket.customer_email,
+                ticket.channel,
+                ticket.subject,
+                ticket.body,
+                ticket.customer_name,
+                _ticket_metadata(ticket),
+                raw_payload,
+                ticket.thread_ref,
+                ticket.message_id,
+                ticket.content_hash,
+                f"received via {ticket.channel}",
+            )
+        except asyncpg.UniqueViolationError:
+            row = None  # the key belongs to a follow-up message: a replay or a conflict, decided below
+        if row is not None:
+            return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False,
+                                message_id=None)
+        replay = await _replay_of(conn, ticket)
+        if replay is not None:
+            return replay
+    raise RuntimeError(f"could not store ticket {ticket.external_id!r}: no customer row and no replay")
+
+
+def _ticket_metadata(ticket: NormalizedTicket) -> dict[str, Any]:
+    return {**ticket.metadata, "ingest": ticket.flags} if ticket.flags else ticket.metadata
 
 
 class _LostRace(Exception):
@@ -189,7 +278,7 @@ async def _insert_ticket(
         ticket.subject,
         ticket.body,
         ticket.customer_name,
-        {**ticket.metadata, "ingest": ticket.flags} if ticket.flags else ticket.metadata,
+        _ticket_metadata(ticket),
         raw_payload,
         ticket.thread_ref,
         ticket.message_id,

@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from app import db  # noqa: E402
-from app.settings import Settings, SettingsError, redact_url  # noqa: E402
+from app import db
+from app.settings import Settings, SettingsError, redact_url
 
 log = logging.getLogger("deskpilot")
 
@@ -61,7 +61,9 @@ def main(log_level: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run `deskpilot worker` separately.")
-@click.option("--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database.")
+@click.option(
+    "--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database."
+)
 def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
     """Migrate, then run the API with an in-process worker."""
     import uvicorn

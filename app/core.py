@@ -158,7 +158,9 @@ class DeskPilotPlugin(InitPluginProtocol):
             path="/schema",
             components=Components(
                 security_schemes={
-                    "AdminToken": SecurityScheme(type="http", scheme="bearer", description="DESKPILOT_ADMIN_TOKEN"),
+                    "AdminToken": SecurityScheme(
+                        type="http", scheme="bearer", description="DESKPILOT_ADMIN_TOKEN"
+                    ),
                 }
             ),
         )

@@ -1,4 +1,4 @@
-"""`deskpilot customers load`: customer accounts and their events from JSONL or CSV, one bad record never stops the rest.
+"""`deskpilot customers load`: accounts and their events from JSONL or CSV; one bad record never stops the rest.
 
 JSONL: one object per line, `{"email", "name"?, "tier"?, "metadata"?, "events"?: [{"kind", "occurred_at"?, "data"?}]}`.
 CSV: columns `email,name,tier` and optionally `event_kind,event_occurred_at,event_data` (JSON); a customer may

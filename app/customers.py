@@ -30,7 +30,12 @@ async def find_or_create_customer(conn: asyncpg.Connection, email: str, name: st
 
 
 async def upsert_customer(
-    conn: asyncpg.Connection, *, email: str, name: str | None, tier: str | None, metadata: dict[str, Any] | None
+    conn: asyncpg.Connection,
+    *,
+    email: str,
+    name: str | None,
+    tier: str | None,
+    metadata: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], bool]:
     """Create the account, or update the given fields of an existing one. Returns (customer, created)."""
     row = await conn.fetchrow(
@@ -73,7 +78,8 @@ async def add_event(
 
 async def get_customer(conn: asyncpg.Connection, customer_id: UUID) -> dict[str, Any]:
     row = await conn.fetchrow(
-        "SELECT id, email, name, tier, metadata, created_at, updated_at FROM customers WHERE id = $1", customer_id
+        "SELECT id, email, name, tier, metadata, created_at, updated_at FROM customers WHERE id = $1",
+        customer_id,
     )
     if row is None:
         raise NotFound(f"customer {customer_id} does not exist")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -64,10 +65,9 @@ def _ensure_database(admin_url: str, name: str) -> None:
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if not exists:
-                try:
+                # Another process may create it between our check and our CREATE.
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                     await conn.execute(f'CREATE DATABASE "{name}"')
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another process created it between our check and our CREATE
         finally:
             await conn.close()
 
@@ -179,7 +179,8 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATION
             """
         )
         applied = {
-            row["version"]: row for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+            row["version"]: row
+            for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
         }
         done: list[str] = []
         for migration in migrations:

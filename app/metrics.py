@@ -16,10 +16,15 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.tickets_ingested = Counter(
-            "deskpilot_tickets_ingested_total", "Tickets accepted by the ingest webhook", ["channel"], registry=r
+            "deskpilot_tickets_ingested_total",
+            "Tickets accepted by the ingest webhook",
+            ["channel"],
+            registry=r,
         )
         self.followups_ingested = Counter(
-            "deskpilot_followups_ingested_total", "Follow-up messages appended to existing tickets", registry=r
+            "deskpilot_followups_ingested_total",
+            "Follow-up messages appended to existing tickets",
+            registry=r,
         )
         self.ingest_duplicates = Counter(
             "deskpilot_ingest_duplicates_total", "Replays of an already accepted external_id", registry=r
@@ -40,6 +45,13 @@ class Metrics:
         self.attempt_errors = Counter(
             "deskpilot_resolution_errors_total", "Resolution attempts that failed with an error", registry=r
         )
+        self.worker_claims = Counter(
+            "deskpilot_worker_claims_total",
+            "Tickets claimed by workers, by how the claim ended "
+            "(completed, failed, parked, lease_lost, released)",
+            ["outcome"],
+            registry=r,
+        )
         self.node_latency = Histogram(
             "deskpilot_node_duration_seconds",
             "Agent graph node latency",
@@ -59,9 +71,7 @@ class Metrics:
             "deskpilot_deliveries_total", "Delivery outcomes by channel", ["channel", "outcome"], registry=r
         )
         # Filled from the database at scrape time.
-        self.tickets_by_status = Gauge(
-            "deskpilot_tickets", "Tickets by status", ["status"], registry=r
-        )
+        self.tickets_by_status = Gauge("deskpilot_tickets", "Tickets by status", ["status"], registry=r)
         self.queue_depth = Gauge("deskpilot_queue_depth", "Tickets waiting for a worker", registry=r)
         self.outbox_pending = Gauge("deskpilot_outbox_pending", "Deliveries waiting to be sent", registry=r)
         self.tier_gauges: dict[str, Gauge] = {}

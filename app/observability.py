@@ -8,6 +8,7 @@ import logging
 from app.core import Runtime
 from app.errors import DATABASE_UNAVAILABLE
 from app.lifecycle import STATUSES
+from app.support_health import refresh_support_health_gauges
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ async def refresh_database_gauges(runtime: Runtime) -> None:
             queued = await conn.fetchval(
                 "SELECT count(*) FROM tickets WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL")
             outbox = await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            await refresh_support_health_gauges(conn, metrics)
     except DATABASE_UNAVAILABLE as exc:
         # The scrape still answers with the process-local counters.
         log.warning("metrics: database unavailable (%s)", type(exc).__name__)

@@ -66,10 +66,14 @@ async def claim_next_ticket(conn: asyncpg.Connection, worker_id: str, lease_s: f
 
 
 async def heartbeat(conn: asyncpg.Connection, claim: Claim, lease_s: float) -> bool:
-    """Extend the lease; False means it was lost (expired and re-claimed), and the work must stop."""
+    """Extend the lease; False means it was lost (expired and re-claimed), and the work must stop.
+
+    A claim that was already finished, failed or released is not leased again (a heartbeat racing the
+    completing commit would otherwise hide a ticket that is due again behind a fresh lease).
+    """
     status = await conn.execute(
         """UPDATE tickets SET lease_expires_at = now() + make_interval(secs => $3)
-           WHERE id = $1 AND lease_token = $2""",
+           WHERE id = $1 AND lease_token = $2 AND lease_expires_at IS NOT NULL""",
         claim.ticket_id,
         claim.token,
         lease_s,
@@ -116,10 +120,16 @@ def failure_backoff_s(failures: int, *, base_s: float = 5.0, cap_s: float = 600.
 async def fail_claim(conn: asyncpg.Connection, claim: Claim, error: str, *, max_failures: int) -> bool:
     """Record a crashed attempt: retry later with backoff, or park the ticket after `max_failures`.
 
-    Returns True when the ticket was parked. Fenced: a lost lease records nothing.
+    Returns True when the ticket was parked. Fenced: a lost lease records nothing, and neither does a claim
+    that was already finished (an error raised after the completing commit must not queue the ticket again).
     """
     async with conn.transaction():
         await assert_lease(conn, claim)
+        held = await conn.fetchval(
+            "SELECT lease_expires_at IS NOT NULL FROM tickets WHERE id = $1", claim.ticket_id
+        )
+        if not held:
+            raise LeaseLost(f"ticket {claim.ticket_id}: claim {claim.token} was already finished or released")
         failures = await conn.fetchval(
             "UPDATE tickets SET failure_count = failure_count + 1 WHERE id = $1 RETURNING failure_count",
             claim.ticket_id,
@@ -144,10 +154,15 @@ async def fail_claim(conn: asyncpg.Connection, claim: Claim, error: str, *, max_
 
 
 async def release_claim(conn: asyncpg.Connection, claim: Claim) -> None:
-    """Give the ticket back untouched (graceful shutdown): due again at once for another worker."""
+    """Give the ticket back untouched (graceful shutdown): due again at once for another worker.
+
+    Only a claim still held is given back: when the attempt's completing transaction committed just before the
+    processor was cancelled, the ticket stays finished instead of being queued for a second reply.
+    """
     await conn.execute(
-        """UPDATE tickets SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = now()
-           WHERE id = $1 AND lease_token = $2""",
+        """UPDATE tickets SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = now(),
+                              updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND lease_expires_at IS NOT NULL""",
         claim.ticket_id,
         claim.token,
     )

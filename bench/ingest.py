@@ -100,7 +100,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(port: int, connections: int, seconds: float, rate: float | None, run: str) -> dict[str, Any]:
+async def run_load(
+    port: int, connections: int, seconds: float, rate: float | None, run: str
+) -> dict[str, Any]:
     """Closed loop (rate None: as fast as the server answers) or open loop at `rate` requests/s."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -141,9 +143,21 @@ async def run_load(port: int, connections: int, seconds: float, rate: float | No
     }
 
 
-def load_in_subprocess(port: int, connections: int, seconds: float, rate: float | None, run: str) -> dict[str, Any]:
-    args = [sys.executable, __file__, "--load", str(port), "--connections", str(connections),
-            "--seconds", str(seconds), "--run", run]
+def load_in_subprocess(
+    port: int, connections: int, seconds: float, rate: float | None, run: str
+) -> dict[str, Any]:
+    args = [
+        sys.executable,
+        __file__,
+        "--load",
+        str(port),
+        "--connections",
+        str(connections),
+        "--seconds",
+        str(seconds),
+        "--run",
+        run,
+    ]
     if rate:
         args += ["--rate", str(rate)]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds * 4 + 60)
@@ -152,7 +166,9 @@ def load_in_subprocess(port: int, connections: int, seconds: float, rate: float 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="5-second phases")
@@ -161,7 +177,9 @@ def main() -> int:
     parser.add_argument("--run", default="run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        print(json.dumps(asyncio.run(run_load(args.load, args.connections, args.seconds, args.rate, args.run))))
+        print(
+            json.dumps(asyncio.run(run_load(args.load, args.connections, args.seconds, args.rate, args.run)))
+        )
         return 0
     seconds = 5.0 if args.quick else args.seconds
 
@@ -174,8 +192,11 @@ def main() -> int:
     asyncio.run(db.migrate(url))
     bare = asyncio.run(bare_insert_rate(url, args.connections, seconds))
     service = ServerProcess.serve(
-        {"DESKPILOT_DATABASE_URL": url, "DESKPILOT_DATA_DIR": str(root / "data"),
-         "DESKPILOT_DB_POOL_MAX": str(args.connections + 4)},
+        {
+            "DESKPILOT_DATABASE_URL": url,
+            "DESKPILOT_DATA_DIR": str(root / "data"),
+            "DESKPILOT_DB_POOL_MAX": str(args.connections + 4),
+        },
         root / "serve.log",
         "--no-worker",
     )

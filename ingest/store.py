@@ -1,7 +1,7 @@
-"""The idempotent ticket insert: one transaction writes the ticket (or follow-up), its idempotency key and its work.
+"""The idempotent ticket insert: one transaction writes the ticket (or follow-up), its key and its queued work.
 
-Idempotency rests on unique constraints, not on a read-then-write: concurrent posts of one `external_id` race on
-`INSERT ... ON CONFLICT DO NOTHING`, the losers wait for the winner's commit and then read its answer.
+Idempotency rests on unique constraints, not on a read-then-write: concurrent posts of one `external_id` race
+on `INSERT ... ON CONFLICT DO NOTHING`; the losers wait for the winner's commit and then read its answer.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def base_subject(subject: str) -> str:
     return _REPLY_PREFIX.sub("", subject).strip().lower()
 
 
-async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+async def ingest(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
+) -> IngestResult:
     """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
     if not _may_follow_up(ticket):
         return await _ingest_new_ticket(conn, ticket, raw_payload)
@@ -84,9 +86,10 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
     )
 
 
-# The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency key,
-# status history and the worker wake-up, all in one implicitly transactional statement.
-_NEW_TICKET_SQL = """
+# The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency
+# key, status history and the worker wake-up, all in one implicitly transactional statement.
+_NEW_TICKET_SQL = (
+    """
 WITH existing_customer AS (
     SELECT id FROM customers WHERE email = $3
 ), new_customer AS (
@@ -115,13 +118,16 @@ WITH existing_customer AS (
     SELECT ticket.id, NULL, 'open', $13 FROM ticket
     RETURNING 1
 ), wake AS (
-    SELECT pg_notify('""" + NOTIFY_CHANNEL + """', '') FROM ticket
+    SELECT pg_notify('"""
+    + NOTIFY_CHANNEL
+    + """', '') FROM ticket
 )
 SELECT ticket.created_at,
        (SELECT count(*) FROM message) + (SELECT count(*) FROM idempotency_key)
        + (SELECT count(*) FROM history) + (SELECT count(*) FROM wake) AS written
 FROM ticket
 """
+)
 
 
 async def _ingest_new_ticket(
@@ -150,8 +156,9 @@ async def _ingest_new_ticket(
         except asyncpg.UniqueViolationError:
             row = None  # the key belongs to a follow-up message: a replay or a conflict, decided below
         if row is not None:
-            return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False,
-                                message_id=None)
+            return IngestResult(
+                ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None
+            )
         replay = await _replay_of(conn, ticket)
         if replay is not None:
             return replay
@@ -166,7 +173,9 @@ class _LostRace(Exception):
     """Internal: a concurrent request committed the same external_id first."""
 
 
-async def ingest_once(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+async def ingest_once(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
+) -> IngestResult:
     try:
         return await ingest(conn, ticket, raw_payload)
     except _LostRace:
@@ -200,7 +209,9 @@ async def _replay_of(conn: asyncpg.Connection, ticket: NormalizedTicket) -> Inge
     )
 
 
-async def _thread_parent(conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
+async def _thread_parent(
+    conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID
+) -> UUID | None:
     """The earlier ticket this message follows up on, by thread_ref, email headers, or reply subject."""
     if ticket.thread_ref:
         parent = await conn.fetchrow(
@@ -213,7 +224,9 @@ async def _thread_parent(conn: asyncpg.Connection, ticket: NormalizedTicket, cus
                 "SELECT id, customer_id FROM tickets WHERE id = $1", UUID(ticket.thread_ref)
             )
         if parent is None:
-            raise InvalidInput(f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref")
+            raise InvalidInput(
+                f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref"
+            )
         if parent["customer_id"] != customer_id:
             # A customer can only add to their own thread.
             raise InvalidInput("thread_ref belongs to another customer's ticket", field="thread_ref")
@@ -296,7 +309,9 @@ async def _insert_ticket(
     if claimed is None:  # the key was taken by a follow-up with this external_id
         raise _LostRace
     await lifecycle.record_initial_status(conn, ticket_id, f"received via {ticket.channel}")
-    return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None)
+    return IngestResult(
+        ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None
+    )
 
 
 async def _insert_message(
@@ -332,7 +347,9 @@ async def _append_followup(
     if claimed is None:
         return None
     message_id = await _insert_message(conn, parent_id, ticket, raw_payload=raw_payload)
-    await conn.execute("UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id)
+    await conn.execute(
+        "UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id
+    )
     status = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", parent_id)
     reopened = status in ("resolved", "closed")
     if reopened:

@@ -125,7 +125,9 @@ def make_client(
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., AsyncTestClient[Litestar]]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(
+    make_client: Callable[..., AsyncTestClient[Litestar]],
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with make_client() as c:
         yield c
 

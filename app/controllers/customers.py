@@ -33,7 +33,11 @@ class CustomerController(Controller):
     async def upsert(self, pool: asyncpg.Pool, data: CustomerIn) -> Response[dict[str, Any]]:
         async with pool.acquire() as conn:
             customer, created = await customers.upsert_customer(
-                conn, email=normalized_email(data.email), name=data.name, tier=data.tier, metadata=data.metadata
+                conn,
+                email=normalized_email(data.email),
+                name=data.name,
+                tier=data.tier,
+                metadata=data.metadata,
             )
         return Response(customer, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 

@@ -38,8 +38,11 @@ class HealthController(Controller):
             "webhook_signatures": bool(settings.webhook_secret),
             "admin_auth": bool(settings.admin_token),
         }
-        return Response(body, status_code=200 if database["ok"] else 503,
-                        headers={} if database["ok"] else {"Retry-After": "5"})
+        return Response(
+            body,
+            status_code=200 if database["ok"] else 503,
+            headers={} if database["ok"] else {"Retry-After": "5"},
+        )
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE)
     async def metrics(self, runtime: Runtime) -> Response[bytes]:

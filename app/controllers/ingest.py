@@ -1,7 +1,8 @@
-"""`POST /api/webhooks/support/ingest`: authenticate, validate, normalize, store once, answer after the commit."""
+"""`POST /api/webhooks/support/ingest`: authenticate, validate, normalize, store once, answer after commit."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,7 @@ from app.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from ingest.schemas import PayloadError, normalize_payload, parse_payload
+from ingest.schemas import IngestPayload, NormalizedTicket, PayloadError, normalize_payload, parse_payload
 from ingest.signatures import SignatureError, verify_webhook
 from ingest.store import ingest_once
 
@@ -31,18 +32,25 @@ def _payload_schema() -> Schema:
         type=OpenAPIType.OBJECT,
         required=["external_id", "customer_email", "body"],
         properties={
-            "external_id": Schema(type=OpenAPIType.STRING, min_length=1, max_length=255,
-                                  description="The caller's idempotency key"),
+            "external_id": Schema(
+                type=OpenAPIType.STRING,
+                min_length=1,
+                max_length=255,
+                description="The caller's idempotency key",
+            ),
             "channel": Schema(type=OpenAPIType.STRING, enum=["email", "in_app", "webhook"]),
             "customer_email": Schema(type=OpenAPIType.STRING, format="email"),  # type: ignore[arg-type]
             "subject": _STRING,
             "body": Schema(type=OpenAPIType.STRING, min_length=1),
             "customer_name": Schema(one_of=[_STRING, Schema(type=OpenAPIType.NULL)]),
             "metadata": Schema(type=OpenAPIType.OBJECT),
-            "thread_ref": Schema(one_of=[_STRING, Schema(type=OpenAPIType.NULL)],
-                                 description="external id or ticket id of the ticket this follows up on"),
-            "message_id": Schema(one_of=[_STRING, Schema(type=OpenAPIType.NULL)],
-                                 description="email Message-ID (email bridge)"),
+            "thread_ref": Schema(
+                one_of=[_STRING, Schema(type=OpenAPIType.NULL)],
+                description="external id or ticket id of the ticket this follows up on",
+            ),
+            "message_id": Schema(
+                one_of=[_STRING, Schema(type=OpenAPIType.NULL)], description="email Message-ID (email bridge)"
+            ),
             "in_reply_to": Schema(one_of=[_STRING, Schema(type=OpenAPIType.NULL)]),
             "references": Schema(type=OpenAPIType.ARRAY, items=_STRING),
         },
@@ -77,13 +85,23 @@ class IngestOperation(Operation):
 def _content_type_is_json(value: str) -> bool:
     media_type, _, params = value.partition(";")
     media_type = media_type.strip().lower()
-    if media_type != "application/json" and not (media_type.startswith("application/") and media_type.endswith("+json")):
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
         return False
     for param in params.split(";"):
         key, _, charset = param.partition("=")
         if key.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return False
     return True
+
+
+_INLINE_PARSE_BYTES = 16 * 1024
+
+
+def _parse_and_normalize(raw: bytes) -> tuple[IngestPayload, dict[str, Any], NormalizedTicket]:
+    payload, raw_object = parse_payload(raw)
+    return payload, raw_object, normalize_payload(payload)
 
 
 class IngestController(Controller):
@@ -122,12 +140,13 @@ class IngestController(Controller):
             except SignatureError as exc:
                 raise Unauthorized(f"webhook signature rejected: {exc.reason}") from None
         if not _content_type_is_json(request.headers.get("content-type", "")):
-            raise UnsupportedMediaType(
-                "send the ticket as application/json (UTF-8)", field="content-type"
-            )
+            raise UnsupportedMediaType("send the ticket as application/json (UTF-8)", field="content-type")
         try:
-            payload, raw_object = parse_payload(raw)
-            ticket = normalize_payload(payload)
+            if len(raw) > _INLINE_PARSE_BYTES:
+                # Hostile HTML can take a parser a noticeable fraction of a second: keep the event loop free.
+                _, raw_object, ticket = await asyncio.to_thread(_parse_and_normalize, raw)
+            else:
+                _, raw_object, ticket = _parse_and_normalize(raw)
         except PayloadError as exc:
             error_type = MalformedRequest if exc.status == 400 else InvalidInput
             raise error_type(exc.detail, field=exc.field) from None
@@ -142,4 +161,3 @@ class IngestController(Controller):
         else:
             runtime.metrics.tickets_ingested.labels(ticket.channel).inc()
         return Response(result.to_json(), status_code=HTTP_201_CREATED)
-

@@ -9,7 +9,7 @@ import asyncpg
 from litestar import Controller, get
 from litestar.params import Parameter
 
-from app import tickets
+from app import tickets, trace
 from app.core import admin_guard
 
 StatusFilter = Literal["open", "in_progress", "pending_customer", "resolved", "closed"]
@@ -48,7 +48,20 @@ class TicketController(Controller):
             )
         return {"items": items, "next_cursor": next_cursor}
 
-    @get("/{ticket_id:uuid}", operation_id="getTicket", summary="A ticket with messages, attempts and deliveries")
+    @get(
+        "/{ticket_id:uuid}",
+        operation_id="getTicket",
+        summary="A ticket with messages, attempts and deliveries",
+    )
     async def get_ticket(self, pool: asyncpg.Pool, ticket_id: UUID) -> dict[str, Any]:
         async with pool.acquire() as conn:
             return await tickets.get_ticket_detail(conn, ticket_id)
+
+    @get(
+        "/{ticket_id:uuid}/trace",
+        operation_id="getTicketTrace",
+        summary="Every resolution attempt of a ticket, node by node",
+    )
+    async def get_ticket_trace(self, pool: asyncpg.Pool, ticket_id: UUID) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            return await trace.get_trace(conn, ticket_id)

@@ -61,20 +61,43 @@ def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path,
 
 def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:
     env = {"DESKPILOT_DATA_DIR": str(pg_data_root / "data"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    migrate = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=120)
+    migrate = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert migrate.returncode == 0, migrate.stderr
     assert "0001_extensions.sql" in migrate.stdout
-    again = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.stdout.strip() == "schema is up to date"
-    url = subprocess.run([sys.executable, "-m", "app.cli", "db-url"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
+    url = subprocess.run(
+        [sys.executable, "-m", "app.cli", "db-url"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert url.returncode == 0
     assert url.stdout.strip().startswith("postgresql://")
-    bad = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=REPO,
-                         env={**env, "DESKPILOT_AUTO_RESOLVE_THRESHOLD": "2"}, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=REPO,
+        env={**env, "DESKPILOT_AUTO_RESOLVE_THRESHOLD": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0
     assert "DESKPILOT_AUTO_RESOLVE_THRESHOLD" in bad.stderr
     # db-url left the embedded server running; stop it so nothing outlives the test.

@@ -22,7 +22,9 @@ def throwaway_pg() -> Iterator[ThrowawayPostgres]:
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-async def test_ingest_answers_503_while_down_and_recovers(throwaway_pg: ThrowawayPostgres, tmp_path: Any, mode: str) -> None:
+async def test_ingest_answers_503_while_down_and_recovers(
+    throwaway_pg: ThrowawayPostgres, tmp_path: Any, mode: str
+) -> None:
     settings = Settings.from_mapping({"DESKPILOT_DATA_DIR": str(tmp_path)})
     app = create_app(settings, database_url=throwaway_pg.url)
 

@@ -72,7 +72,9 @@ async def test_same_id_same_content_is_a_duplicate(client: Any, clean_db: asyncp
     assert again.json()["ticket_id"] == first.json()["ticket_id"]
     assert await count(clean_db, "tickets") == 1
     # Whitespace the normalizer removes does not make a different request.
-    spaced = await post(client, ticket(body="Hello,   the invoice download button does nothing.  Can you help?"))
+    spaced = await post(
+        client, ticket(body="Hello,   the invoice download button does nothing.  Can you help?")
+    )
     assert spaced.status_code == 200
 
 
@@ -98,7 +100,9 @@ async def test_fifty_concurrent_identical_posts_make_one_ticket(client: Any, cle
 
 async def test_followup_by_thread_ref_appends_and_requeues(client: Any, clean_db: asyncpg.Pool) -> None:
     first = (await post(client, ticket("t-1"))).json()
-    await clean_db.execute("UPDATE tickets SET next_attempt_at = NULL WHERE id = $1::uuid", first["ticket_id"])
+    await clean_db.execute(
+        "UPDATE tickets SET next_attempt_at = NULL WHERE id = $1::uuid", first["ticket_id"]
+    )
     followup = await post(client, ticket("t-1-reply", thread_ref="t-1", body="Still broken, any news?"))
     assert followup.status_code == 201, followup.text
     assert followup.json()["ticket_id"] == first["ticket_id"]
@@ -120,21 +124,27 @@ async def test_followup_by_thread_ref_appends_and_requeues(client: Any, clean_db
 async def test_followup_reopens_a_resolved_ticket(client: Any, clean_db: asyncpg.Pool) -> None:
     first = (await post(client, ticket("r-1"))).json()
     await clean_db.execute(
-        "UPDATE tickets SET status = 'resolved', next_attempt_at = NULL WHERE id = $1::uuid", first["ticket_id"]
+        "UPDATE tickets SET status = 'resolved', next_attempt_at = NULL WHERE id = $1::uuid",
+        first["ticket_id"],
     )
     reply = await post(client, ticket("r-1-reply", thread_ref="r-1", body="That did not work"))
     assert reply.json()["status"] == "open"
-    row = await clean_db.fetchrow("SELECT status, reopen_count FROM tickets WHERE id = $1::uuid", first["ticket_id"])
+    row = await clean_db.fetchrow(
+        "SELECT status, reopen_count FROM tickets WHERE id = $1::uuid", first["ticket_id"]
+    )
     assert (row["status"], row["reopen_count"]) == ("open", 1)
 
 
 async def test_email_reply_threads_by_headers_and_by_subject(client: Any, clean_db: asyncpg.Pool) -> None:
     first = (await post(client, ticket("m-1", message_id="<abc@mail.example.com>"))).json()
     by_header = await post(
-        client, ticket("m-2", subject="Re: whatever", body="more detail", in_reply_to="<abc@mail.example.com>")
+        client,
+        ticket("m-2", subject="Re: whatever", body="more detail", in_reply_to="<abc@mail.example.com>"),
     )
     assert by_header.json()["ticket_id"] == first["ticket_id"]
-    by_subject = await post(client, ticket("m-3", subject="RE: Cannot download my invoice", body="Any update?"))
+    by_subject = await post(
+        client, ticket("m-3", subject="RE: Cannot download my invoice", body="Any update?")
+    )
     assert by_subject.json()["ticket_id"] == first["ticket_id"]
     other_customer = await post(
         client,
@@ -205,7 +215,9 @@ async def test_deep_nesting_is_refused(client: Any, clean_db: asyncpg.Pool) -> N
 
 
 async def test_wrong_content_type_is_415(client: Any, clean_db: asyncpg.Pool) -> None:
-    response = await client.post(URL, content=json.dumps(ticket()).encode(), headers={"content-type": "text/plain"})
+    response = await client.post(
+        URL, content=json.dumps(ticket()).encode(), headers={"content-type": "text/plain"}
+    )
     assert_problem(response, 415)
     form = await client.post(URL, data={"external_id": "x"})
     assert_problem(form, 415)
@@ -222,7 +234,9 @@ async def test_hostile_text_is_normalized_not_refused(client: Any, clean_db: asy
     body = "Pay\u200bment fa\u202eiled\U000e0041 <b>twice</b>\u0000 \ud800 please check"
     response = await post(client, ticket("h-1", body=body, subject="Hi\u0000there"))
     assert response.status_code == 201, response.text
-    stored = await clean_db.fetchrow("SELECT subject, body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"])
+    stored = await clean_db.fetchrow(
+        "SELECT subject, body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"]
+    )
     for bad in ("\u200b", "\u202e", "\U000e0041", "\u0000", "\ud800"):
         assert bad not in stored["body"] and bad not in stored["subject"]
     assert "Payment" in stored["body"]
@@ -234,7 +248,9 @@ async def test_html_body_becomes_text_without_hidden_parts(client: Any, clean_db
         "<script>alert(1)</script></body></html>"
     )
     response = await post(client, ticket("html-1", body=html))
-    stored = await clean_db.fetchval("SELECT body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"])
+    stored = await clean_db.fetchval(
+        "SELECT body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"]
+    )
     assert "My export fails." in stored
     assert "ignore previous" not in stored and "alert" not in stored and "<" not in stored
 
@@ -242,7 +258,9 @@ async def test_html_body_becomes_text_without_hidden_parts(client: Any, clean_db
 class TestSignatures:
     SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 
-    def signed(self, body: bytes, *, secret: str | None = None, ts: int | None = None, msg_id: str = "msg_1") -> dict[str, str]:
+    def signed(
+        self, body: bytes, *, secret: str | None = None, ts: int | None = None, msg_id: str = "msg_1"
+    ) -> dict[str, str]:
         timestamp = int(time.time()) if ts is None else ts
         return {
             "webhook-id": msg_id,
@@ -268,8 +286,17 @@ class TestSignatures:
 
     @pytest.mark.parametrize(
         "tamper",
-        ["missing-id", "missing-timestamp", "missing-signature", "bad-signature", "changed-byte", "wrong-secret",
-         "too-old", "too-new", "unsigned"],
+        [
+            "missing-id",
+            "missing-timestamp",
+            "missing-signature",
+            "bad-signature",
+            "changed-byte",
+            "wrong-secret",
+            "too-old",
+            "too-new",
+            "unsigned",
+        ],
     )
     async def test_signature_matrix_rejects_and_writes_nothing(
         self, signed_client: Any, clean_db: asyncpg.Pool, tamper: str

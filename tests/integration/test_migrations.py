@@ -26,7 +26,9 @@ async def test_fresh_then_rerun(pg_admin_url: str) -> None:
     assert await db.migrate(url) == []
     conn = await asyncpg.connect(url)
     try:
-        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        versions = [
+            r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+        ]
         assert versions == [m.version for m in db.discover_migrations()]
         assert await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     finally:
@@ -63,5 +65,5 @@ async def test_failed_migration_rolls_back_and_stops(pg_admin_url: str, tmp_path
 
 def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
     (tmp_path / "1_short.sql").write_text("SELECT 1;")
-    with pytest.raises(db.MigrationError, match="0001_name.sql"):
+    with pytest.raises(db.MigrationError, match=r"0001_name\.sql"):
         db.discover_migrations(tmp_path)

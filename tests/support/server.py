@@ -30,13 +30,19 @@ class ServerProcess:
         self._log = log_path.open("wb")
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], cwd=REPO, env=full_env, stdout=self._log, stderr=self._log
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=self._log,
         )
 
     @classmethod
     def serve(cls, env: dict[str, str], log_path: Path, *extra: str) -> ServerProcess:
         port = free_port()
-        return cls(["serve", "--host", "127.0.0.1", "--port", str(port), *extra], env, port=port, log_path=log_path)
+        return cls(
+            ["serve", "--host", "127.0.0.1", "--port", str(port), *extra], env, port=port, log_path=log_path
+        )
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s

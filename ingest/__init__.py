@@ -1,0 +1,1 @@
+"""Inbound tickets: payload schema, normalization, webhook signatures, threading and the idempotent insert."""

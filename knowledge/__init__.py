@@ -1,0 +1,1 @@
+"""Knowledge base: document chunking, embeddings, pgvector storage and retrieval."""

@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SMTP_FROM = "DeskPilot Support <support@deskpilot.local>"
 
 
 class SettingsError(ValueError):
@@ -92,7 +93,7 @@ class Settings:
 
     # Delivery
     smtp_url: str | None = None
-    smtp_from: str = "DeskPilot Support <support@deskpilot.local>"
+    smtp_from: str = DEFAULT_SMTP_FROM
     callback_url: str | None = None
     callback_secret: str | None = None
     allow_private_callbacks: bool = False
@@ -159,7 +160,7 @@ class Settings:
             llm_max_output_tokens=_int(env, "DESKPILOT_LLM_MAX_OUTPUT_TOKENS", 700, 16, 100_000),
             llm_fallback=fallback,
             smtp_url=_str(env, "DESKPILOT_SMTP_URL"),
-            smtp_from=_str(env, "DESKPILOT_SMTP_FROM", cls.smtp_from) or cls.smtp_from,
+            smtp_from=_str(env, "DESKPILOT_SMTP_FROM", DEFAULT_SMTP_FROM) or DEFAULT_SMTP_FROM,
             callback_url=_str(env, "DESKPILOT_CALLBACK_URL"),
             callback_secret=_str(env, "DESKPILOT_CALLBACK_SECRET"),
             allow_private_callbacks=_bool(env, "DESKPILOT_ALLOW_PRIVATE_CALLBACKS", False),

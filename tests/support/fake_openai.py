@@ -1,0 +1,306 @@
+"""A scripted OpenAI Chat Completions server for tests: real HTTP on 127.0.0.1, replies from a queue of steps.
+
+The real `ChatOpenAI` client talks to it over a socket, so timeouts, resets, status codes and headers take the
+same code path they would against a real provider. Every request is recorded for assertions on the prompt.
+
+Structured output: when a request forces a tool (`tools` + `tool_choice`, langchain's `function_calling`
+method, the one DeskPilot uses) a JSON step is answered as that tool's call; with `response_format`
+(`json_schema` / `json_object`) or no tools, the JSON is the message content.
+
+    with FakeOpenAI() as server:
+        server.script(status(429, headers={"Retry-After": "1"}), reply_json({...}), slow(20, reply_json({...})))
+        ...  # OPENAI_BASE_URL=server.base_url
+        assert len(server.requests) == 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+StepKind = Literal["json", "text", "status", "hang", "reset", "invalid_json", "refusal"]
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    payload: Any = None
+    code: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    usage: dict[str, int] | None = None
+    finish_reason: str | None = None
+    delay_s: float = 0.0
+
+
+def reply_json(obj: Any, *, usage: dict[str, int] | None = None) -> Step:
+    """A structured answer: the forced tool's call with `obj` as arguments (or JSON content without tools)."""
+    return Step("json", payload=obj, usage=usage)
+
+
+def reply_text(text: str, *, usage: dict[str, int] | None = None, finish_reason: str = "stop") -> Step:
+    """A plain assistant message, no tool call: what a server that ignores `tool_choice` sends."""
+    return Step("text", payload=text, usage=usage, finish_reason=finish_reason)
+
+
+def status(code: int, *, headers: dict[str, str] | None = None, message: str | None = None) -> Step:
+    """An error status with an OpenAI-style error body."""
+    return Step("status", code=code, headers=dict(headers or {}), payload=message)
+
+
+def hang(seconds: float) -> Step:
+    """Accept the request, say nothing for `seconds`, then drop the connection."""
+    return Step("hang", seconds=seconds)
+
+
+def slow(seconds: float, step: Step) -> Step:
+    """`step`, answered only after `seconds` (a slow but working model)."""
+    return replace(step, delay_s=seconds)
+
+
+def reset() -> Step:
+    """Close the socket (RST) without answering."""
+    return Step("reset")
+
+
+def invalid_json(raw: str = '{"reply": "Hello, thanks for writing') -> Step:
+    """A tool call (or content) whose arguments are not valid JSON."""
+    return Step("invalid_json", payload=raw)
+
+
+def refusal(text: str = "I'm sorry, I can't help with that.") -> Step:
+    """`message.refusal` set and no content, as OpenAI's structured-output refusals look."""
+    return Step("refusal", payload=text)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+
+    @property
+    def json(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.json.get("messages") or [])
+
+    def message_text(self, role: str | None = None) -> str:
+        """The text of every message (of one role), joined: what the model was shown."""
+        parts: list[str] = []
+        for message in self.messages:
+            if role is not None and message.get("role") != role:
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(block.get("text", "")) for block in content if isinstance(block, dict))
+        return "\n".join(parts)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    owner: FakeOpenAI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        return
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        else:
+            self._send_json(404, _error_body("not found", "invalid_request_error"))
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        owner = self.server.owner
+        request = RecordedRequest(
+            method="POST",
+            path=self.path,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            received_at=time.monotonic(),
+        )
+        step = owner._record_and_next(request)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, _error_body(f"unknown path {self.path}", "invalid_request_error"))
+            return
+        if step is None:
+            problem = _error_body("fake_openai: the test scripted no reply for this request", "server_error")
+            self._send_json(500, problem)
+            return
+        self._answer(step, request.json)
+
+    def _answer(self, step: Step, req: dict[str, Any]) -> None:
+        if step.delay_s and self.server.owner._stopping.wait(step.delay_s):
+            return
+        if step.kind == "status":
+            kind = "invalid_request_error"
+            if step.code == 429:
+                kind = "rate_limit_exceeded"
+            elif step.code >= 500:
+                kind = "server_error"
+            message = step.payload or f"scripted status {step.code}"
+            self._send_json(step.code, _error_body(message, kind), step.headers)
+        elif step.kind == "hang":
+            self.server.owner._stopping.wait(step.seconds)
+            self._drop()
+        elif step.kind == "reset":
+            self._drop()
+        elif step.kind == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": step.payload}
+            self._send_json(200, _completion(req, message, "stop", step.usage))
+        elif step.kind == "text":
+            message = {"role": "assistant", "content": step.payload, "refusal": None}
+            self._send_json(200, _completion(req, message, step.finish_reason or "stop", step.usage))
+        else:
+            raw = json.dumps(step.payload) if step.kind == "json" else str(step.payload)
+            tool = _forced_tool(req)
+            if tool is not None:
+                function = {"name": tool, "arguments": raw}
+                call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "function": function}
+                message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+                self._send_json(200, _completion(req, message, "tool_calls", step.usage))
+            else:
+                message = {"role": "assistant", "content": raw, "refusal": None}
+                self._send_json(200, _completion(req, message, "stop", step.usage))
+
+    def _send_json(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+    def _drop(self) -> None:
+        # SO_LINGER 0: close() sends a RST instead of a polite FIN, like a crashed proxy.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+
+def _error_body(message: str, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+
+
+def _forced_tool(req: dict[str, Any]) -> str | None:
+    tools = req.get("tools") or []
+    if not tools:
+        return None
+    choice = req.get("tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name:
+            return str(name)
+    first = tools[0]
+    return str((first.get("function") or {}).get("name") or "tool")
+
+
+def _completion(
+    req: dict[str, Any], message: dict[str, Any], finish_reason: str, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    if usage is None:
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in req.get("messages") or [])
+        completion_chars = len(json.dumps(message))
+        usage = {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": max(1, completion_chars // 4)}
+    usage = {**usage, "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.get("model") or "fake-model",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage,
+    }
+
+
+class FakeOpenAI:
+    """The server; `script(...)` queues replies, `requests` lists what arrived, in order."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._steps: deque[Step] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        # Answers every request once the script has run out (e.g. for load tests); None means a 500.
+        self.default: Step | None = None
+
+    def start(self) -> FakeOpenAI:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the server first"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *steps: Step) -> FakeOpenAI:
+        with self._lock:
+            self._steps.extend(steps)
+        return self
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._steps)
+
+    def _record_and_next(self, request: RecordedRequest) -> Step | None:
+        with self._lock:
+            self.requests.append(request)
+            return self._steps.popleft() if self._steps else self.default

@@ -1,0 +1,209 @@
+"""Worker processes on one database: contention, `kill -9`, SIGSTOP past the lease, and SIGTERM.
+
+Each process is `python -m tests.support.workers`: the real `run_worker_process` around a processor that
+records what it starts and what its fenced completion commits (see that module). Leases are 3 s here so that
+rescues happen within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app.settings import PROJECT_ROOT
+from tests.support.workers import TABLES_SQL, eventually, insert_queued_tickets, truthy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+LEASE_S = 3.0
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait_listening(self, within_s: float = 30.0) -> None:
+        await eventually(lambda: truthy("listening on" in self.log()), within_s=within_s, what="worker ready")
+
+    async def exit_code(self, within_s: float) -> int:
+        return await asyncio.wait_for(self.process.wait(), within_s)
+
+
+@pytest.fixture
+async def start_worker(
+    clean_db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[WorkerProcess]]]:
+    await clean_db.execute(TABLES_SQL)
+    started: list[WorkerProcess] = []
+
+    async def start(
+        *, concurrency: int = 2, mode: str = "ok", sleep_s: float = 2.0, grace_s: float = 20.0
+    ) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = {
+            **os.environ,
+            "DESKPILOT_DATABASE_URL": database_url,
+            "DESKPILOT_LEASE_SECONDS": str(LEASE_S),
+            "DESKPILOT_POLL_INTERVAL": "0.5",
+        }
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.support.workers",
+                "--url",
+                database_url,
+                "--concurrency",
+                str(concurrency),
+                "--mode",
+                mode,
+                "--sleep-s",
+                str(sleep_s),
+                "--grace-s",
+                str(grace_s),
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        await worker.wait_listening()
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.returncode is None:
+            worker.signal(signal.SIGCONT)
+            worker.signal(signal.SIGKILL)
+            await worker.process.wait()
+
+
+def rows_in(pool: asyncpg.Pool, table: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        found: int = await pool.fetchval(f"SELECT count(*) FROM {table}")
+        return found >= count
+
+    return check
+
+
+async def test_two_workers_process_each_of_500_tickets_exactly_once(
+    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]]
+) -> None:
+    first, second = await asyncio.gather(start_worker(concurrency=4), start_worker(concurrency=4))
+    ids = await insert_queued_tickets(clean_db, 500, notify=True)
+    await eventually(rows_in(clean_db, "test_processed", 500), within_s=60, what="500 completions")
+    await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one
+
+    processed = await clean_db.fetch("SELECT ticket_id, worker_pid, token FROM test_processed")
+    assert len(processed) == 500
+    assert {row["ticket_id"] for row in processed} == set(ids)
+    # One start per ticket: no ticket was ever held by two workers, not even one whose completion was refused.
+    starts = await clean_db.fetchval("SELECT count(*) FROM test_started")
+    assert starts == 500
+    assert len({row["token"] for row in processed}) == 500
+    assert await clean_db.fetchval("SELECT count(*) FROM test_refused") == 0
+    by_worker = {pid: sum(row["worker_pid"] == pid for row in processed) for pid in (first.pid, second.pid)}
+    assert all(count > 0 for count in by_worker.values()), by_worker
+    left = await clean_db.fetchval(
+        "SELECT count(*) FROM tickets WHERE next_attempt_at IS NOT NULL OR lease_owner IS NOT NULL"
+    )
+    assert left == 0
+
+
+async def test_a_killed_workers_ticket_is_rescued_after_its_lease_and_completed_once(
+    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]]
+) -> None:
+    victim = await start_worker(concurrency=1, mode="sleep", sleep_s=60)
+    [ticket_id] = await insert_queued_tickets(clean_db, subjects=["held by the victim"], notify=True)
+    await eventually(rows_in(clean_db, "test_started", 1), within_s=15, what="victim started the ticket")
+    rescuer = await start_worker(concurrency=1, mode="ok")
+    victim.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    await eventually(rows_in(clean_db, "test_processed", 1), within_s=60, what="ticket rescued")
+    assert time.monotonic() - killed_at < 60
+
+    await asyncio.sleep(0.5)
+    [done] = await clean_db.fetch("SELECT ticket_id, worker_pid, token FROM test_processed")
+    assert done["ticket_id"] == ticket_id
+    assert done["worker_pid"] == rescuer.pid
+    starts = await clean_db.fetch("SELECT worker_pid, token FROM test_started ORDER BY at")
+    assert [row["worker_pid"] for row in starts] == [victim.pid, rescuer.pid]
+    assert done["token"] > starts[0]["token"]
+    row = await clean_db.fetchrow("SELECT next_attempt_at, lease_owner FROM tickets WHERE id = $1", ticket_id)
+    assert row is not None
+    assert row["next_attempt_at"] is None
+    assert row["lease_owner"] is None
+
+
+async def test_a_paused_worker_past_its_lease_cannot_complete_after_it_resumes(
+    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]]
+) -> None:
+    sleeper = await start_worker(concurrency=1, mode="sleep", sleep_s=LEASE_S + 1)
+    [ticket_id] = await insert_queued_tickets(clean_db, subjects=["held by the sleeper"], notify=True)
+    await eventually(rows_in(clean_db, "test_started", 1), within_s=15, what="sleeper started the ticket")
+    sleeper.signal(signal.SIGSTOP)
+    try:
+        rescuer = await start_worker(concurrency=1, mode="ok")
+        await eventually(rows_in(clean_db, "test_processed", 1), within_s=60, what="ticket rescued")
+    finally:
+        sleeper.signal(signal.SIGCONT)
+    # Resumed past its sleep and its lease: its heartbeat or its fenced completion finds the token superseded.
+    await eventually(lambda: truthy("lease lost" in sleeper.log()), within_s=15, what="sleeper sees it lost")
+    await asyncio.sleep(0.5)
+
+    processed = await clean_db.fetch("SELECT ticket_id, worker_pid FROM test_processed")
+    assert [(row["ticket_id"], row["worker_pid"]) for row in processed] == [(ticket_id, rescuer.pid)]
+    refused = await clean_db.fetch("SELECT worker_pid FROM test_refused")
+    assert {row["worker_pid"] for row in refused} <= {sleeper.pid}
+    row = await clean_db.fetchrow("SELECT failure_count, last_error FROM tickets WHERE id = $1", ticket_id)
+    assert row is not None
+    assert row["failure_count"] == 0
+    assert row["last_error"] is None
+    sleeper.signal(signal.SIGTERM)
+    assert await sleeper.exit_code(within_s=30) == 0
+
+
+async def test_sigterm_finishes_short_work_releases_the_rest_and_exits_0_within_30s(
+    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]]
+) -> None:
+    worker = await start_worker(concurrency=2, mode="sleep", grace_s=4)
+    short, long = await insert_queued_tickets(clean_db, subjects=["sleep 1.5", "sleep 120"], notify=True)
+    await eventually(rows_in(clean_db, "test_started", 2), within_s=15, what="both tickets started")
+    worker.signal(signal.SIGTERM)
+    signalled_at = time.monotonic()
+    assert await worker.exit_code(within_s=30) == 0
+    assert time.monotonic() - signalled_at < 30
+
+    processed = await clean_db.fetch("SELECT ticket_id FROM test_processed")
+    assert [row["ticket_id"] for row in processed] == [short]
+    released = await clean_db.fetchrow(
+        """SELECT lease_owner, lease_expires_at, next_attempt_at <= now() AS due, failure_count
+           FROM tickets WHERE id = $1""",
+        long,
+    )
+    assert released is not None
+    assert released["lease_owner"] is None
+    assert released["lease_expires_at"] is None
+    assert released["due"] is True
+    assert released["failure_count"] == 0
+    assert "released for another worker" in worker.log()

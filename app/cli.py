@@ -185,5 +185,10 @@ from knowledge.cli import kb  # noqa: E402
 
 main.add_command(kb)
 
+from agent.cli import calibrate, evaluate  # noqa: E402
+
+main.add_command(evaluate, "eval")
+main.add_command(calibrate)
+
 if __name__ == "__main__":
     main()

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.controllers.customer_messages import CustomerMessagesController
 from app.controllers.customers import CustomerController
 from app.controllers.health import HealthController
+from app.controllers.ingest import IngestController
+from app.controllers.knowledge import KnowledgeController
+from app.controllers.review import ReviewController
+from app.controllers.support_health import SupportHealthController
 from app.controllers.tickets import TicketController
+from app.controllers.web import web_router
 
-ROUTE_HANDLERS: list[Any] = [HealthController, TicketController, CustomerController]
+ROUTE_HANDLERS: list[Any] = [
+    HealthController,
+    IngestController,
+    TicketController,
+    CustomerController,
+    web_router,
+    ReviewController,
+    SupportHealthController,
+    CustomerMessagesController,
+    KnowledgeController,
+]

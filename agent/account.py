@@ -1,0 +1,121 @@
+"""Reading a claimed ticket and its customer's account context: tier, recent events, earlier tickets and how
+similar they are to this one (repeated contact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+
+from agent.state import TicketInput
+from app.customers import recent_events
+
+# Earlier tickets at least this similar (cosine of the query embeddings) are "the same problem again".
+REPEAT_SIMILARITY = 0.8
+REPEAT_WINDOW_DAYS = 30
+
+
+async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput | None:
+    row = await conn.fetchrow(
+        """SELECT t.id, t.customer_id, t.channel, t.subject, t.body, COALESCE(t.customer_name, c.name) AS name,
+                  c.email, t.status, t.cycle_count, t.reopen_count, t.metadata
+           FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1""",
+        ticket_id,
+    )
+    if row is None:
+        return None
+    # The first inbound message is the ticket itself; later ones are the customer's follow-ups.
+    follow_ups = await conn.fetch(
+        """SELECT body FROM ticket_messages WHERE ticket_id = $1 AND direction = 'inbound'
+           ORDER BY created_at, id OFFSET 1""",
+        ticket_id,
+    )
+    return TicketInput(
+        ticket_id=str(row["id"]),
+        customer_id=str(row["customer_id"]),
+        channel=row["channel"],
+        subject=row["subject"] or "",
+        body=row["body"],
+        customer_name=row["name"],
+        customer_email=row["email"],
+        status=row["status"],
+        cycle_count=row["cycle_count"],
+        reopen_count=row["reopen_count"],
+        follow_ups=[r["body"] for r in follow_ups],
+        metadata=dict(row["metadata"] or {}),
+    )
+
+
+async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding: np.ndarray) -> dict[str, Any]:
+    """The account snapshot routing and the specialists read: {tier, name, customer_since, events,
+    prior_tickets [{id, subject, category, priority, status, created_at, resolution, similarity}],
+    earlier_replies, repeated_contact}."""
+    customer_id = UUID(str(ticket["customer_id"]))
+    ticket_id = UUID(str(ticket["ticket_id"]))
+    customer = await conn.fetchrow("SELECT name, tier, created_at, metadata FROM customers WHERE id = $1", customer_id)
+    events = await recent_events(conn, customer_id, days=90)
+    priors = await conn.fetch(
+        """
+        SELECT t.id, t.subject, t.category, t.priority, t.status, t.created_at, t.resolution,
+               (SELECT 1 - (a.query_embedding <=> $3)
+                  FROM resolution_attempts a
+                 WHERE a.ticket_id = t.id AND a.query_embedding IS NOT NULL
+                 ORDER BY a.attempt_no DESC LIMIT 1) AS similarity
+        FROM tickets t
+        WHERE t.customer_id = $1 AND t.id <> $2 AND t.created_at > now() - interval '90 days'
+        ORDER BY t.created_at DESC LIMIT 10
+        """,
+        customer_id,
+        ticket_id,
+        np.asarray(embedding, dtype=np.float32),
+    )
+    earlier_replies = await conn.fetchval(
+        "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
+    )
+    prior_tickets = [
+        {
+            "id": str(r["id"]),
+            "subject": r["subject"],
+            "category": r["category"],
+            "priority": r["priority"],
+            "status": r["status"],
+            "created_at": r["created_at"].isoformat(),
+            "resolution": (r["resolution"] or "")[:400] or None,
+            "similarity": round(float(r["similarity"]), 4) if r["similarity"] is not None else None,
+            "age_days": None,
+        }
+        for r in priors
+    ]
+    now = await conn.fetchval("SELECT now()")
+    for prior, row in zip(prior_tickets, priors, strict=True):
+        prior["age_days"] = round((now - row["created_at"]).total_seconds() / 86400, 1)
+    repeated_from = [
+        p["id"]
+        for p in prior_tickets
+        if p["similarity"] is not None and p["similarity"] >= REPEAT_SIMILARITY and p["age_days"] <= REPEAT_WINDOW_DAYS
+    ]
+    # The customer wrote again after our reply on this very ticket: the reply did not solve it.
+    follow_up_after_reply = bool(earlier_replies) and bool(ticket.get("follow_ups"))
+    return {
+        "tier": customer["tier"] if customer else None,
+        "name": customer["name"] if customer else None,
+        "customer_since": customer["created_at"].isoformat() if customer else None,
+        "metadata": dict(customer["metadata"] or {}) if customer else {},
+        "events": [{"kind": e["kind"], "occurred_at": e["occurred_at"].isoformat(), "data": e["data"]} for e in events],
+        "prior_tickets": prior_tickets,
+        "earlier_replies": int(earlier_replies or 0),
+        "repeated_contact": bool(repeated_from) or follow_up_after_reply,
+        "repeated_from": repeated_from,
+    }
+
+
+def offline_account(ticket: TicketInput) -> dict[str, Any]:
+    """The account an offline run supplies with the ticket (none at all in evaluation)."""
+    account = dict(ticket.get("account") or {})
+    account.setdefault("events", [])
+    account.setdefault("prior_tickets", [])
+    account.setdefault("repeated_contact", False)
+    return account

@@ -1,0 +1,92 @@
+"""The audit trail of the agent: one `resolution_attempts` row per run of the graph, one `attempt_steps` row per
+node as it finishes (docs/architecture.md, "Audit trail").
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.queue import Claim
+
+
+def json_safe(value: Any) -> Any:
+    """Node outputs as plain JSON (UUIDs, datetimes and numpy scalars as strings or floats)."""
+    return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+async def start_attempt(conn: asyncpg.Connection, claim: Claim, knowledge_version: int) -> UUID:
+    """Insert the attempt row (state running); earlier running attempts of the ticket are abandoned."""
+    async with conn.transaction():
+        await conn.execute(
+            """UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
+                      error = COALESCE(error, 'superseded by attempt ' || $2::int)
+               WHERE ticket_id = $1 AND state = 'running'""",
+            claim.ticket_id,
+            claim.attempt_no,
+        )
+        attempt_id: UUID = await conn.fetchval(
+            """INSERT INTO resolution_attempts (ticket_id, attempt_no, lease_token, worker_id, knowledge_version)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (ticket_id, attempt_no) DO UPDATE SET
+                   state = 'running', lease_token = EXCLUDED.lease_token, worker_id = EXCLUDED.worker_id,
+                   started_at = now(), finished_at = NULL, error = NULL
+               RETURNING id""",
+            claim.ticket_id,
+            claim.attempt_no,
+            claim.token,
+            claim.worker_id,
+            knowledge_version,
+        )
+    return attempt_id
+
+
+class DatabaseRecorder:
+    """Writes each step as its node finishes, so a trace shows work in progress."""
+
+    def __init__(self, pool: asyncpg.Pool, attempt_id: UUID) -> None:
+        self.pool = pool
+        self.attempt_id = attempt_id
+        self.seq = 0
+
+    async def record(
+        self, node: str, started_at: datetime, duration_ms: float, output: dict[str, Any], error: str | None
+    ) -> None:
+        self.seq += 1
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Trace rows need not survive an OS crash the way a decision must: skip the fsync wait.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(
+                """INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                self.attempt_id,
+                self.seq,
+                node,
+                started_at,
+                duration_ms,
+                json_safe(output),
+                error,
+            )
+
+
+async def fail_attempt(conn: asyncpg.Connection, attempt_id: UUID, error: str, *, state: str = "failed") -> None:
+    """Close an attempt that raised (or lost its lease); the ticket itself is the worker's to handle."""
+    await conn.execute(
+        """UPDATE resolution_attempts SET state = $2, error = $3, finished_at = now()
+           WHERE id = $1 AND state = 'running'""",
+        attempt_id,
+        state,
+        error[:4000],
+    )

@@ -1,0 +1,483 @@
+"""The graph's nodes: each reads the state, returns only the keys it changes, and reaches its dependencies
+through `Runtime[Context]`. `traced` times every node and hands its output (or error) to the step recorder.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from langgraph.runtime import Runtime
+
+from agent import outcome
+from agent.account import load_account, offline_account
+from agent.classifier import RoutingPrediction
+from agent.confidence import Grounding, compute_signals, score_confidence
+from agent.context import Context
+from agent.drafting import Draft, DraftRequest
+from agent.risk import NO_RETRY, URGENT, Risk, detect_risks, strongest_action
+from agent.specialists import specialist_for, wants_event
+from agent.state import STEP_OUTPUTS, AgentState, ticket_text
+from agent.triage import decide_category, decide_priority
+from knowledge.retrieval import RetrievedItem, search, shorten
+
+
+class Node(Protocol):
+    """A graph node as LangGraph calls it: the state, and the runtime by keyword."""
+
+    def __call__(self, state: AgentState, *, runtime: Runtime[Context]) -> Awaitable[dict[str, Any]]: ...
+
+
+def traced(name: str) -> Callable[[Node], Node]:
+    """Time the node, record its output (or error) as one audit step, observe its latency."""
+    output_key = STEP_OUTPUTS[name]
+
+    def wrap(node: Node) -> Node:
+        @functools.wraps(node)
+        async def run(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+            ctx = runtime.context
+            started_at = datetime.now(UTC)
+            started = time.perf_counter()
+            try:
+                update = await node(state, runtime=runtime)
+            except Exception as exc:
+                elapsed = (time.perf_counter() - started) * 1000
+                if ctx.recorder is not None:
+                    await ctx.recorder.record(name, started_at, elapsed, {}, f"{type(exc).__name__}: {exc}")
+                raise
+            elapsed = (time.perf_counter() - started) * 1000
+            if ctx.metrics is not None:
+                ctx.metrics.node_latency.labels(name).observe(elapsed / 1000)
+            if ctx.recorder is not None:
+                await ctx.recorder.record(name, started_at, elapsed, update.get(output_key, {}), None)
+            return update
+
+        return run
+
+    return wrap
+
+
+# --- routing ------------------------------------------------------------------------------------------------
+
+
+@traced("classify")
+async def classify(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    ticket = state["ticket"]
+    text = ticket_text(ticket)
+    embedding = state.get("embedding")
+    if embedding is None:
+        embedding = await ctx.embeddings.encode(text)
+    models = await ctx.routing_models()
+    if ctx.live and ticket.get("customer_id"):
+        async with ctx.pool.acquire() as conn:
+            account = await load_account(conn, ticket, embedding)
+    else:
+        account = offline_account(ticket)
+    prediction = models.predict(text, embedding, exclude_ticket_id=ticket.get("ticket_id"))
+    classification = decide_category(text, prediction, account)
+    classification["model"] = prediction.model
+    return {"embedding": embedding, "account": account, "prediction": prediction, "classification": classification}
+
+
+@traced("prioritize")
+async def prioritize(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    text = ticket_text(state["ticket"])
+    account = state.get("account", {})
+    repeated = bool(account.get("repeated_contact"))
+    risks = detect_risks(text, repeated_contact=repeated)
+    repeated = repeated or any(r.kind == "repeated_contact" for r in risks)
+    prioritization = decide_priority(text, state.get("prediction"), account, risks, repeated_contact=repeated)
+    return {"risks": risks, "prioritization": prioritization}
+
+
+@traced("dispatch")
+async def dispatch(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    category = state["classification"]["category"]
+    specialist = specialist_for(category)
+    previous = state["ticket"].get("status", "open")
+    if ctx.claim is not None:
+        previous = await outcome.mark_in_progress(
+            ctx.pool,
+            ctx.claim,
+            category=category,
+            priority=state["prioritization"]["priority"],
+            assigned_agent=specialist.name,
+        )
+    reasons = [f"category {category} goes to {specialist.name}", f"status {previous} -> in_progress"]
+    return {
+        "dispatch": {
+            "assigned_agent": specialist.name,
+            "status": "in_progress",
+            "previous_status": previous,
+            "reasons": reasons,
+        }
+    }
+
+
+# --- the resolution agent -----------------------------------------------------------------------------------
+
+
+def _event_summary(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    detail = ", ".join(f"{k}={v}" for k, v in list(data.items())[:3]) if isinstance(data, dict) else ""
+    return f"{event.get('kind')} at {event.get('occurred_at')}" + (f" ({detail})" if detail else "")
+
+
+@traced("load_context")
+async def load_context(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    """What the assigned specialist knows about the customer: its kind of events, earlier tickets and their
+    resolutions, and the signals those add up to."""
+    account = state.get("account", {})
+    specialist = specialist_for(state["classification"]["category"])
+    now = datetime.now(UTC)
+    events = []
+    for event in account.get("events") or []:
+        occurred = event.get("occurred_at")
+        age = None
+        if isinstance(occurred, str):
+            try:
+                age = (now - datetime.fromisoformat(occurred)).total_seconds() / 86400
+            except ValueError:
+                age = None
+        if wants_event(specialist, str(event.get("kind", ""))) and (age is None or age <= specialist.event_days):
+            events.append(event)
+    prior = account.get("prior_tickets") or []
+    signals: list[str] = []
+    tier = account.get("tier")
+    if tier:
+        signals.append(f"{tier} tier")
+    for event in events[:3]:
+        signals.append(_event_summary(event))
+    if account.get("repeated_contact"):
+        signals.append("the customer reported a similar problem before")
+    if account.get("earlier_replies"):
+        signals.append(f"{account['earlier_replies']} earlier replies on this ticket")
+    open_prior = [p for p in prior if p.get("status") in {"open", "in_progress", "pending_customer"}]
+    if open_prior:
+        signals.append(f"{len(open_prior)} other open tickets")
+    return {
+        "context": {
+            "specialist": specialist.name,
+            "customer": {"tier": tier, "name": state["ticket"].get("customer_name") or account.get("name")},
+            "events": events[:10],
+            "prior_tickets": prior[:5],
+            "signals": signals,
+        }
+    }
+
+
+async def _resolution_with_issue(ctx: Context, embedding: Any, intent: str) -> RetrievedItem | None:
+    """The past resolution of `intent` closest to the ticket, for when hybrid retrieval did not surface one."""
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        # Exact: an HNSW scan filtered by intent may find none of that intent among its candidates.
+        await conn.execute("SET LOCAL enable_indexscan = off")
+        row = await conn.fetchrow(
+            """SELECT id, ticket_text, resolution, category, intent, source, source_ref, priority, tags, language,
+                      ticket_id, metadata, 1 - (embedding <=> $1) AS similarity
+               FROM past_resolutions WHERE intent = $2 ORDER BY embedding <=> $1 LIMIT 1""",
+            embedding,
+            intent,
+        )
+    if row is None:
+        return None
+    metadata = dict(row["metadata"] or {})
+    metadata.update(
+        source_ref=row["source_ref"],
+        priority=row["priority"],
+        tags=list(row["tags"] or []),
+        language=row["language"],
+        ticket_id=str(row["ticket_id"]) if row["ticket_id"] else None,
+    )
+    first_line = next((ln for ln in row["ticket_text"].splitlines() if ln.strip()), row["ticket_text"])
+    return RetrievedItem(
+        kind="resolution",
+        id=row["id"],
+        title=shorten(first_line, 100),
+        text=row["ticket_text"],
+        resolution=row["resolution"],
+        category=row["category"],
+        intent=row["intent"],
+        source=row["source"],
+        similarity=float(row["similarity"]),
+        text_rank=None,
+        vector_rank=None,
+        score=0.0,
+        metadata=metadata,
+    )
+
+
+def choose_grounding(
+    resolutions: list[RetrievedItem], prediction: RoutingPrediction | None, category: str, use_intents: bool
+) -> Grounding:
+    """The past resolution the reply rests on: the closest one of the predicted issue when the history has
+    issue labels, else the closest one, preferring the ticket's category among near ties."""
+    if not resolutions:
+        return Grounding(None, None, "no past resolution retrieved")
+    by_similarity = sorted(resolutions, key=lambda r: -(r.similarity or 0.0))
+    if use_intents and prediction is not None and prediction.intent:
+        same = [r for r in by_similarity if r.intent == prediction.intent]
+        if same:
+            return Grounding(
+                same[0], prediction.intent, f"closest resolution of the predicted issue {prediction.intent}"
+            )
+    best = by_similarity[0]
+    near = [r for r in by_similarity if r.category == category and (r.similarity or 0) >= (best.similarity or 0) - 0.02]
+    chosen = near[0] if near else best
+    return Grounding(chosen, chosen.intent, "closest past resolution" + (" of this category" if near else ""))
+
+
+@traced("retrieve")
+async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    settings = ctx.settings
+    category = state["classification"]["category"]
+    specialist = specialist_for(category)
+    text = ticket_text(state["ticket"])
+    embedding = state["embedding"]
+    k = max(settings.retrieve_k * 2, 12)
+    async with ctx.pool.acquire() as conn:
+        items = await search(
+            conn,
+            query_embedding=embedding,
+            query_text=text,
+            k=k,
+            ef_search=settings.hnsw_ef_search,
+            candidates=max(40, k),
+        )
+
+    # The specialist prefers material of its own category; uncategorised KB articles apply everywhere.
+    def boosted(item: RetrievedItem) -> float:
+        same = item.category == category or (item.kind == "kb_chunk" and item.category is None)
+        return item.score * (specialist.category_boost if same else 1.0)
+
+    items = sorted(items, key=lambda i: -boosted(i))
+    prediction: RoutingPrediction | None = state.get("prediction")
+    models = ctx.models.current
+    use_intents = bool(models and models.has_intents)
+    resolutions = [i for i in items if i.kind == "resolution"]
+    if (
+        use_intents
+        and prediction is not None
+        and prediction.intent
+        and not any(r.intent == prediction.intent for r in resolutions)
+    ):
+        extra = await _resolution_with_issue(ctx, embedding, prediction.intent)
+        if extra is not None:
+            items.append(extra)
+            resolutions.append(extra)
+    grounding = choose_grounding(resolutions, prediction, category, use_intents)
+    return {
+        "items": items,
+        "grounding": grounding,
+        "retrieval": {
+            "items": [
+                {
+                    "kind": i.kind,
+                    "id": str(i.id),
+                    "title": i.title,
+                    "preview": i.preview,
+                    "category": i.category,
+                    "intent": i.intent,
+                    "source": i.source,
+                    "similarity": round(i.similarity, 4) if i.similarity is not None else None,
+                    "text_rank": i.text_rank,
+                    "score": round(boosted(i), 6),
+                }
+                for i in items
+            ],
+            "primary": str(grounding.item.id) if grounding.item is not None else None,
+            "grounding": grounding.how,
+            "specialist": specialist.name,
+        },
+    }
+
+
+@traced("draft")
+async def draft(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    ticket = state["ticket"]
+    items: list[RetrievedItem] = state.get("items", [])
+    grounding: Grounding = state["grounding"]
+    request = DraftRequest(
+        ticket=ticket,
+        category=state["classification"]["category"],
+        priority=state["prioritization"]["priority"],
+        specialist=specialist_for(state["classification"]["category"]),
+        customer_name=ticket.get("customer_name") or state.get("account", {}).get("name"),
+        grounding=grounding.item,
+        resolutions=[i for i in items if i.kind == "resolution"],
+        passages=[i for i in items if i.kind == "kb_chunk"],
+        context=state.get("context", {}),
+        risks=list(state.get("risks", [])),
+    )
+    result: Draft = await ctx.drafter.draft(request)
+    if result.fell_back and ctx.fallback_drafter is not None:
+        failed = result
+        result = await ctx.fallback_drafter.draft(request)
+        result.notes.append(f"LLM failed ({failed.error}); offline drafter used")
+        result.model = {**result.model, "llm": failed.model}
+    drafted: dict[str, Any] = {
+        "draft": result.text,
+        "citations": result.citations,
+        "drafter": result.drafter,
+        "grounded": result.grounded,
+        "removed": result.removed,
+        "violations": result.violations,
+        "model": result.model,
+    }
+    if result.template is not None:
+        drafted["template"] = result.template
+    if result.prompt is not None:
+        drafted["prompt"] = result.prompt
+    if result.notes:
+        drafted["notes"] = result.notes
+    if result.detail:
+        drafted["llm"] = result.detail
+    if result.escalate:
+        drafted["escalate"] = result.escalate_reasons or ["the drafter asked for a person"]
+    return {"drafted": drafted, "draft_result": result}
+
+
+def _gate(risks: list[Risk], drafted: dict[str, Any], result: Draft | None) -> tuple[str | None, list[str]]:
+    """Decision gates no confidence overrides: risky tickets, guard violations, drafter escalations."""
+    reasons = [r.describe() for r in risks]
+    action = strongest_action(risks)
+    gate: str | None = None
+    if action in {"escalate", "escalate_urgent"}:
+        gate = "escalate"
+    elif action == "review":
+        gate = "review"
+    if drafted.get("violations"):
+        gate = "escalate"
+        reasons += [f"reply failed the guard: {v}" for v in drafted["violations"]]
+    if drafted.get("escalate"):
+        gate = "escalate"
+        reasons += list(drafted["escalate"])
+    return gate, reasons
+
+
+@traced("score")
+async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    settings = ctx.settings
+    prediction: RoutingPrediction | None = state.get("prediction")
+    models = ctx.models.current
+    use_intents = bool(models and models.has_intents)
+    grounding: Grounding = state["grounding"]
+    signals = compute_signals(
+        grounding=grounding,
+        neighbours=prediction.neighbours if prediction else [],
+        intent_probs=prediction.intent_probs if prediction else {},
+        category=state["classification"]["category"],
+        category_certainty=state["classification"]["certainty"],
+        use_intents=use_intents,
+    )
+    result: Draft | None = state.get("draft_result")
+    drafted = state["drafted"]
+    scored = score_confidence(
+        signals,
+        ctx.calibration,
+        use_intents=use_intents,
+        self_assessment=result.self_assessment if result is not None else None,
+        grounded=bool(drafted.get("grounded")),
+    )
+    risks: list[Risk] = list(state.get("risks", []))
+    gate, gate_reasons = _gate(risks, drafted, result)
+    return {
+        "scoring": {
+            "confidence": scored.confidence,
+            "raw_score": scored.raw_score,
+            "calibrated": scored.calibrated,
+            "breakdown": scored.breakdown,
+            "signals": {k: round(v, 4) for k, v in signals.items()},
+            "model": "with_intents" if use_intents else "without_intents",
+            "risks": [r.describe() for r in risks],
+            "risk_kinds": sorted({r.kind for r in risks}),
+            "gate": gate,
+            "gate_reasons": gate_reasons,
+            "thresholds": {"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold},
+        }
+    }
+
+
+# --- decisions ----------------------------------------------------------------------------------------------
+
+
+def _confidence_reason(scoring: dict[str, Any]) -> str:
+    t = scoring["thresholds"]
+    return (
+        f"confidence {scoring['confidence']:.2f} (auto-resolve at {t['auto_resolve']:.2f}, review at {t['review']:.2f})"
+    )
+
+
+@traced("deliver")
+async def deliver(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    return await _reply(state, runtime, "deliver", [_confidence_reason(state["scoring"])])
+
+
+@traced("flag_for_review")
+async def flag_for_review(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    scoring = state["scoring"]
+    reasons = [_confidence_reason(scoring)]
+    if scoring.get("gate") == "review":
+        reasons = ["never auto-resolved: " + "; ".join(scoring["gate_reasons"]), *reasons]
+    return await _reply(state, runtime, "flag_for_review", reasons)
+
+
+async def _reply(state: AgentState, runtime: Runtime[Context], decision: Any, reasons: list[str]) -> dict[str, Any]:
+    ctx = runtime.context
+    delivery_id: UUID | None = None
+    if ctx.claim is not None and ctx.attempt_id is not None:
+        delivery_id = await outcome.commit_reply(
+            ctx.pool, ctx.settings, ctx.claim, ctx.attempt_id, state, decision=decision, reasons=reasons
+        )
+    if ctx.metrics is not None:
+        ctx.metrics.attempts.labels(decision).inc()
+    return {
+        "outcome": {
+            "decision": decision,
+            "reasons": reasons,
+            "delivery_id": str(delivery_id) if delivery_id else None,
+            "status": "resolved",
+            "flagged": decision == "flag_for_review",
+        }
+    }
+
+
+@traced("escalate")
+async def escalate(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+    ctx = runtime.context
+    scoring = state["scoring"]
+    risk_kinds = set(scoring.get("risk_kinds", []))
+    reasons = list(scoring.get("gate_reasons") or []) if scoring.get("gate") == "escalate" else []
+    reasons.append(_confidence_reason(scoring))
+    # A re-run cannot change a demand, an injection or an incident report: those wait for a person. Low
+    # confidence can change when the knowledge base grows, so those get more cycles.
+    retryable = not (risk_kinds & (NO_RETRY | URGENT)) and scoring.get("gate") != "escalate"
+    plan: dict[str, Any] = {"retry": False}
+    if ctx.claim is not None and ctx.attempt_id is not None:
+        plan = await outcome.commit_escalation(
+            ctx.pool, ctx.settings, ctx.claim, ctx.attempt_id, state, reasons=reasons, retryable=retryable
+        )
+    if ctx.metrics is not None:
+        ctx.metrics.attempts.labels("escalate").inc()
+    if plan.get("retry"):
+        reasons.append(f"another cycle in {plan['retry_in_s']:.0f}s (cycle {plan['cycle']})")
+    elif ctx.claim is not None:
+        reasons.append("left for manual review")
+    return {
+        "outcome": {
+            "decision": "escalate",
+            "reasons": reasons,
+            "delivery_id": None,
+            "status": "pending_customer",
+            "retryable": retryable,
+            "retry": plan,
+        }
+    }

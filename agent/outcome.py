@@ -1,0 +1,195 @@
+"""The fenced writes of a live attempt: dispatch (status in_progress) and the decision transaction (reply queued
+in the outbox and ticket resolved, or ticket escalated), each starting with `assert_lease` so a worker whose
+lease was taken over writes nothing (raises `LeaseLost`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+
+from agent.audit import json_safe
+from agent.state import AgentState
+from app.delivery.outbox import enqueue_reply, reply_idempotency_key
+from app.lifecycle import transition
+from app.queue import Claim, assert_lease, finish_claim, notify_work
+from app.settings import Settings
+
+
+async def mark_in_progress(
+    pool: asyncpg.Pool, claim: Claim, *, category: str, priority: str, assigned_agent: str
+) -> str:
+    """Record the routing and move the ticket to in_progress (from open or pending_customer)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await assert_lease(conn, claim)
+        return await transition(
+            conn,
+            claim.ticket_id,
+            "in_progress",
+            f"dispatched to {assigned_agent}",
+            extra_sets="category = $3, priority = $4, assigned_agent = $5",
+            extra_args=(category, priority, assigned_agent),
+        )
+
+
+def _reply_subject(subject: str) -> str:
+    subject = " ".join(subject.split())
+    if not subject:
+        return "Your support request"
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+
+
+async def _finish_attempt(
+    conn: asyncpg.Connection,
+    attempt_id: UUID,
+    state: AgentState,
+    *,
+    decision: str,
+    reasons: list[str],
+    retryable: bool | None,
+) -> None:
+    classification = state.get("classification", {})
+    prioritization = state.get("prioritization", {})
+    dispatch = state.get("dispatch", {})
+    drafted = state.get("drafted", {})
+    scoring = state.get("scoring", {})
+    embedding = state.get("embedding")
+    await conn.execute(
+        """
+        UPDATE resolution_attempts SET
+            state = 'completed', finished_at = now(),
+            category = $2, priority = $3, assigned_agent = $4, routing = $5, context = $6, retrieved = $7,
+            prompt = $8, draft = $9, citations = $10, confidence = $11, confidence_breakdown = $12,
+            decision = $13, decision_reasons = $14, model = $15, query_embedding = $16,
+            escalation_retryable = $17
+        WHERE id = $1
+        """,
+        attempt_id,
+        classification.get("category"),
+        prioritization.get("priority"),
+        dispatch.get("assigned_agent"),
+        json_safe({"classify": classification, "prioritize": prioritization, "dispatch": dispatch}),
+        json_safe(state.get("context", {})),
+        json_safe(state.get("retrieval", {}).get("items", [])),
+        drafted.get("prompt") or drafted.get("template"),
+        drafted.get("draft"),
+        json_safe(drafted.get("citations", [])),
+        scoring.get("confidence"),
+        json_safe(scoring.get("breakdown", {})),
+        decision,
+        json_safe(reasons),
+        json_safe(
+            {"drafter": drafted.get("drafter"), **(drafted.get("model") or {}), "routing": classification.get("model")}
+        ),
+        np.asarray(embedding, dtype=np.float32) if embedding is not None else None,
+        retryable,
+    )
+
+
+async def commit_reply(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    claim: Claim,
+    attempt_id: UUID,
+    state: AgentState,
+    *,
+    decision: Literal["deliver", "flag_for_review"],
+    reasons: list[str],
+) -> UUID:
+    """One transaction: outbound message + outbox row, ticket resolved with the reply, attempt completed,
+    claim released, workers woken to send. Returns the delivery id."""
+    ticket = state["ticket"]
+    flagged = decision == "flag_for_review"
+    channel = ticket.get("channel") or "email"
+    if channel == "email":
+        recipient = ticket.get("customer_email") or ""
+    elif channel == "in_app":
+        recipient = str(ticket.get("customer_id") or "")
+    else:
+        recipient = settings.callback_url or ""
+    text = state["drafted"]["draft"]
+    scoring = state["scoring"]
+    async with pool.acquire() as conn, conn.transaction():
+        await assert_lease(conn, claim)
+        _message_id, delivery_id = await enqueue_reply(
+            conn,
+            ticket_id=claim.ticket_id,
+            channel=channel,
+            recipient=recipient,
+            subject=_reply_subject(ticket.get("subject") or ""),
+            body=text,
+            idempotency_key=reply_idempotency_key(channel, str(attempt_id)),
+            origin="agent",
+            attempt_id=attempt_id,
+        )
+        await transition(
+            conn,
+            claim.ticket_id,
+            "resolved",
+            "agent reply sent for review" if flagged else "agent reply sent",
+            extra_sets=(
+                "resolution = $3, confidence_score = $4, category = $5, priority = $6, assigned_agent = $7, "
+                "flagged = $8, needs_review = $8"
+            ),
+            extra_args=(
+                text,
+                scoring["confidence"],
+                state["classification"]["category"],
+                state["prioritization"]["priority"],
+                state["dispatch"]["assigned_agent"],
+                flagged,
+            ),
+        )
+        await _finish_attempt(conn, attempt_id, state, decision=decision, reasons=reasons, retryable=None)
+        await finish_claim(conn, claim)
+        await notify_work(conn)
+    return delivery_id
+
+
+async def commit_escalation(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    claim: Claim,
+    attempt_id: UUID,
+    state: AgentState,
+    *,
+    reasons: list[str],
+    retryable: bool,
+) -> dict[str, Any]:
+    """One transaction: ticket pending_customer and needing review, no reply; another cycle later with backoff
+    while `cycle_count < max_cycles` and a re-run could change the outcome. Returns the retry plan."""
+    scoring = state["scoring"]
+    async with pool.acquire() as conn, conn.transaction():
+        await assert_lease(conn, claim)
+        cycle = int(await conn.fetchval("SELECT cycle_count FROM tickets WHERE id = $1", claim.ticket_id) or 0)
+        retry = retryable and cycle < settings.max_cycles
+        retry_at_s = settings.cycle_backoff_s * 2**cycle if retry else None
+        await transition(
+            conn,
+            claim.ticket_id,
+            "pending_customer",
+            "escalated: " + (reasons[0] if reasons else "low confidence"),
+            extra_sets=(
+                "needs_review = true, confidence_score = $3, category = $4, priority = $5, assigned_agent = $6, "
+                "cycle_count = cycle_count + 1"
+            ),
+            extra_args=(
+                scoring["confidence"],
+                state["classification"]["category"],
+                state["prioritization"]["priority"],
+                state["dispatch"]["assigned_agent"],
+            ),
+        )
+        await _finish_attempt(conn, attempt_id, state, decision="escalate", reasons=reasons, retryable=retryable)
+        await finish_claim(conn, claim, retry_at_s=retry_at_s)
+    return {"cycle": cycle + 1, "retry": retry, "retry_in_s": retry_at_s}
+
+
+async def finish_without_work(pool: asyncpg.Pool, claim: Claim) -> None:
+    """Release a claim on a ticket that has nothing to do (already resolved or closed)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await assert_lease(conn, claim)
+        await finish_claim(conn, claim)

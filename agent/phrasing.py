@@ -1,0 +1,76 @@
+"""Reply wording: the offline drafter's template and its phrases in the languages the history may be written in."""
+
+from __future__ import annotations
+
+# Recorded as the draft step's `template`: the shape every offline reply takes.
+OFFLINE_TEMPLATE = (
+    "{hello} {customer_name},\\n\\n{thanks_subject}\\n\\n{best past resolution, guard-filtered}\\n\\n"
+    "{more}\\n- {KB passage title}: {excerpt}\\n\\n{refs}: {R-xxxxxxxx, KB-xxxxxxxx}\\n\\n{signoff}\\n{team}"
+)
+
+_PHRASES: dict[str, dict[str, str]] = {
+    "en": {
+        "hello": "Hello",
+        "customer": "there",
+        "thanks": "Thank you for contacting us.",
+        "thanks_subject": "Thank you for contacting us about \u201c{subject}\u201d.",
+        "more": "You may also find these help articles useful:",
+        "passages": "These help articles cover your question:",
+        "handover": "We have passed your request to a member of our team, who will get back to you.",
+        "refs": "References",
+        "signoff": "Kind regards,",
+        "article": "Help article",
+    },
+    "de": {
+        "hello": "Hallo",
+        "customer": "",
+        "thanks": "Vielen Dank für Ihre Nachricht.",
+        "thanks_subject": "Vielen Dank für Ihre Nachricht zu \u201e{subject}\u201c.",
+        "more": "Diese Hilfeartikel könnten ebenfalls nützlich sein:",
+        "passages": "Diese Hilfeartikel beantworten Ihre Frage:",
+        "handover": "Wir haben Ihre Anfrage an unser Team weitergeleitet und melden uns bei Ihnen.",
+        "refs": "Referenzen",
+        "signoff": "Mit freundlichen Grüßen",
+        "article": "Hilfeartikel",
+    },
+    "es": {
+        "hello": "Hola",
+        "customer": "",
+        "thanks": "Gracias por contactarnos.",
+        "thanks_subject": "Gracias por contactarnos sobre \u201c{subject}\u201d.",
+        "more": "También pueden serle útiles estos artículos de ayuda:",
+        "passages": "Estos artículos de ayuda responden a su consulta:",
+        "handover": "Hemos pasado su solicitud a nuestro equipo, que se pondrá en contacto con usted.",
+        "refs": "Referencias",
+        "signoff": "Saludos cordiales,",
+        "article": "Artículo de ayuda",
+    },
+    "fr": {
+        "hello": "Bonjour",
+        "customer": "",
+        "thanks": "Merci de nous avoir contactés.",
+        "thanks_subject": "Merci de nous avoir contactés au sujet de \u00ab {subject} \u00bb.",
+        "more": "Ces articles d'aide pourraient également vous être utiles :",
+        "passages": "Ces articles d'aide répondent à votre question :",
+        "handover": "Nous avons transmis votre demande à notre équipe, qui reviendra vers vous.",
+        "refs": "Références",
+        "signoff": "Cordialement,",
+        "article": "Article d'aide",
+    },
+    "pt": {
+        "hello": "Olá",
+        "customer": "",
+        "thanks": "Obrigado por entrar em contato.",
+        "thanks_subject": "Obrigado por entrar em contato sobre \u201c{subject}\u201d.",
+        "more": "Estes artigos de ajuda também podem ser úteis:",
+        "passages": "Estes artigos de ajuda respondem à sua pergunta:",
+        "handover": "Encaminhamos sua solicitação à nossa equipe, que entrará em contato.",
+        "refs": "Referências",
+        "signoff": "Atenciosamente,",
+        "article": "Artigo de ajuda",
+    },
+}
+
+
+def localized(language: str | None) -> dict[str, str]:
+    return _PHRASES.get((language or "en")[:2].lower(), _PHRASES["en"])

@@ -1,0 +1,345 @@
+"""Risk signals in a ticket that no confidence may override: demands for actions the agent cannot take, prompt
+injection, security / data-loss / outage reports, legal threats and repeated contact about the same problem.
+
+Patterns are generic phrasings in English, German, Spanish, French and Portuguese, matched on a folded copy of the
+text (NFKC, invisible characters dropped, lower case, accents stripped), so obfuscation the ingest normalizer
+missed, or text that never went through it, is still caught.
+"""
+
+# ruff: noqa: E501  (pattern tables read best with one alternative per line)
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+RiskKind = Literal[
+    "refund_demand",
+    "credit_demand",
+    "account_change_demand",
+    "action_demand",
+    "prompt_injection",
+    "security_incident",
+    "data_loss",
+    "outage",
+    "legal_threat",
+    "repeated_contact",
+]
+# escalate: never sent, no further automatic cycles (a re-run cannot change a demand or an injection).
+# escalate_urgent: never sent, priority urgent. review: may be sent, but only flagged for a human.
+RiskAction = Literal["escalate", "escalate_urgent", "review"]
+
+ACTIONS: dict[str, RiskAction] = {
+    "refund_demand": "escalate",
+    "credit_demand": "escalate",
+    "account_change_demand": "escalate",
+    "action_demand": "escalate",
+    "prompt_injection": "escalate",
+    "security_incident": "escalate_urgent",
+    "data_loss": "escalate_urgent",
+    "outage": "escalate_urgent",
+    "legal_threat": "review",
+    "repeated_contact": "review",
+}
+DEMANDS = frozenset({"refund_demand", "credit_demand", "account_change_demand", "action_demand"})
+# Kinds a later cycle cannot change: escalate once and leave for a person.
+NO_RETRY = DEMANDS | {"prompt_injection"}
+URGENT = frozenset({"security_incident", "data_loss", "outage"})
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    kind: RiskKind
+    evidence: str
+
+    @property
+    def action(self) -> RiskAction:
+        return ACTIONS[self.kind]
+
+    def describe(self) -> str:
+        return f"{self.kind.replace('_', ' ')}: \u201c{self.evidence}\u201d"
+
+
+# --- text folding -------------------------------------------------------------------------------------------
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
+
+
+def fold(text: str) -> str:
+    """The text as patterns see it: NFKC, format/control characters removed, lower case, no accents."""
+    text = unicodedata.normalize("NFKC", text)
+    # Cf covers zero-width spaces and joiners, bidi overrides and the Unicode tag block; Cc the control chars.
+    kept = [ch if unicodedata.category(ch) not in {"Cf", "Cc"} or ch in "\n\t" else "" for ch in text]
+    text = "".join(kept).translate(_APOSTROPHES).lower().replace("ß", "ss")
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    # Spaces collapse but line breaks stay: a "system:" line is only an injection at the start of a line.
+    return "\n".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+def _compact(folded: str) -> str:
+    """Letters only: catches 'i g n o r e  p r e v i o u s' and words split by stripped invisible characters."""
+    return re.sub(r"[^a-z]", "", folded)
+
+
+def _sentences(folded: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?;])\s+|\s*\n\s*", folded) if s.strip()]
+
+
+def _rx(*alternatives: str) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{a})" for a in alternatives))
+
+
+# --- demands ------------------------------------------------------------------------------------------------
+
+_MONEY = r"(?:full |partial |a |my |the |our |your )?(?:refund|reimbursement|money back|credit|store credit|compensation|chargeback reversal|discount|voucher|free months?)"
+_ACCOUNT = (
+    r"(?:my |our |the |this )(?:account|subscription|plan|membership|licen[cs]e|seats?|profile|billing details|"
+    r"email(?: address)?|password|phone number|username|user name|address|payment method|card on file|tier)"
+)
+_DO_MONEY = r"(?:refund|reimburse|credit|compensate|pay)"
+_DO_ACCOUNT = (
+    r"(?:cancel|close|delete|remove|deactivate|terminate|upgrade|downgrade|change|switch|update|modify|edit|"
+    r"reset|unlock|reactivate|transfer|extend|unsubscribe|erase|move)"
+)
+# A sentence that asks how to do something, or whether something is possible, is answered like any other.
+_HOW_TO = _rx(
+    r"\bhow (?:do|can|could|would|should|will|to|long|much|does)\b",
+    r"\b(?:where|when) (?:do|can|could|should|will|would|is|are)\b",
+    r"\bwhat (?:is|are|do|does|should|would|happens)\b",
+    r"\b(?:can|could|may|should|do) i\b",
+    r"\bam i (?:able|allowed|eligible)\b",
+    r"\bis (?:it|there) (?:possible|a way|an option)\b",
+    r"\b(?:help|assist|guide|show|tell|explain to) me\b",
+    r"\bi (?:want|would like|'d like|need|wish) to (?:know|understand|learn|find out|check|see)\b",
+    r"\b(?:wondering|curious|question about|steps to|instructions for|policy)\b",
+    r"\bwie (?:kann|konnen|lange|viel|funktioniert)\b",
+    r"\b(?:como|cuando|donde) (?:puedo|se|hago|funciona)\b",
+    r"\bcomment (?:puis|faire|est|fonctionne)\b",
+    r"\b(?:como|onde|quando) (?:posso|faco|funciona)\b",
+)
+# Insistence or entitlement: a demand even when phrased around a question.
+_INSIST = _rx(
+    r"\bi (?:demand|insist|require)\b",
+    r"\bi am entitled to\b",
+    r"\byou owe me\b",
+    r"\bi expect (?:you|your (?:team|company)) to\b",
+    r"\bich (?:verlange|fordere|bestehe)\b",
+    r"\b(?:exijo|exigimos|reclamo)\b",
+    r"\bj'exige\b",
+)
+_YOU_DIRECTIVE = re.compile(r"\b(?:can|could|would|will|won't|must|should|need to|have to) you\b")
+_MONEY_DEMAND = _rx(
+    rf"\b{_DO_MONEY} (?:me|us)\b",
+    rf"\b(?:please |kindly |just )?(?:issue|give|send|process|grant|approve|transfer|apply|return|pay)(?: me| us)? {_MONEY}\b",
+    r"\b(?:give|send|pay|return) (?:me|us) (?:back )?(?:my |our |the )?money(?: back)?\b",
+    rf"\b(?:can|could|would|will|must|should|need to|have to) you(?: please)? (?:{_DO_MONEY}|issue|process|grant|approve) (?:me|us|my|our|the|a|this|that|it)\b",
+    rf"\b(?:can|could|would|will|must|should|need to|have to) you(?: please)? (?:give|send|return) (?:me|us) (?:back )?{_MONEY}\b",
+    rf"\bi (?:want|need|demand|expect|deserve|insist on|would like|'d like|require) (?:a |my |the |our |full |an immediate )?{_MONEY}\b",
+    rf"\b(?:i want|i need|i expect) (?:you|your team) to {_DO_MONEY}\b",
+    rf"(?:^|\bplease |\bkindly )(?:just )?{_DO_MONEY} (?:my|the|this|our) (?:account|card|order|payment|charge|money|purchase|subscription)\b",
+    r"\b(?:erstatten|uberweisen) sie (?:mir|uns)\b",
+    r"\b(?:geben|zahlen) sie (?:mir|uns) (?:mein|unser|das) geld zuruck\b",
+    r"\bich (?:will|mochte|verlange|fordere) (?:eine |meine |die )?(?:ruckerstattung|erstattung|gutschrift|mein geld zuruck)\b",
+    r"\b(?:quiero|exijo|necesito) (?:un |el |mi )?(?:reembolso|mi dinero de vuelta|devolucion de mi dinero)\b",
+    r"\b(?:devuelvanme|devuelveme|reembolsenme|reembolseme)\b",
+    r"\brembourse[sz][- ]moi\b",
+    r"\b(?:je veux|j'exige|je demande) (?:un |mon |le )?remboursement\b",
+    r"\brendez[- ]moi mon argent\b",
+    r"\b(?:quero|exijo|preciso de) (?:o |um |meu )*reembolso\b",
+    r"\bdevolvam (?:o )?meu dinheiro\b",
+)
+_ACCOUNT_DEMAND = _rx(
+    rf"^(?:please |kindly |just |now )?{_DO_ACCOUNT} {_ACCOUNT}\b",
+    rf"\b(?:can|could|would|will|must|should|need to|have to) you(?: please)? {_DO_ACCOUNT} {_ACCOUNT}\b",
+    rf"\b(?:i want|i need|i expect|i'd like|i would like) (?:you|your team) to {_DO_ACCOUNT}\b",
+    rf"\b(?:i want|i need|i expect|i demand) {_ACCOUNT} (?:to be )?(?:cancell?ed|closed|deleted|removed|deactivated|terminated|upgraded|downgraded|changed|switched|updated|reactivated|erased)\b",
+    rf"\bplease {_DO_ACCOUNT} (?:it|this|that) (?:for me|now|immediately|today)\b",
+    rf"\b{_DO_ACCOUNT} {_ACCOUNT} (?:for me|on my behalf|immediately|right now|now|today|asap)\b",
+    r"\b(?:loschen|kundigen|schliessen|andern|deaktivieren) sie (?:mein|meine|unser|unsere|das|den|die)\b",
+    r"\b(?:cancelen|eliminen|borren|cierren|cambien|cancele|elimine|borre|cierre) (?:mi|mis|nuestra|nuestro|la|el)\b",
+    r"\b(?:supprimez|annulez|fermez|modifiez|resiliez) (?:mon|ma|mes|notre|le|la)\b",
+    r"\b(?:cancelem|excluam|apaguem|fechem|alterem|cancele|exclua|apague) (?:minha|meu|minhas|meus|a|o)\b",
+)
+_ACTION_DEMAND = _rx(
+    r"\b(?:waive|remove|reverse|cancel|drop) (?:the |this |that |my |all )?(?:fee|fees|charge|charges|late fee|penalty|invoice|bill)\b(?! policy)",
+    r"\b(?:extend|lengthen) (?:my |our |the )?(?:trial|contract|deadline)\b",
+    r"\b(?:do it|take care of it|handle it|fix my account) (?:for me|yourself|on my behalf)\b",
+)
+
+
+def _demand_risks(sentences: list[str]) -> list[Risk]:
+    found: dict[str, Risk] = {}
+    for sentence in sentences:
+        insist = _INSIST.search(sentence)
+        how_to = _HOW_TO.search(sentence)
+        # A how-to question is answered; insistence makes the same sentence a demand again.
+        if how_to and not insist:
+            continue
+        # A question is a demand only when it asks the agent to act ("can you refund me?").
+        if sentence.endswith("?") and not insist and not _YOU_DIRECTIVE.search(sentence):
+            continue
+        for kind, pattern in (
+            ("refund_demand", _MONEY_DEMAND),
+            ("account_change_demand", _ACCOUNT_DEMAND),
+            ("action_demand", _ACTION_DEMAND),
+        ):
+            match = pattern.search(sentence)
+            if match:
+                matched = match.group(0)
+                risk_kind: RiskKind = kind  # type: ignore[assignment]
+                if kind == "refund_demand" and re.search(r"credit|voucher|discount|compensat|gutschrift", matched):
+                    risk_kind = "credit_demand"
+                found.setdefault(risk_kind, Risk(risk_kind, _evidence(sentence, match)))
+        if insist and not found and re.search(rf"{_MONEY}|{_DO_ACCOUNT}|{_DO_MONEY}", sentence):
+            found.setdefault("action_demand", Risk("action_demand", _evidence(sentence, insist)))
+    return list(found.values())
+
+
+# --- prompt injection ---------------------------------------------------------------------------------------
+
+_INJECTION = _rx(
+    r"\b(?:ignore|disregard|forget|override|bypass|skip) (?:all |any |the |your |my |these |those )*(?:previous|prior|above|earlier|preceding|former|original|system|initial|existing|safety)? ?(?:instructions?|rules|prompts?|directions|guidelines|directives|guardrails|polic(?:y|ies)|context|restrictions)\b",
+    r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what is|what are) (?:me )?(?:your|the|its) (?:full |entire |original |hidden |secret |initial )?(?:system|hidden|initial|developer|secret|original) ?(?:prompt|instructions|message|rules|configuration)\b",
+    r"\bsystem prompt\b",
+    r"\byou are (?:now|no longer) (?:a |an |the |in )?(?:admin|administrator|root|developer|dan|unrestricted|jailbroken|god mode|superuser|different)",
+    r"\b(?:act|behave|respond|pretend|roleplay|role-play|role play) (?:as|like|to be) (?:a |an |the |my )?(?:admin|administrator|root|system|developer|support manager|supervisor|billing admin|superuser|dan|unrestricted)",
+    r"\b(?:developer|debug|god|admin|jailbreak|unrestricted|dan) mode\b",
+    r"\bnew (?:system )?instructions?\s*:",
+    r"(?:^|\n)\s*(?:#+\s*)?(?:system|assistant|developer)\s*:\s",
+    r"<\|?(?:im_start|im_end|system|endoftext)\|?>|\[/?inst\]|<</?sys>>",
+    r"\bfrom now on,? (?:you|ignore|respond|act)\b",
+    r"\bignoriere? (?:alle |die |deine |sämtliche )*(?:vorherigen |bisherigen |obigen |fruheren )?(?:anweisungen|instruktionen|regeln|vorgaben)\b",
+    r"\b(?:zeige|gib|verrate) (?:mir )?(?:deinen|den|dein) (?:system ?prompt|systemprompt|anweisungen)\b",
+    r"\bignora (?:todas |las |tus )*(?:instrucciones|reglas|indicaciones)(?: anteriores| previas)?\b",
+    r"\b(?:muestra|revela|dime) (?:tu|el) (?:prompt|mensaje) (?:del sistema|de sistema)\b",
+    r"\bignore[sz]? (?:toutes |les |tes |vos )*(?:instructions|regles|consignes)(?: precedentes| anterieures)?\b",
+    r"\b(?:montre|revele|affiche)[- ]?(?:moi )?(?:ton|votre|le) (?:prompt|message) systeme\b",
+    r"\bignore (?:todas |as |suas )*(?:instrucoes|regras)(?: anteriores| previas)?\b",
+    r"\b(?:mostre|revele) (?:seu|o) prompt (?:do|de) sistema\b",
+)
+_INJECTION_COMPACT = _rx(
+    r"(?:ignore|disregard|forget)(?:all|the|your|any)*(?:previous|prior|above|earlier)(?:instructions?|rules|prompts?)",
+    r"(?:reveal|print|show|repeat|output)(?:me)?(?:your|the)(?:system|hidden|initial)prompt",
+    r"ignor(?:e|iere)(?:alle)?(?:vorherigen)anweisungen",
+)
+
+
+# --- incidents, threats, repeats ----------------------------------------------------------------------------
+
+_SECURITY = _rx(
+    r"\b(?:security|data) (?:breach|incident|leak|compromise)\b",
+    r"\b(?:been|was|were|got|get|is|are) (?:hacked|compromised|breached)\b",
+    r"\b(?:hacked|compromised) (?:account|accounts|server|servers|system|systems|credentials|card|database)\b",
+    r"\bunauthori[sz]ed (?:access|login|logins|sign-?ins?|transactions?|charges?|payments?|users?|activity)\b",
+    r"\bsuspicious (?:login|logins|sign-?ins?|activity|transactions?|access)\b",
+    r"\b(?:someone|somebody|a stranger) (?:else )?(?:has |is |was )?(?:logged|logging|accessed|accessing|using|used) (?:into |in to )?my\b",
+    r"\b(?:ransomware|malware|phishing|credential stuffing|account takeover)\b",
+    r"\b(?:exposed|leaked|stolen) (?:customer |user |personal |our |my )?(?:data|credentials|passwords|api keys?|tokens?|records)\b",
+    r"\b(?:security vulnerability|vulnerability (?:in|found|exploited)|exploit(?:ed)? (?:in|a|the))\b",
+    r"\b(?:sicherheitsverletzung|sicherheitsvorfall|datenleck|datenpanne|gehackt|kompromittiert|unbefugte[rn]? zugriff)\b",
+    r"\b(?:brecha de (?:seguridad|datos)|hackeado|hackeada|acceso no autorizado|filtracion de datos)\b",
+    r"\b(?:faille de securite|violation de (?:donnees|securite)|pirate|acces non autorise|fuite de donnees)\b",
+    r"\b(?:violacao de (?:dados|seguranca)|hackeado|hackeada|acesso nao autorizado|vazamento de dados)\b",
+)
+_DATA_LOSS = _rx(
+    r"\bdata loss\b",
+    r"\b(?:lost|losing|lose) (?:all |some |most )?(?:of )?(?:my |our |the |their )?(?:data|files|documents|records|work|database|backups?|emails|photos)\b",
+    r"\b(?:data|files|documents|records|database|backups?|emails|projects?) (?:(?:was|were|has been|have been|got|is|are|seems?|appears?) )?(?:(?:to have been|to be) )?(?:deleted|wiped|erased|lost|gone|corrupted|disappeared|vanished|missing)\b",
+    r"\b(?:datenverlust|daten (?:sind |wurden )?(?:verloren|geloscht|weg|verschwunden|beschadigt))\b",
+    r"\b(?:perdida de (?:datos|informacion)|(?:perdi|perdimos) (?:todos )?(?:mis|los|nuestros) (?:datos|archivos))\b",
+    r"\b(?:perte de donnees|(?:donnees|fichiers) (?:perdu|supprime|efface|corrompu)e?s?)\b",
+    r"\b(?:perda de dados|(?:dados|arquivos) (?:perdidos|apagados|corrompidos))\b",
+)
+_OUTAGE = _rx(
+    r"\b(?:outage|downtime|service disruption|service interruption|major incident)\b",
+    r"\b(?:site|service|system|platform|server|servers|app|application|api|dashboard|website|portal|network|production|database) (?:is|are|went|has gone|have gone|seems|appears) (?:completely |totally |entirely )?(?:down|offline|unreachable|unavailable|not responding)\b",
+    r"\b(?:nobody|no one|none of (?:our|the) users) (?:can|is able to) (?:access|log ?in|sign ?in|use)\b",
+    r"\b(?:all|every one of) (?:of )?(?:our |the )?(?:users|customers|employees|staff) (?:are |is )?(?:unable|locked out|cannot|can't|affected)\b",
+    r"\b(?:50[234]|bad gateway|service unavailable|gateway timeout) (?:errors?|responses?) (?:on|for|everywhere|across)\b",
+    r"\b(?:ausfall|totalausfall|systemausfall|dienstausfall|serverausfall|storung)\b",
+    r"\b(?:ist|sind) (?:komplett |vollstandig )?(?:ausgefallen|nicht erreichbar|offline)\b",
+    r"\b(?:caida del (?:servicio|servidor|sistema)|interrupcion (?:del|en el|de) (?:servicio|sistema)|servicio (?:caido|no disponible)|(?:esta|estan) caidos?)\b",
+    r"\b(?:panne|interruption de service|(?:service|serveur|systeme|site) (?:est )?(?:en panne|indisponible|hors service|inaccessible))\b",
+    r"\b(?:interrupcao (?:do|no|de) (?:servico|sistema)|fora do ar|(?:servico|servidor|sistema) (?:caiu|indisponivel|esta fora))\b",
+)
+_LEGAL = _rx(
+    r"\b(?:my |our )?(?:lawyer|lawyers|attorney|attorneys|solicitor|legal counsel|legal team)\b",
+    r"\b(?:sue|suing|sued) (?:you|your|the company|them)\b",
+    r"\b(?:lawsuit|class action|small claims|legal action|legal proceedings|legal steps|take (?:you|this|the matter) to court)\b",
+    r"\b(?:file|filing|open|opening|initiate|start|raise) (?:a |an )?(?:chargeback|charge back|dispute with (?:my|the) (?:bank|card issuer|credit card company))\b",
+    r"\b(?:dispute|contest|reverse) (?:the|this|that|these) (?:charges?|payments?|transactions?) with my (?:bank|card issuer|credit card)\b",
+    r"\breport (?:you|your company|this|your business) to (?:the )?(?:bbb|better business bureau|ftc|cfpb|authorities|regulators?|consumer protection|police|attorney general|ombudsman)\b",
+    r"\b(?:anwalt|anwaltin|rechtsanwalt|rechtliche schritte|verklagen|klage einreichen|gerichtlich)\b",
+    r"\b(?:abogado|abogados|acciones legales|accion legal|demanda judicial|presentar una demanda|demandarlos|demandarles|denunciarlos)\b",
+    r"\b(?:avocat|avocats|poursuites judiciaires|action en justice|poursuivre en justice|porter plainte)\b",
+    r"\b(?:advogado|advogados|acao judicial|medidas legais|processar voces|processa-los)\b",
+)
+_REPEAT = _rx(
+    r"\b(?:for the|this is the|this is my) (?:second|third|fourth|fifth|\d+(?:st|nd|rd|th)) (?:time|attempt|request|email|message|ticket)\b",
+    r"\b(?:already|previously) (?:contacted|reported|wrote|written|emailed|called|asked|opened a ticket|raised|submitted|sent)\b",
+    r"\b(?:contacting|writing|emailing|asking|reaching out|reporting) (?:to )?(?:you )?again\b",
+    r"\b(?:no one|nobody|no-one) (?:has )?(?:responded|replied|answered|gotten back|got back|helped)\b",
+    r"\bstill (?:haven't|have not|hasn't|has not|not) (?:been (?:fixed|resolved|solved|answered)|heard back)\b",
+    r"\bstill (?:haven't|have not|hasn't|has not) (?:received|gotten|got|had) (?:a |an |any )?(?:reply|response|answer|update)\b",
+    r"\b(?:same|this) (?:problem|issue|error) (?:again|keeps coming back|is back)\b",
+    r"\b(?:my|our) (?:previous|last|earlier|original) (?:ticket|request|email|message|complaint)\b",
+    r"\b(?:schon wieder|bereits (?:gemeldet|geschrieben|kontaktiert)|zum (?:zweiten|dritten|wiederholten) mal)\b",
+    r"\b(?:otra vez el mismo|ya (?:he|habia) (?:reportado|escrito|contactado)|por (?:segunda|tercera) vez)\b",
+    r"\b(?:deja (?:signale|contacte|ecrit)|pour la (?:deuxieme|troisieme) fois)\b",
+    r"\b(?:ja (?:reportei|entrei em contato|escrevi)|pela (?:segunda|terceira) vez)\b",
+)
+
+
+def _evidence(text: str, match: re.Match[str], width: int = 40) -> str:
+    start, end = max(0, match.start() - width), min(len(text), match.end() + width)
+    snippet = text[start:end].strip()
+    return ("…" if start else "") + snippet + ("…" if end < len(text) else "")
+
+
+def detect_risks(text: str, *, repeated_contact: bool = False) -> list[Risk]:
+    """Every risk in a ticket's text (subject and body together), strongest first.
+
+    `repeated_contact` adds that signal when the caller found it from the customer's history.
+    """
+    folded = fold(text)
+    sentences = _sentences(folded)
+    risks: list[Risk] = []
+    injection = _INJECTION.search(folded)
+    if injection:
+        risks.append(Risk("prompt_injection", _evidence(folded, injection)))
+    else:
+        compact = _INJECTION_COMPACT.search(_compact(folded))
+        if compact:
+            risks.append(Risk("prompt_injection", compact.group(0)))
+    risks.extend(_demand_risks(sentences))
+    for kind, pattern in (
+        ("security_incident", _SECURITY),
+        ("data_loss", _DATA_LOSS),
+        ("outage", _OUTAGE),
+        ("legal_threat", _LEGAL),
+    ):
+        match = pattern.search(folded)
+        if match:
+            risks.append(Risk(kind, _evidence(folded, match)))  # type: ignore[arg-type]
+    repeat = _REPEAT.search(folded)
+    if repeat:
+        risks.append(Risk("repeated_contact", _evidence(folded, repeat)))
+    elif repeated_contact:
+        risks.append(Risk("repeated_contact", "the customer reported the same problem before"))
+    return risks
+
+
+def strongest_action(risks: Iterable[Risk]) -> RiskAction | None:
+    """escalate_urgent > escalate > review; None without risks."""
+    order = {"escalate_urgent": 3, "escalate": 2, "review": 1}
+    best: RiskAction | None = None
+    for risk in risks:
+        if best is None or order[risk.action] > order[best]:
+            best = risk.action
+    return best
+
+
+def has_repeat_markers(text: str) -> bool:
+    return _REPEAT.search(fold(text)) is not None

@@ -1,0 +1,189 @@
+"""The worker's entry point: `make_ticket_processor(pool, settings, metrics)` returns the callable that runs one
+claimed ticket through the graph with its audit trail; `run_graph_offline` runs the same graph without writing
+tickets or deliveries (evaluation, calibration, benchmarks); `requeue_on_knowledge_change` gives escalated
+tickets another look when the knowledge base grew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import asyncpg
+import numpy as np
+
+from agent.account import load_ticket
+from agent.audit import DatabaseRecorder, fail_attempt, start_attempt
+from agent.classifier import RoutingModelCache
+from agent.confidence import Calibration
+from agent.context import Context, MemoryRecorder, StepRecorder
+from agent.drafting import Drafter, OfflineDrafter, default_drafter
+from agent.embedding import EmbeddingBatcher
+from agent.graph import build_graph
+from agent.outcome import finish_without_work
+from agent.state import AgentState, TicketInput
+from app.metrics import Metrics
+from app.queue import Claim, LeaseLost, notify_work
+from app.settings import Settings
+from knowledge.embedder import Embedder, load_embedder
+
+log = logging.getLogger(__name__)
+
+_GRAPH = build_graph().compile()
+
+
+class TicketProcessor:
+    """Runs claimed tickets through the graph. One per process: it holds the embedder, the fitted routing
+    models and the drafter. Raises whatever the graph raises (the worker records it with `fail_claim`),
+    `LeaseLost` included."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        embedder: Embedder | None = None,
+        drafter: Drafter | None = None,
+        models: RoutingModelCache | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.metrics = metrics
+        self._embedder = embedder
+        self._batcher: EmbeddingBatcher | None = EmbeddingBatcher(embedder) if embedder is not None else None
+        self._batcher_lock = asyncio.Lock()
+        self.drafter = drafter or default_drafter(settings, metrics)
+        self.fallback_drafter: Drafter = OfflineDrafter()
+        self.models = models or RoutingModelCache()
+        self.calibration = calibration or Calibration.load()
+        self.graph = _GRAPH
+
+    async def embeddings(self) -> EmbeddingBatcher:
+        if self._batcher is None:
+            async with self._batcher_lock:
+                if self._batcher is None:
+                    self._embedder = await load_embedder(self.settings.embedding_model)
+                    self._batcher = EmbeddingBatcher(self._embedder)
+        return self._batcher
+
+    def context(
+        self,
+        *,
+        claim: Claim | None,
+        attempt_id: Any,
+        recorder: StepRecorder | None,
+        embeddings: EmbeddingBatcher,
+        block_on_refit: bool = False,
+    ) -> Context:
+        return Context(
+            settings=self.settings,
+            pool=self.pool,
+            embeddings=embeddings,
+            models=self.models,
+            drafter=self.drafter,
+            calibration=self.calibration,
+            recorder=recorder,
+            metrics=self.metrics,
+            claim=claim,
+            attempt_id=attempt_id,
+            block_on_refit=block_on_refit,
+            fallback_drafter=self.fallback_drafter,
+        )
+
+    async def __call__(self, claim: Claim) -> str:
+        """Process one claimed ticket; returns the decision (deliver | flag_for_review | escalate | skipped)."""
+        embeddings = await self.embeddings()
+        async with self.pool.acquire() as conn:
+            ticket = await load_ticket(conn, claim.ticket_id)
+            if ticket is None:
+                raise LookupError(f"ticket {claim.ticket_id} does not exist")
+            if ticket.get("status") in {"resolved", "closed"}:
+                # Nothing to answer (e.g. requeued after a reviewer already resolved it).
+                await finish_without_work(self.pool, claim)
+                return "skipped"
+            version = int(await conn.fetchval("SELECT version FROM knowledge_version") or 0)
+            attempt_id = await start_attempt(conn, claim, version)
+        recorder = DatabaseRecorder(self.pool, attempt_id)
+        ctx = self.context(claim=claim, attempt_id=attempt_id, recorder=recorder, embeddings=embeddings)
+        try:
+            final = cast(AgentState, await self.graph.ainvoke(AgentState(ticket=ticket), context=ctx))
+        except LeaseLost as exc:
+            async with self.pool.acquire() as conn:
+                await fail_attempt(conn, attempt_id, f"lease lost: {exc}", state="abandoned")
+            raise
+        except BaseException as exc:
+            if self.metrics is not None:
+                self.metrics.attempt_errors.inc()
+            try:
+                async with self.pool.acquire() as conn:
+                    await fail_attempt(conn, attempt_id, f"{type(exc).__name__}: {exc}")
+            except Exception:  # the database may be what failed; the worker records the original error
+                log.warning("could not mark attempt %s failed", attempt_id, exc_info=True)
+            raise
+        return str(final["outcome"]["decision"])
+
+
+def make_ticket_processor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> TicketProcessor:
+    """The worker's factory (`app.worker.ProcessorFactory`): cheap to call; the model loads on first use."""
+    return TicketProcessor(pool, settings, metrics)
+
+
+async def run_graph_offline(
+    processor: TicketProcessor,
+    ticket: TicketInput,
+    *,
+    embedding: np.ndarray | None = None,
+    recorder: StepRecorder | None = None,
+) -> AgentState:
+    """The same graph on a ticket that needs no row: nothing is written to tickets, messages or deliveries.
+
+    Pass `embedding` when it was computed in a batch up front; the steps go to `recorder` (memory by default).
+    """
+    embeddings = await processor.embeddings()
+    ctx = processor.context(
+        claim=None,
+        attempt_id=None,
+        recorder=recorder or MemoryRecorder(),
+        embeddings=embeddings,
+        block_on_refit=True,
+    )
+    state = AgentState(ticket=ticket)
+    if embedding is not None:
+        state["embedding"] = np.asarray(embedding, dtype=np.float32)
+    return cast(AgentState, await processor.graph.ainvoke(state, context=ctx))
+
+
+_REQUEUE_SQL = """
+WITH latest AS (
+    SELECT DISTINCT ON (a.ticket_id) a.ticket_id, a.knowledge_version, a.decision, a.escalation_retryable
+    FROM resolution_attempts a
+    JOIN tickets t ON t.id = a.ticket_id
+    WHERE a.state = 'completed' AND t.status = 'pending_customer' AND t.needs_review
+    ORDER BY a.ticket_id, a.attempt_no DESC
+)
+UPDATE tickets t SET next_attempt_at = now(), updated_at = now()
+FROM latest, knowledge_version kv
+WHERE t.id = latest.ticket_id
+  AND latest.decision = 'escalate'
+  AND latest.escalation_retryable IS TRUE
+  AND latest.knowledge_version < kv.version
+  AND t.parked_at IS NULL
+  AND (t.next_attempt_at IS NULL OR t.next_attempt_at > now())
+  AND (t.lease_expires_at IS NULL OR t.lease_expires_at < now())
+RETURNING t.id
+"""
+
+
+async def requeue_on_knowledge_change(conn: asyncpg.Connection) -> int:
+    """Queue again, at once, every escalated ticket whose last attempt saw an older knowledge version and that
+    a re-run could change (low confidence, not a demand, injection or incident). Returns how many."""
+    async with conn.transaction():
+        rows = await conn.fetch(_REQUEUE_SQL)
+        if rows:
+            await notify_work(conn)
+    if rows:
+        log.info("requeued %d escalated tickets after a knowledge change", len(rows))
+    return len(rows)

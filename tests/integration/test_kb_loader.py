@@ -1,0 +1,466 @@
+"""`deskpilot kb load`: input formats, idempotent re-runs, replaced and pruned files, bad files, real data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from click.testing import CliRunner, Result
+
+from app.cli import main
+from app.settings import Settings
+from knowledge import store
+from knowledge.chunking import chunk_markdown, chunk_plain_text, html_to_markdownish
+from knowledge.loader import CHUNK_MAX_CHARS, CHUNK_OVERLAP_CHARS, LoadReport, load_paths
+from tests.integration.kb_support import (
+    EXAMPLES_DIR,
+    SHARED_DATA,
+    CountingEmbedder,
+    MemoEmbedder,
+    memo_embedder,
+)
+
+MARKDOWN = """# Refunds for annual plans
+
+Annual plans can be refunded within 30 days of the renewal date.
+
+## How to ask
+
+Open Settings → Billing → Refunds and click **Request refund**. Say which invoice the refund is for.
+
+## After you ask
+
+The billing team answers within two working days. Approved refunds reach your card in five to ten days.
+"""
+
+HTML = """<!doctype html><html><head><title>Export your timesheets</title><style>p{}</style></head>
+<body><h1>Export your timesheets</h1><p>Timesheets export as CSV or PDF from the Reports page.</p>
+<h2>Scheduled exports</h2><ul><li>Open Reports.</li><li>Click <b>Schedule</b> and pick a day.</li></ul>
+<script>alert("not text")</script></body></html>"""
+
+TEXT = """Mobile app offline mode
+
+The mobile app keeps the last 30 days of entries on the phone. Entries made offline sync when the phone
+is back online; conflicts keep the newest edit.
+"""
+
+CSV_ARTICLES = (
+    "id,subject,body,answer,category\n"
+    'faq-1,Which currencies can I invoice in?,"Customers abroad want invoices in euros.",'
+    '"Invoices can be issued in 24 currencies; pick one per client under Clients → Billing.",billing\n'
+    'faq-2,Can I track time without a project?,"Some work has no project yet.",'
+    '"Yes: entries without a project land in Unassigned until you move them.",general\n'
+)
+
+
+def jsonl(*records: dict[str, Any]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+JSONL_ARTICLES = jsonl(
+    {
+        "id": "j-1",
+        "subject": "Two-factor codes are rejected",
+        "body": "My authenticator codes never work.",
+        "answer": "Check the phone's clock is set automatically; codes depend on the exact time.",
+        "category": "technical",
+    },
+    {
+        "id": "j-2",
+        "subject": None,
+        "body": "Where is the dark mode switch?",
+        "answer": "Profile → Appearance → Theme.",
+        "category": None,
+    },
+)
+
+
+def write_kb(root: Path) -> Path:
+    (root / "billing").mkdir(parents=True)
+    (root / "billing" / "annual-refunds.md").write_text(MARKDOWN, encoding="utf-8")
+    (root / "export.html").write_text(HTML, encoding="utf-8")
+    (root / "offline.txt").write_text(TEXT, encoding="utf-8")
+    (root / "faq.csv").write_text(CSV_ARTICLES, encoding="utf-8")
+    (root / "faq.jsonl").write_text(JSONL_ARTICLES, encoding="utf-8")
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")  # not a KB format: ignored, not an error
+    return root
+
+
+@pytest.fixture
+def memo(embedder: Any) -> MemoEmbedder:
+    return memo_embedder(embedder)
+
+
+async def load(pool: asyncpg.Pool, paths: list[Path], embedder: Any, **options: Any) -> LoadReport:
+    async with pool.acquire() as conn:
+        return await load_paths(conn, paths, embedder=embedder, **options)
+
+
+async def chunk_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT d.source, count(c.id) AS n FROM kb_documents d LEFT JOIN kb_chunks c ON c.document_id = d.id "
+        "GROUP BY d.source"
+    )
+    return {row["source"]: row["n"] for row in rows}
+
+
+def expected_chunks(text: str, *, title: str, markdown: bool) -> int:
+    chunker = chunk_markdown if markdown else chunk_plain_text
+    return len(chunker(text, title=title, max_chars=CHUNK_MAX_CHARS, overlap_chars=CHUNK_OVERLAP_CHARS))
+
+
+async def test_every_format_loads_with_its_chunks_titles_and_categories(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = write_kb(tmp_path / "helpdesk")
+
+    report = await load(clean_db, [root], memo)
+
+    assert report.errors == []
+    assert report.files == 5
+    assert report.ignored == 1
+    html_title, html_text = html_to_markdownish(HTML)
+    expected = {
+        "helpdesk/billing/annual-refunds.md": expected_chunks(
+            MARKDOWN, title="Refunds for annual plans", markdown=True
+        ),
+        "helpdesk/export.html": expected_chunks(html_text, title=html_title, markdown=True),
+        "helpdesk/offline.txt": expected_chunks(TEXT, title="Mobile app offline mode", markdown=False),
+        "helpdesk/faq.csv#faq-1": 1,
+        "helpdesk/faq.csv#faq-2": 1,
+        "helpdesk/faq.jsonl#j-1": 1,
+        "helpdesk/faq.jsonl#j-2": 1,
+    }
+    assert await chunk_counts(clean_db) == expected
+    assert expected["helpdesk/billing/annual-refunds.md"] == 3  # one per section
+    assert report.documents == len(expected)
+    assert report.chunks == report.embedded == sum(expected.values())
+
+    documents = {
+        row["source"]: row for row in await clean_db.fetch("SELECT source, title, category, metadata FROM kb_documents")
+    }
+    assert documents["helpdesk/billing/annual-refunds.md"]["category"] == "billing"  # from the folder
+    assert documents["helpdesk/export.html"]["title"] == "Export your timesheets"
+    assert documents["helpdesk/export.html"]["category"] is None
+    assert documents["helpdesk/faq.csv#faq-1"]["title"] == "Which currencies can I invoice in?"
+    assert documents["helpdesk/faq.csv#faq-1"]["category"] == "billing"
+    assert documents["helpdesk/faq.jsonl#j-1"]["category"] == "technical"
+    assert documents["helpdesk/faq.jsonl#j-2"]["title"] == "Where is the dark mode switch?"
+
+    chunks = await clean_db.fetch(
+        "SELECT c.title, c.content FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+        "WHERE d.source = 'helpdesk/billing/annual-refunds.md' ORDER BY c.seq"
+    )
+    assert [c["title"] for c in chunks] == [
+        "Refunds for annual plans",
+        "Refunds for annual plans › How to ask",
+        "Refunds for annual plans › After you ask",
+    ]
+    html_chunks = await clean_db.fetch(
+        "SELECT c.content FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+        "WHERE d.source = 'helpdesk/export.html'"
+    )
+    assert not any("alert" in c["content"] for c in html_chunks)
+    record_article = await clean_db.fetchval(
+        "SELECT c.content FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+        "WHERE d.source = 'helpdesk/faq.csv#faq-1'"
+    )
+    assert "euros" in record_article
+    assert "24 currencies" in record_article
+
+
+async def test_rerun_on_unchanged_input_changes_nothing_and_embeds_nothing(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = write_kb(tmp_path / "helpdesk")
+    first = await load(clean_db, [root], memo)
+    snapshot = await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source")
+    chunk_ids = await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id")
+    version = await store.knowledge_version(clean_db)
+
+    counting = CountingEmbedder(memo)
+    again = await load(clean_db, [root], counting)
+
+    assert first.documents == 7
+    assert counting.calls == 0
+    assert counting.texts == 0
+    assert again.embedded == 0
+    assert again.documents == 0
+    assert again.chunks == 0
+    assert again.unchanged == 7
+    assert await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source") == (
+        snapshot
+    )
+    assert await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id") == chunk_ids
+    assert await store.knowledge_version(clean_db) == version
+
+
+async def test_a_changed_file_replaces_its_chunks_only(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = write_kb(tmp_path / "helpdesk")
+    await load(clean_db, [root], memo)
+    source = "helpdesk/billing/annual-refunds.md"
+    document_id = await clean_db.fetchval("SELECT id FROM kb_documents WHERE source = $1", source)
+    untouched = await clean_db.fetch(
+        "SELECT c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id WHERE d.source <> $1",
+        source,
+    )
+    version = await store.knowledge_version(clean_db)
+
+    changed = "# Refunds for annual plans\n\nAnnual plans are refunded pro rata within 14 days of renewal.\n"
+    (root / "billing" / "annual-refunds.md").write_text(changed, encoding="utf-8")
+    counting = CountingEmbedder(memo)
+    report = await load(clean_db, [root], counting)
+
+    assert report.documents == 1
+    assert report.unchanged == 6
+    assert counting.texts == 1  # only the changed file's one chunk
+    rows = await clean_db.fetch("SELECT content FROM kb_chunks WHERE document_id = $1", document_id)
+    assert [row["content"] for row in rows] == ["Annual plans are refunded pro rata within 14 days of renewal."]
+    assert await clean_db.fetchval("SELECT id FROM kb_documents WHERE source = $1", source) == document_id
+    assert (
+        await clean_db.fetch(
+            "SELECT c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id WHERE d.source <> $1",
+            source,
+        )
+        == untouched
+    )
+    assert await store.knowledge_version(clean_db) > version
+
+
+async def test_prune_removes_only_vanished_documents_under_the_given_roots(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = write_kb(tmp_path / "helpdesk")
+    other = tmp_path / "internal"
+    other.mkdir()
+    (other / "runbook.md").write_text("# Runbook\n\nRestart the sync worker when the queue stalls.\n")
+    await load(clean_db, [root, other], memo)
+
+    (root / "offline.txt").unlink()
+    (root / "faq.jsonl").write_text(JSONL_ARTICLES.splitlines(keepends=True)[0], encoding="utf-8")  # j-2 removed
+    without_prune = await load(clean_db, [root], memo)
+    assert without_prune.pruned == 0
+    assert "helpdesk/offline.txt" in await chunk_counts(clean_db)
+
+    pruned = await load(clean_db, [root], memo, prune=True)
+
+    sources = set(await chunk_counts(clean_db))
+    assert pruned.pruned == 2
+    assert "helpdesk/offline.txt" not in sources
+    assert "helpdesk/faq.jsonl#j-2" not in sources
+    assert {"helpdesk/faq.jsonl#j-1", "helpdesk/export.html", "internal/runbook.md"} <= sources
+    assert (
+        await clean_db.fetchval(
+            "SELECT count(*) FROM kb_chunks c LEFT JOIN kb_documents d ON d.id = c.document_id WHERE d.id IS NULL"
+        )
+        == 0
+    )
+
+
+async def test_resolution_records_load_with_their_labels_and_skip_records_without_an_answer(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    history = tmp_path / "history.csv"
+    history.write_text(
+        "id,subject,body,answer,category,priority,orig_intent,language,tags\n"
+        "h1,Invoice in euros,Can I get invoices in EUR?,Yes: set the client currency to EUR.,Billing,"
+        "medium,invoice_currency,en,billing;invoices\n"
+        "h2,,My timer stopped by itself,,technical,high,timer_stops,en,\n"
+        "h3,SSO,Okta login loops back to the sign-in page,Re-upload the IdP certificate.,technical,high,"
+        "sso_loop,en,sso\n"
+        "h4,Oops,Bad category here,An answer,sales,low,x,en,\n",
+        encoding="utf-8",
+    )
+    counting = CountingEmbedder(memo)
+
+    report = await load(clean_db, [history], counting, kind="resolution")
+
+    assert report.resolutions == 2
+    assert report.skipped == 1
+    assert [str(error) for error in report.errors] == [
+        f"{history}:5: category 'sales' is not one of billing, technical, onboarding, general"
+    ]
+    rows = await clean_db.fetch("SELECT * FROM past_resolutions ORDER BY source_ref")
+    assert [row["source_ref"] for row in rows] == ["history.csv#h1", "history.csv#h3"]
+    first = rows[0]
+    assert first["ticket_text"] == "Invoice in euros\n\nCan I get invoices in EUR?"
+    assert first["resolution"] == "Yes: set the client currency to EUR."
+    assert (first["category"], first["priority"], first["intent"]) == (
+        "billing",
+        "normal",
+        "invoice_currency",
+    )
+    assert first["tags"] == ["billing", "invoices"]
+    assert first["source"] == "history"
+    assert counting.texts == 2
+
+    again = CountingEmbedder(memo)
+    rerun = await load(clean_db, [history], again, kind="resolution")
+    assert again.calls == 0
+    assert rerun.resolutions == 0
+    assert rerun.unchanged == 2
+    assert await clean_db.fetchval("SELECT count(*) FROM past_resolutions") == 2
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the shared data sets are not at {SHARED_DATA}")
+async def test_shared_jsonl_data_sets_load_as_they_are(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    slices = []
+    for name in ("bitext-customer-support", "tobi-bueck-tickets", "banking77"):
+        lines = (SHARED_DATA / name / "dev.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        target = tmp_path / f"{name}.jsonl"
+        target.write_text("".join(lines[:20]), encoding="utf-8")
+        slices.append(target)
+
+    report = await load(clean_db, slices, memo, kind="resolution")
+
+    assert report.errors == []
+    assert report.resolutions == 40  # bitext and tobi rows carry answers
+    assert report.skipped == 20  # banking77 has no answers
+    counts = dict(await clean_db.fetch("SELECT metadata->>'file', count(*) FROM past_resolutions GROUP BY 1"))
+    assert counts == {"bitext-customer-support.jsonl": 20, "tobi-bueck-tickets.jsonl": 20}
+    bitext = await clean_db.fetchrow(
+        "SELECT * FROM past_resolutions WHERE source_ref LIKE 'bitext-customer-support.jsonl#%' LIMIT 1"
+    )
+    assert bitext["intent"]
+    assert bitext["category"] in store.CATEGORIES
+    assert bitext["metadata"]["orig_category"]
+    tobi = await clean_db.fetchrow(
+        "SELECT * FROM past_resolutions WHERE source_ref LIKE 'tobi-bueck-tickets.jsonl#%' LIMIT 1"
+    )
+    assert tobi["priority"] in store.PRIORITIES
+    assert tobi["tags"]
+
+
+def run_cli(database_url: str, *args: str) -> Result:
+    runner = CliRunner()
+    return runner.invoke(main, list(args), env={"DESKPILOT_DATABASE_URL": database_url}, catch_exceptions=False)
+
+
+async def test_bad_files_are_reported_and_skipped_while_good_files_load(
+    clean_db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "good.md").write_text("# Good article\n\nThis one loads.\n", encoding="utf-8")
+    (root / "binary.md").write_bytes(b"# Title\n\x00\x01\x02 binary garbage")
+    (root / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me".encode("latin-1"))
+    (root / "empty.md").write_text("  \n\n ", encoding="utf-8")
+    (root / "huge.md").write_text("# Huge\n\n" + "word " * 1000, encoding="utf-8")
+    (root / "gone.md").symlink_to(root / "missing-target.md")  # unreadable: a dangling link
+    outside = tmp_path / "secret.md"
+    outside.write_text("# Outside\n\nMust not be loaded.\n", encoding="utf-8")
+    (root / "escape.md").symlink_to(outside)
+    (root / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+
+    result = await asyncio.to_thread(
+        run_cli, database_url, "kb", "load", str(root), str(tmp_path / "nope.md"), "--max-bytes", "2000"
+    )
+
+    assert result.exit_code == 1, result.output
+    stderr = result.stderr
+    assert f"{root / 'binary.md'}: binary file (contains NUL bytes)" in stderr
+    assert f"{root / 'latin1.txt'}: not UTF-8 text (undecodable byte at offset 3)" in stderr
+    assert f"{root / 'empty.md'}: empty file" in stderr
+    assert f"{root / 'huge.md'}: file is 5008 bytes, over the 2000-byte limit (--max-bytes)" in stderr
+    assert f"{root / 'gone.md'}: cannot read: No such file or directory" in stderr
+    assert f"{root / 'escape.md'}: symlink points outside {root}" in stderr
+    assert f"{root / 'linked-dir'}: symlink points outside {root}" in stderr
+    assert f"{tmp_path / 'nope.md'}: no such file or directory" in stderr
+    assert "files: 1, documents: 1" in result.stdout
+    assert "errors: 8" in result.stdout
+    assert [row["source"] for row in await clean_db.fetch("SELECT source FROM kb_documents")] == ["kb/good.md"]
+
+
+async def test_cli_search_prints_json_hits(clean_db: asyncpg.Pool, memo: MemoEmbedder, database_url: str) -> None:
+    await load(clean_db, [EXAMPLES_DIR / "kb"], memo)
+
+    result = await asyncio.to_thread(
+        run_cli, database_url, "kb", "search", "I forgot my password and cannot log in", "-k", "3", "--json"
+    )
+
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 3
+    assert hits[0]["source"] == "kb/technical/reset-password.md"
+    for hit in hits:
+        assert {
+            "kind",
+            "id",
+            "title",
+            "text",
+            "source",
+            "category",
+            "intent",
+            "similarity",
+            "text_rank",
+            "score",
+        } <= set(hit)
+        assert hit["kind"] == "kb_chunk"
+        assert 0 < hit["similarity"] <= 1
+
+
+async def test_demo_loads_once_into_an_empty_database(
+    clean_db: asyncpg.Pool,
+    memo: MemoEmbedder,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app import demo
+
+    async def memo_loader(model: str | None = None) -> MemoEmbedder:
+        return memo
+
+    monkeypatch.setattr(demo, "load_embedder", memo_loader)
+    settings = make_settings()
+
+    await demo.load_demo_if_empty(database_url, settings)
+    first = capsys.readouterr().err
+    counts = await clean_db.fetchrow(
+        "SELECT (SELECT count(*) FROM kb_documents) AS docs, (SELECT count(*) FROM past_resolutions) AS res, "
+        "(SELECT count(*) FROM customers) AS customers, (SELECT count(*) FROM kb_chunks) AS chunks"
+    )
+    await demo.load_demo_if_empty(database_url, settings)
+    second = capsys.readouterr().err
+
+    example_articles = sum(1 for path in (EXAMPLES_DIR / "kb").rglob("*") if path.is_file())
+    example_resolutions = sum(1 for line in (EXAMPLES_DIR / "resolutions.jsonl").open() if line.strip())
+    assert counts["docs"] == example_articles
+    assert counts["res"] == example_resolutions
+    assert counts["customers"] > 0
+    assert f"demo: loaded {example_articles} articles ({counts['chunks']} chunks)" in first
+    assert "problems" not in first
+    assert "demo data not loaded" in second
+    assert await clean_db.fetchval("SELECT count(*) FROM kb_documents") == example_articles
+
+
+async def test_front_matter_title_and_category_beat_the_folder(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    folder = tmp_path / "kb" / "billing"
+    folder.mkdir(parents=True)
+    (folder / "sso.md").write_text(
+        "---\ntitle: Single sign-on for finance teams\ncategory: Technical\n---\n\nFinance can sign in with SSO.\n",
+        encoding="utf-8",
+    )
+    (folder / "bad.md").write_text("---\ncategory: sales\n---\n\nText.\n", encoding="utf-8")
+
+    report = await load(clean_db, [tmp_path / "kb"], memo)
+
+    assert [str(error) for error in report.errors] == [
+        f"{folder / 'bad.md'}: category 'sales' is not one of billing, technical, onboarding, general"
+    ]
+    row = await clean_db.fetchrow("SELECT title, category FROM kb_documents WHERE source = 'kb/billing/sso.md'")
+    assert (row["title"], row["category"]) == ("Single sign-on for finance teams", "technical")
+    content = await clean_db.fetchval("SELECT content FROM kb_chunks")
+    assert content == "Finance can sign in with SSO."

@@ -1,0 +1,133 @@
+"""The embedder: real MiniLM vectors (shape, norm, batching), the per-model cache, and the dimension check."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from knowledge import embedder as embedder_module
+from knowledge.embedder import (
+    BATCH_SIZE,
+    EmbeddingDimensionError,
+    SentenceTransformerEmbedder,
+    check_dimension,
+    embed,
+    get_embedder,
+    packaged_model_path,
+)
+
+TEXTS = [
+    "I was charged twice for my subscription this month",
+    "How do I reset my password?",
+    "The API returns 429 Too Many Requests",
+    "Can I export my data before deleting the account?",
+]
+
+
+def test_vectors_are_normalized_float32_rows_of_384(embedder: Any) -> None:
+    vectors = embedder.encode(TEXTS)
+
+    assert embedder.dimension == 384
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.encode([]).shape == (0, 384)
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(embedder: Any) -> None:
+    double_charge, password, *_ = embedder.encode(TEXTS)
+    paraphrase = embedder.encode(["my card got billed two times for the plan"])[0]
+
+    assert float(paraphrase @ double_charge) > float(paraphrase @ password) + 0.2
+
+
+def test_batching_does_not_change_the_vectors(embedder: Any) -> None:
+    # More texts than one batch, of mixed lengths, so padding differs between batches.
+    texts = [f"{TEXTS[i % len(TEXTS)]} (variant {i})" + " please" * (i % 7) for i in range(BATCH_SIZE + 9)]
+    together = embedder.encode(texts)
+    one_by_one = np.stack([embedder.encode([text])[0] for text in texts[:6]])
+
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    assert embedder.batch_size == BATCH_SIZE == 32
+    assert together.shape == (len(texts), 384)
+    np.testing.assert_allclose(together[:6], one_by_one, atol=1e-5)
+
+
+def test_one_instance_per_model(embedder: Any) -> None:
+    assert get_embedder() is embedder
+    assert get_embedder(packaged_model_path()) is embedder
+
+
+def test_concurrent_first_calls_load_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    constructed: list[str | None] = []
+
+    class SlowModel:
+        name = "slow"
+        dimension = 384
+
+        def __init__(self, model: str | None = None) -> None:
+            constructed.append(model)
+            time.sleep(0.2)  # a real load takes seconds: every thread arrives while it is in progress
+
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            return np.zeros((len(texts), 384), dtype=np.float32)
+
+    monkeypatch.setattr(embedder_module, "SentenceTransformerEmbedder", SlowModel)
+    monkeypatch.setattr(embedder_module, "_embedders", {})
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(get_embedder("/models/slow"))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert constructed == ["/models/slow"]
+    assert len(results) == 6
+    assert all(result is results[0] for result in results)
+
+
+async def test_embed_runs_off_the_event_loop_thread(embedder: Any) -> None:
+    threads: list[int] = []
+
+    class RecordingEmbedder:
+        name = embedder.name
+        dimension = embedder.dimension
+
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            threads.append(threading.get_ident())
+            result: np.ndarray = embedder.encode(texts)
+            return result
+
+    vectors = await embed(RecordingEmbedder(), TEXTS[:2])
+
+    assert vectors.shape == (2, 384)
+    assert threads
+    assert threads[0] != threading.get_ident()
+
+
+class FakeEmbedder:
+    def __init__(self, dimension: int) -> None:
+        self.name = f"fake-{dimension}"
+        self.dimension = dimension
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(texts), self.dimension), dtype=np.float32)
+
+
+async def test_dimension_check_accepts_minilm_and_names_a_mismatch(pool: asyncpg.Pool, embedder: Any) -> None:
+    async with pool.acquire() as conn:
+        await check_dimension(conn, embedder)
+        with pytest.raises(EmbeddingDimensionError) as caught:
+            await check_dimension(conn, FakeEmbedder(768))
+
+    message = str(caught.value)
+    assert "768-d" in message
+    assert "kb_chunks.embedding is vector(384)" in message
+    assert "past_resolutions.embedding is vector(384)" in message
+    assert "DESKPILOT_EMBEDDING_MODEL" in message

@@ -42,6 +42,7 @@ from agent.prompts import (
     reply_limit,
 )
 from agent.risk import fold
+from app.settings import redact_url
 
 if TYPE_CHECKING:
     from app.metrics import Metrics
@@ -258,7 +259,7 @@ def describe_llm(settings: Settings) -> dict[str, Any]:
     return {
         "enabled": settings.llm_enabled,
         "model": settings.llm_model,
-        "base_url": settings.openai_base_url,
+        "base_url": redact_url(settings.openai_base_url) if settings.openai_base_url else None,
         "api_key": "set" if settings.openai_api_key else None,
         "timeout_s": settings.llm_timeout_s,
         "max_retries": settings.llm_max_retries,

@@ -8,7 +8,8 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Litestar appends the charset to text types itself.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class Metrics:

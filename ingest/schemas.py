@@ -266,6 +266,9 @@ def parse_payload(raw: bytes) -> tuple[IngestPayload, dict[str, Any]]:
         payload = msgspec.convert(decoded, IngestPayload)
     except msgspec.ValidationError as exc:
         raise PayloadError(422, str(exc), field=_field_of(exc)) from None
+    except UnicodeEncodeError:
+        # A lone UTF-16 surrogate in a key or an enum value: msgspec cannot even compare it.
+        raise PayloadError(422, "a field name or the channel contains a lone UTF-16 surrogate") from None
     return _validated(payload), sanitize_for_jsonb(decoded)
 
 

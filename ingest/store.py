@@ -95,6 +95,8 @@ WITH existing_customer AS (
 ), new_customer AS (
     INSERT INTO customers (email, name)
     SELECT $3, $7 WHERE NOT EXISTS (SELECT 1 FROM existing_customer)
+        -- a replay or a conflicting reuse of the key must not leave a customer behind
+        AND NOT EXISTS (SELECT 1 FROM ingest_keys WHERE external_id = $2)
     ON CONFLICT (email) DO NOTHING
     RETURNING id
 ), customer AS (

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Controller, Response, get
 
 from app.core import Runtime
+from agent.llm import describe_llm
 from app.metrics import CONTENT_TYPE
 
 
@@ -27,14 +28,7 @@ class HealthController(Controller):
         body = {
             "status": "ok" if database["ok"] else "degraded",
             "database": database,
-            "llm": {
-                "enabled": settings.llm_enabled,
-                "model": settings.llm_model if settings.llm_enabled else None,
-                "base_url": settings.openai_base_url,
-                "timeout_s": settings.llm_timeout_s,
-                "max_retries": settings.llm_max_retries,
-                "api_key": "set" if settings.openai_api_key else None,
-            },
+            "llm": describe_llm(settings),
             "webhook_signatures": bool(settings.webhook_secret),
             "admin_auth": bool(settings.admin_token),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -57,6 +58,7 @@ def _payload_schema() -> Schema:
     )
 
 
+@dataclass
 class IngestOperation(Operation):
     """The handler reads the raw body itself (signatures cover the exact bytes), so describe it by hand."""
 

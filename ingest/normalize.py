@@ -41,7 +41,7 @@ _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def _strip_invisible(text: str) -> tuple[str, int]:
+def strip_invisible(text: str) -> tuple[str, int]:
     """Unify line breaks, drop invisible and control characters, compose to NFC; count what was dropped."""
     text = _LINE_BREAKS.sub("\n", text)
     visible = _INVISIBLE.sub("", text)
@@ -57,7 +57,7 @@ def _tidy_whitespace(text: str) -> str:
 
 def clean_text(text: str) -> str:
     """NFC, invisible/control characters and lone surrogates removed, whitespace collapsed, lines stripped."""
-    return _tidy_whitespace(_strip_invisible(text)[0])
+    return _tidy_whitespace(strip_invisible(text)[0])
 
 
 def _truncate_at_word(text: str, limit: int) -> str:
@@ -73,7 +73,7 @@ def _truncate_at_word(text: str, limit: int) -> str:
 
 
 def _normalize_line(text: str, limit: int) -> str:
-    single_line = _strip_invisible(text)[0].replace("\n", " ")
+    single_line = strip_invisible(text)[0].replace("\n", " ")
     return _truncate_at_word(_tidy_whitespace(single_line), limit)
 
 
@@ -499,12 +499,12 @@ def normalize_body(body: str, *, channel: str) -> NormalizedBody:
     """HTML to text, email reply history trimmed, invisible characters removed, whitespace collapsed, capped
     at BODY_MAX characters on a word boundary."""
     truncated = len(body) > _RAW_BODY_MAX
-    text, removed_invisible = _strip_invisible(body[:_RAW_BODY_MAX])
+    text, removed_invisible = strip_invisible(body[:_RAW_BODY_MAX])
     removed_hidden = 0
     if looks_like_html(text):
         rendered = render_html(text)
         # Entities decode to characters too: "&#8203;" is a zero-width space.
-        text, removed_in_markup = _strip_invisible(rendered.text)
+        text, removed_in_markup = strip_invisible(rendered.text)
         removed_invisible += removed_in_markup
         removed_hidden = rendered.removed_hidden
         truncated = truncated or rendered.truncated

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from ingest.normalize import strip_invisible
 from knowledge import store
 from knowledge.chunking import Chunk, chunk_markdown, chunk_plain_text, extract_title, html_to_markdownish
 from knowledge.embedder import Embedder, check_dimension, embed
@@ -268,6 +270,23 @@ class RecordError(Exception):
     """A record of a CSV/JSONL file that cannot be used; reported as `file:line: reason`."""
 
 
+# What a reader of the article never sees must not reach the model either: comments and hidden elements are a
+# classic way to plant instructions in a knowledge base.
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
+_HIDDEN_ELEMENT = re.compile(
+    r"<(?P<tag>[a-zA-Z][\w-]*)\b[^>]*?(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0|"
+    r"opacity\s*:\s*0(?![.\d]*[1-9])|\bhidden\b|aria-hidden\s*=\s*[\"']?true)[^>]*>.*?</(?P=tag)\s*>",
+    re.DOTALL | re.IGNORECASE,
+)
+
+
+def visible_text_only(text: str) -> str:
+    """The article as a person reads it: no HTML comments, hidden elements or invisible characters."""
+    text = _HTML_COMMENT.sub("", text)
+    text = _HIDDEN_ELEMENT.sub("", text)
+    return strip_invisible(text)[0]
+
+
 def article_from_text(
     source: str,
     text: str,
@@ -284,6 +303,7 @@ def article_from_text(
     `default_category` (the folder's).
     """
     meta_fields: dict[str, str] = {}
+    text = visible_text_only(text)
     if fmt == "markdown":
         meta_fields, text = split_front_matter(text)
         title = meta_fields.get("title") or extract_title(text, fallback=fallback_title)

@@ -14,8 +14,7 @@ import pytest
 
 from agent.risk import detect_risks, strongest_action
 from ingest.normalize import normalize_body, normalize_subject
-from knowledge.chunking import chunk_markdown
-from knowledge.loader import split_front_matter
+from knowledge.loader import article_from_text
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ESCALATING = {"escalate", "escalate_urgent"}
@@ -126,15 +125,18 @@ def test_benign_lookalikes_are_mostly_answered_normally() -> None:
     assert len(escalated) <= len(BENIGN) // 10, escalated
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: knowledge/loader.py keeps HTML comments, hidden elements and Unicode tag characters in chunks",
-)
 def test_kb_chunks_carry_no_hidden_instructions() -> None:
     """What a model is shown from the KB must be what a person reading the article sees."""
     for path in KB_DOCUMENTS:
-        _, text = split_front_matter(path.read_text(encoding="utf-8"))
-        for chunk in chunk_markdown(text, title=path.stem):
-            assert "<!--" not in chunk.text, path.name
-            assert "display:none" not in chunk.text.replace(" ", ""), path.name
-            assert not any(0xE0000 <= ord(ch) <= 0xE007F for ch in chunk.text), path.name
+        article = article_from_text(
+            path.name,
+            path.read_text(encoding="utf-8"),
+            "markdown",
+            category=None,
+            fallback_title=path.stem,
+            metadata={},
+        )
+        for chunk in article.chunks:
+            assert "<!--" not in chunk.content, path.name
+            assert "display:none" not in chunk.content.replace(" ", ""), path.name
+            assert not any(0xE0000 <= ord(ch) <= 0xE007F for ch in chunk.content), path.name

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from app.core import admin_guard
 from app.delivery import in_app
-from app.errors import InvalidInput
+from app.errors import InvalidInput, problem_responses
 
 
 class MarkReadIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -29,7 +29,12 @@ class CustomerMessagesController(Controller):
     guards = (admin_guard,)
     security = ({"AdminToken": []},)
 
-    @get("/", operation_id="listCustomerMessages", summary="A customer's in-app replies, newest first")
+    @get(
+        "/",
+        operation_id="listCustomerMessages",
+        responses=problem_responses(400, 401, 404, 422, 503),
+        summary="A customer's in-app replies, newest first",
+    )
     async def list_messages(
         self,
         pool: asyncpg.Pool,
@@ -48,6 +53,7 @@ class CustomerMessagesController(Controller):
     @post(
         "/read",
         operation_id="markCustomerMessagesRead",
+        responses=problem_responses(400, 401, 404, 422, 503),
         summary="Mark in-app replies read",
         status_code=HTTP_200_OK,
     )

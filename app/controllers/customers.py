@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from app import customers
 from app.core import admin_guard
-from app.errors import InvalidInput
+from app.errors import InvalidInput, problem_responses
 from app.schemas import CustomerEventIn, CustomerIn
 
 
@@ -29,7 +29,12 @@ class CustomerController(Controller):
     guards = [admin_guard]
     security = [{"AdminToken": []}]
 
-    @post("/", operation_id="upsertCustomer", summary="Create a customer account, or update it by email")
+    @post(
+        "/",
+        operation_id="upsertCustomer",
+        responses=problem_responses(400, 401, 422, 503),
+        summary="Create a customer account, or update it by email",
+    )
     async def upsert(self, pool: asyncpg.Pool, data: CustomerIn) -> Response[dict[str, Any]]:
         async with pool.acquire() as conn:
             customer, created = await customers.upsert_customer(
@@ -41,7 +46,12 @@ class CustomerController(Controller):
             )
         return Response(customer, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
-    @post("/{customer_id:uuid}/events", operation_id="addCustomerEvent", summary="Record an account event")
+    @post(
+        "/{customer_id:uuid}/events",
+        operation_id="addCustomerEvent",
+        responses=problem_responses(400, 401, 404, 422, 503),
+        summary="Record an account event",
+    )
     async def add_event(self, pool: asyncpg.Pool, customer_id: UUID, data: CustomerEventIn) -> dict[str, Any]:
         async with pool.acquire() as conn:
             return await customers.add_event(conn, customer_id, data.kind, data.occurred_at, data.data)

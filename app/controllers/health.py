@@ -7,15 +7,16 @@ from typing import Any
 
 from litestar import Controller, Response, get
 
-from app.core import Runtime
 from agent.llm import describe_llm
+from app.core import Runtime
+from app.errors import problem_responses
 from app.metrics import CONTENT_TYPE
 
 
 class HealthController(Controller):
     tags = ["operations"]
 
-    @get("/health", operation_id="health", summary="Liveness and database check")
+    @get("/health", operation_id="health", responses=problem_responses(503), summary="Liveness and database check")
     async def health(self, runtime: Runtime) -> Response[dict[str, Any]]:
         database: dict[str, Any] = {"ok": False}
         try:

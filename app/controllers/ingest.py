@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Controller, Request, Response, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -20,6 +22,7 @@ from app.errors import (
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
+    problem_responses,
 )
 from ingest.schemas import IngestPayload, NormalizedTicket, PayloadError, normalize_payload, parse_payload
 from ingest.signatures import SignatureError, verify_webhook
@@ -101,6 +104,17 @@ def _content_type_is_json(value: str) -> bool:
 _INLINE_PARSE_BYTES = 16 * 1024
 
 
+class IngestAccepted(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The answer to an accepted request: 201 for a new ticket or follow-up, 200 for a replay."""
+
+    ticket_id: str
+    status: str
+    created_at: str
+    duplicate: bool | None = None
+    followup: bool | None = None
+    message_id: str | None = None
+
+
 def _parse_and_normalize(raw: bytes) -> tuple[IngestPayload, dict[str, Any], NormalizedTicket]:
     payload, raw_object = parse_payload(raw)
     return payload, raw_object, normalize_payload(payload)
@@ -113,12 +127,15 @@ class IngestController(Controller):
     @post(
         "/ingest",
         operation_id="ingestTicket",
+        responses={
+            200: ResponseSpec(data_container=IngestAccepted, description="Duplicate: the original ticket"),
+            **problem_responses(400, 401, 409, 413, 415, 422, 503),
+        },
         summary="Receive a support ticket or a follow-up message",
         operation_class=IngestOperation,
         status_code=HTTP_201_CREATED,
-        responses={},
     )
-    async def ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[dict[str, Any]]:
+    async def ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[IngestAccepted]:
         metrics = runtime.metrics
         try:
             response = await self._ingest(request, runtime)
@@ -127,7 +144,7 @@ class IngestController(Controller):
             raise
         return response
 
-    async def _ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[dict[str, Any]]:
+    async def _ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[IngestAccepted]:
         settings = runtime.settings
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
@@ -157,9 +174,9 @@ class IngestController(Controller):
             result = await ingest_once(conn, ticket, raw_object)
         if result.duplicate:
             runtime.metrics.ingest_duplicates.inc()
-            return Response(result.to_json(), status_code=HTTP_200_OK)
+            return Response(IngestAccepted(**result.to_json()), status_code=HTTP_200_OK)
         if result.followup:
             runtime.metrics.followups_ingested.inc()
         else:
             runtime.metrics.tickets_ingested.labels(ticket.channel).inc()
-        return Response(result.to_json(), status_code=HTTP_201_CREATED)
+        return Response(IngestAccepted(**result.to_json()), status_code=HTTP_201_CREATED)

@@ -8,7 +8,7 @@ import asyncpg
 from litestar import Controller, get
 
 from app.core import admin_guard
-from app.errors import InvalidInput
+from app.errors import InvalidInput, problem_responses
 from app.settings import Settings
 from knowledge.embedder import load_embedder
 from knowledge.retrieval import search_query
@@ -25,7 +25,12 @@ class KnowledgeController(Controller):
     guards = (admin_guard,)
     security = ({"AdminToken": []},)
 
-    @get("/search", operation_id="searchKnowledge", summary="Hybrid search over KB articles and resolutions")
+    @get(
+        "/search",
+        operation_id="searchKnowledge",
+        responses=problem_responses(400, 401, 422, 503),
+        summary="Hybrid search over KB articles and resolutions",
+    )
     async def search(
         self,
         pool: asyncpg.Pool,

@@ -16,6 +16,7 @@ from litestar.status_codes import HTTP_200_OK
 from app import tickets
 from app.core import admin_guard
 from app.delivery import review
+from app.errors import problem_responses
 from app.settings import Settings
 
 
@@ -38,7 +39,10 @@ class ReviewController(Controller):
     security = ({"AdminToken": []},)
 
     @get(
-        "/review-queue", operation_id="getReviewQueue", summary="Flagged and escalated tickets, oldest first"
+        "/review-queue",
+        operation_id="getReviewQueue",
+        responses=problem_responses(400, 401, 422, 503),
+        summary="Flagged and escalated tickets, oldest first",
     )
     async def review_queue(
         self,
@@ -53,6 +57,7 @@ class ReviewController(Controller):
     @post(
         "/tickets/{ticket_id:uuid}/review",
         operation_id="reviewTicket",
+        responses=problem_responses(400, 401, 404, 409, 422, 503),
         summary="Approve, edit or reject the agent's reply",
         status_code=HTTP_200_OK,
     )
@@ -67,6 +72,7 @@ class ReviewController(Controller):
     @post(
         "/tickets/{ticket_id:uuid}/close",
         operation_id="closeTicket",
+        responses=problem_responses(400, 401, 404, 409, 503),
         summary="Close a ticket",
         status_code=HTTP_200_OK,
     )

@@ -10,6 +10,7 @@ from litestar import Controller, get
 
 from app import support_health
 from app.core import admin_guard
+from app.errors import problem_responses
 
 
 class SupportHealthController(Controller):
@@ -21,6 +22,7 @@ class SupportHealthController(Controller):
     @get(
         "/",
         operation_id="getCustomerSupportHealth",
+        responses=problem_responses(400, 401, 404, 503),
         summary="Open, unresolved and escalated tickets and related signals of a customer",
     )
     async def support_health(self, pool: asyncpg.Pool, customer_id: UUID) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from litestar.params import Parameter
 
 from app import tickets, trace
 from app.core import admin_guard
+from app.errors import problem_responses
 
 StatusFilter = Literal["open", "in_progress", "pending_customer", "resolved", "closed"]
 CategoryFilter = Literal["billing", "technical", "onboarding", "general"]
@@ -23,7 +24,12 @@ class TicketController(Controller):
     guards = [admin_guard]
     security = [{"AdminToken": []}]
 
-    @get("/", operation_id="listTickets", summary="List tickets, newest first")
+    @get(
+        "/",
+        operation_id="listTickets",
+        responses=problem_responses(400, 401, 422, 503),
+        summary="List tickets, newest first",
+    )
     async def list_tickets(
         self,
         pool: asyncpg.Pool,
@@ -51,6 +57,7 @@ class TicketController(Controller):
     @get(
         "/{ticket_id:uuid}",
         operation_id="getTicket",
+        responses=problem_responses(400, 401, 404, 503),
         summary="A ticket with messages, attempts and deliveries",
     )
     async def get_ticket(self, pool: asyncpg.Pool, ticket_id: UUID) -> dict[str, Any]:
@@ -60,6 +67,7 @@ class TicketController(Controller):
     @get(
         "/{ticket_id:uuid}/trace",
         operation_id="getTicketTrace",
+        responses=problem_responses(400, 401, 404, 503),
         summary="Every resolution attempt of a ticket, node by node",
     )
     async def get_ticket_trace(self, pool: asyncpg.Pool, ticket_id: UUID) -> dict[str, Any]:

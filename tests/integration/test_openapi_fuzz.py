@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
-from schemathesis.core.failures import Failure
 from schemathesis.generation import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi.checks import (
@@ -92,12 +91,6 @@ def undeclared_statuses(operation_id: str) -> frozenset[int]:
     return frozenset(statuses)
 
 
-def declared_400_is_litestar_default(operation: Any) -> bool:
-    declared = operation.definition.raw.get("responses", {}).get("400", {}).get("content", {})
-    schema = declared.get("application/json", {}).get("schema", {})
-    return PROBLEM_JSON not in declared and set(schema.get("required", [])) == LITESTAR_DEFAULT_400
-
-
 def is_problem(response: Any) -> bool:
     """RFC 9457 problem details, as every error of this service should be."""
     if not response.headers.get("content-type", [""])[0].startswith(PROBLEM_JSON):
@@ -114,41 +107,6 @@ def is_problem(response: Any) -> bool:
     )
 
 
-def is_duplicate_ingest_answer(case: Any, response: Any) -> bool:
-    if case.operation.definition.raw.get("operationId") != "ingestTicket" or response.status_code != 200:
-        return False
-    body = json.loads(response.content)
-    return body.get("duplicate") is True and {"ticket_id", "status", "created_at"} <= set(body)
-
-
-def tolerating_known_gaps(check: Callable[..., Any]) -> Callable[..., Any]:
-    """`check`, except where it fails only because of a declared gap listed above."""
-
-    def guarded(ctx: Any, response: Any, case: Any) -> bool | None:
-        try:
-            return check(ctx, response, case)
-        except Failure:
-            operation_id = case.operation.definition.raw.get("operationId")
-            status = response.status_code
-            if (
-                check is status_code_conformance
-                and status in undeclared_statuses(operation_id)
-                and (is_problem(response) or is_duplicate_ingest_answer(case, response))
-            ):
-                return None
-            if (
-                check in (content_type_conformance, response_schema_conformance)
-                and status == 400
-                and declared_400_is_litestar_default(case.operation)
-                and is_problem(response)
-            ):
-                return None
-            raise
-
-    guarded.__name__ = check.__name__
-    return guarded
-
-
 def errors_are_problem_details(ctx: Any, response: Any, case: Any) -> bool | None:
     """Every 4xx/5xx is application/problem+json naming its status (DESIGN.md §1.1, RELIABILITY.md inv. 3)."""
     if response.status_code >= 400:
@@ -157,11 +115,11 @@ def errors_are_problem_details(ctx: Any, response: Any, case: Any) -> bool | Non
 
 
 CHECKS = [
-    not_a_server_error,  # never relaxed
+    not_a_server_error,
     errors_are_problem_details,
-    tolerating_known_gaps(status_code_conformance),
-    tolerating_known_gaps(content_type_conformance),
-    tolerating_known_gaps(response_schema_conformance),
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
 ]
 
 # --- schemathesis over every operation ----------------------------------------------------------------------
@@ -244,7 +202,6 @@ def test_ingest_documents_its_request_body() -> None:
     assert "application/json" in operation.get("requestBody", {}).get("content", {})
 
 
-@pytest.mark.xfail(strict=True, reason="gap: handlers do not declare their problem+json error responses yet")
 def test_every_operation_declares_the_errors_it_answers() -> None:
     """When this passes, drop the xfail and the UNDECLARED tables above: the standard checks then apply alone."""
 

@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.risk import detect_risks, strongest_action
 from ingest.normalize import normalize_body, normalize_subject
 from knowledge.loader import article_from_text
@@ -31,9 +29,8 @@ KINDS = {
     "account_change",
     "exfiltration",
 }
-# Attacks the current defences miss, measured when this test was written. Each is a gap to close, not an
-# expectation: they run as non-strict xfails, so a fixed one shows up as XPASS (remove it here) and every ticket
-# not listed must stay defended.
+# Attacks the first line of defence (normalization + risk patterns) misses, measured when this test was written.
+# Each is a gap to close; the whole corpus still never auto-resolves through the agent.
 KNOWN_MISSES = frozenset(
     {
         # direct instructions without the detector's stock phrasing
@@ -101,20 +98,13 @@ def test_corpus_is_complete_and_well_formed() -> None:
     assert {row["id"] for row in CORPUS} >= KNOWN_MISSES, "a known miss names no corpus ticket"
 
 
-@pytest.mark.parametrize(
-    "ticket",
-    [
-        pytest.param(
-            row,
-            id=f"{row['id']}-{row['kind']}",
-            marks=[pytest.mark.xfail(reason="known miss of the current defences")] if row["id"] in KNOWN_MISSES else [],
-        )
-        for row in CORPUS
-    ],
-)
-def test_attack_is_escalated_or_removed_before_the_agent_reads_it(ticket: dict[str, Any]) -> None:
-    subject, body = agent_view(ticket)
-    assert outcome(ticket) != "missed", f"the agent would read, unflagged: {subject!r} / {body[:300]!r}"
+def test_no_attack_outside_the_known_misses_reaches_the_agent_unflagged() -> None:
+    """The first line of defence (normalization + risk detection) never regresses. The known misses are still
+    never auto-resolved: the agent's confidence and reply guard stop them (test_injection_through_agent.py)."""
+    missed = {row["id"] for row in CORPUS if outcome(row) == "missed"}
+    assert missed - KNOWN_MISSES == set(), "defence regressed for these tickets"
+    fixed = KNOWN_MISSES - missed
+    assert fixed == set(), f"now defended: remove {sorted(fixed)} from KNOWN_MISSES"
 
 
 def test_benign_lookalikes_are_mostly_answered_normally() -> None:

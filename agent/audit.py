@@ -30,6 +30,9 @@ def _default(value: Any) -> Any:
 async def start_attempt(conn: asyncpg.Connection, claim: Claim, knowledge_version: int) -> UUID:
     """Insert the attempt row (state running); earlier running attempts of the ticket are abandoned."""
     async with conn.transaction():
+        # No fsync wait: losing this row in a crash loses the steps written after it too (WAL order), and the
+        # ticket is claimed and attempted again; only the decision transaction must be durable.
+        await conn.execute("SET LOCAL synchronous_commit = off")
         await conn.execute(
             """UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
                       error = COALESCE(error, 'superseded by attempt ' || $2::int)
@@ -65,12 +68,13 @@ class DatabaseRecorder:
         self, node: str, started_at: datetime, duration_ms: float, output: dict[str, Any], error: str | None
     ) -> None:
         self.seq += 1
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Trace rows need not survive an OS crash the way a decision must: skip the fsync wait.
-            await conn.execute("SET LOCAL synchronous_commit = off")
+        async with self.pool.acquire() as conn:
+            # Trace rows need not survive an OS crash the way a decision must: this statement's own
+            # transaction commits without waiting for the WAL flush (set_config(..., true) is local to it).
             await conn.execute(
-                """INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+                   INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
+                   SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
                 self.attempt_id,
                 self.seq,
                 node,

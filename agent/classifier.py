@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 
 from agent.keywords import CATEGORIES, PRIORITIES, category_keywords, priority_keywords
 from agent.risk import URGENT, detect_risks
-from agent.stacking import StackedClassifier
+from agent.stacking import StackedClassifier, TextFeatures
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 MAX_HISTORY_ROWS = 20_000
 # An issue model needs issue labels on most of the history, or it would ground replies on a biased subset.
 MIN_INTENT_COVERAGE = 0.5
+MIN_EXAMPLES_PER_ISSUE = 5
 MIN_PRIORITY_LABELS = 30
 NEIGHBOURS_KEPT = 10
 
@@ -140,12 +142,18 @@ class RoutingModels:
     category: _Head | None
     intent: _Head | None
     priority: _Head | None
+    features: TextFeatures | None = None
     fitted_at: float = field(default_factory=time.time)
     fit_seconds: float = 0.0
 
     @classmethod
     def fit(cls, history: History, version: int) -> RoutingModels:
         started = time.perf_counter()
+        features: TextFeatures | None = None
+        x_word: Any = None
+        x_char: Any = None
+        if len(history):
+            features, x_word, x_char = TextFeatures.fit(history.texts)
 
         def head(labels: Sequence[str | None], allowed: Sequence[str] | None, prior: Any) -> _Head | None:
             rows = np.array(
@@ -158,18 +166,29 @@ class RoutingModels:
                 history.embeddings[rows],
                 [str(labels[i]) for i in rows],
                 prior=prior,
+                features=features,
+                matrices=(x_word[rows], x_char[rows]),
             )
             return _Head(classifier, rows) if classifier is not None else None
 
         category = head(history.categories, CATEGORIES, category_prior)
         intent = None
-        labelled_intents = sum(1 for v in history.intents if v)
-        if history.ids and labelled_intents / len(history) >= MIN_INTENT_COVERAGE:
+        labelled = [v for v in history.intents if v]
+        per_issue = sorted(Counter(labelled).values())
+        # An issue model needs labels on most of the history and several examples of a typical issue: with
+        # two or three per issue its probabilities are too flat to mean anything, and similarity does better.
+        if (
+            history.ids
+            and len(labelled) / len(history) >= MIN_INTENT_COVERAGE
+            and per_issue[len(per_issue) // 2] >= MIN_EXAMPLES_PER_ISSUE
+        ):
             intent = head(history.intents, None, None)
         priority = None
         if sum(1 for v in history.priorities if v) >= MIN_PRIORITY_LABELS:
             priority = head(history.priorities, PRIORITIES, priority_prior)
-        models = cls(version=version, history=history, category=category, intent=intent, priority=priority)
+        models = cls(
+            version=version, history=history, category=category, intent=intent, priority=priority, features=features
+        )
         models.fit_seconds = time.perf_counter() - started
         log.info(
             "routing models fitted on %d past resolutions (knowledge v%d) in %.1fs: category=%s intent=%s priority=%s",
@@ -203,10 +222,13 @@ class RoutingModels:
             mask = np.array([t == exclude_ticket_id for t in self.history.ticket_ids])
             sims = np.where(mask[None, :], -1.0, sims)
 
+        # One TF-IDF transform serves every head.
+        matrices = self.features.transform([text]) if self.features is not None else None
+
         def run(head: _Head | None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
             if head is None:
                 return {}, {}
-            probs, views = head.classifier.predict([text], query, sims[:, head.rows])
+            probs, views = head.classifier.predict([text], query, sims[:, head.rows], matrices)
             names = [str(c) for c in head.classifier.classes]
             return (
                 {n: float(p) for n, p in zip(names, probs[0], strict=True)},

@@ -66,6 +66,13 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("flag rate", _fmt(report["flag_rate"]), "")
     table.add_row("flag precision", _fmt(report["flag_precision"]), "")
     table.add_row("escalate rate", _fmt(report["escalate_rate"]), "")
+    by_confidence = report.get("by_confidence") or {}
+    if by_confidence:
+        table.add_row(
+            "by confidence alone: auto rate / precision",
+            f"{_fmt(by_confidence.get('auto_resolve_rate'))} / {_fmt(by_confidence.get('auto_resolve_precision'))}",
+            "",
+        )
     table.add_row("grounding accuracy", _fmt(report.get("grounding_accuracy")), "")
     table.add_row("ECE (10 bins)", _fmt(report["ece"], False), "")
     table.add_row("reply similarity to gold answer", _fmt(report.get("reply_similarity"), False), "")

@@ -223,7 +223,8 @@ def score_confidence(
     """Calibrated probability that the reply is right, with its breakdown.
 
     `self_assessment` is a multiplier in [0, 1] from an LLM drafter's structured verdict (it can only lower
-    the score: the model's confidence is not evidence the retrieval lacked). An ungrounded reply scores 0.
+    the score: the model's confidence is not evidence the retrieval lacked). An ungrounded reply keeps its
+    number; the `coverage` entry records that there is nothing to send, and the decision escalates.
     """
     model = calibration.model(use_intents)
     raw, breakdown = model.raw(signals)
@@ -239,13 +240,13 @@ def score_confidence(
             "note": "LLM's structured self-assessment and citation validity (multiplier)",
         }
     if not grounded:
+        # A gate, not a probability: the grounding may well be the right issue, there is just nothing to send.
         breakdown["coverage"] = {
             "value": 0.0,
-            "weight": 1.0,
-            "contribution": round(-confidence, 4),
-            "note": "no past resolution or KB passage with reply text: nothing to ground a reply in",
+            "weight": 0.0,
+            "contribution": 0.0,
+            "note": "no past resolution or KB passage with reply text: nothing to send (escalates)",
         }
-        confidence = 0.0
     return Score(
         confidence=round(min(1.0, max(0.0, confidence)), 4),
         raw_score=round(raw, 4),

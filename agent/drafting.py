@@ -8,9 +8,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from agent.guardrails import check_reply, find_emails, find_urls, promise_violations
+from agent.guardrails import check_reply, find_emails, find_urls
 from agent.phrasing import OFFLINE_TEMPLATE, localized
-from agent.risk import Risk, fold
+from agent.risk import Risk, fold, injection_in
 from agent.specialists import Specialist
 from agent.state import TicketInput
 from knowledge.retrieval import RetrievedItem
@@ -122,15 +122,9 @@ def _strip_frame(text: str) -> str:
 
 def _safe_sentences(text: str, *, allowed_urls: set[str], allowed_emails: set[str]) -> tuple[str, list[str]]:
     """The text without sentences the guard refuses, and the removed sentences."""
-    from agent.risk import detect_risks
-
     removed: list[str] = []
     # Most sources are clean: one check of the whole text spares a check per sentence.
-    if not (
-        promise_violations(text)
-        or any(r.kind == "prompt_injection" for r in detect_risks(text))
-        or check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
-    ):
+    if not (injection_in(text) or check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails)):
         return text, removed
     kept_paragraphs: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
@@ -140,10 +134,8 @@ def _safe_sentences(text: str, *, allowed_urls: set[str], allowed_emails: set[st
             for sentence in _SENTENCE.split(line):
                 if not sentence.strip():
                     continue
-                bad = (
-                    promise_violations(sentence)
-                    or any(r.kind == "prompt_injection" for r in detect_risks(sentence))
-                    or check_reply(sentence, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
+                bad = injection_in(sentence) or check_reply(
+                    sentence, allowed_urls=allowed_urls, allowed_emails=allowed_emails
                 )
                 if bad:
                     removed.append(sentence.strip())

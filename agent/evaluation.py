@@ -322,9 +322,22 @@ def _rate(values: Sequence[bool]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _by_confidence(judged: Sequence[TicketResult], thresholds: dict[str, float]) -> dict[str, Any]:
+    auto = [bool(r.right) for r in judged if r.confidence >= thresholds["auto_resolve"]]
+    flag = [bool(r.right) for r in judged if thresholds["review"] <= r.confidence < thresholds["auto_resolve"]]
+    n = len(judged)
+    return {
+        "auto_resolve_rate": len(auto) / n if n else None,
+        "auto_resolve_precision": _rate(auto),
+        "flag_rate": len(flag) / n if n else None,
+        "flag_precision": _rate(flag),
+    }
+
+
 def summarize(
     results: Sequence[TicketResult],
     *,
+    thresholds: dict[str, float],
     seconds: float,
     reply_similarity: float | None,
     baseline: float | None,
@@ -367,6 +380,9 @@ def summarize(
         "mean_confidence": float(np.mean([r.confidence for r in results])) if results else None,
         "tickets_per_second": n / seconds if seconds > 0 else None,
         "confusion_matrix": confusion,
+        # What the thresholds alone would do, before the gates (risks, nothing to send) overrule them: the
+        # calibration's own quality on sets whose history has no answers to send (banking77).
+        "by_confidence": _by_confidence(judged, thresholds) if has_intents else None,
         "risk_counts": {
             kind: sum(1 for r in results if kind in r.risks) for kind in sorted({k for r in results for k in r.risks})
         },
@@ -434,7 +450,10 @@ async def evaluate(
         answers = embedder.encode([a or "" for _, a in with_answers])
         reply_similarity = float(np.mean(np.sum(drafts * answers, axis=1)))
     baseline = await asyncio.to_thread(baseline_accuracy, history, evaluation)
-    report = summarize(results, seconds=seconds, reply_similarity=reply_similarity, baseline=baseline)
+    thresholds = {"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold}
+    report = summarize(
+        results, thresholds=thresholds, seconds=seconds, reply_similarity=reply_similarity, baseline=baseline
+    )
     report.update(
         dataset=str(dataset),
         history=str(history_path) if history_path else f"{len(history)} rows of the data set (holdout {holdout})",
@@ -442,7 +461,7 @@ async def evaluate(
         seed=seed,
         timings={k: round(v, 2) for k, v in timings.items()},
         total_seconds=round(time.perf_counter() - started_all, 2),
-        thresholds={"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold},
+        thresholds=thresholds,
         calibration=processor.calibration.meta.get("source"),
         models=processor.models.current.describe() if processor.models.current else None,
     )

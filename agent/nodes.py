@@ -19,11 +19,11 @@ from agent.classifier import RoutingPrediction
 from agent.confidence import Grounding, compute_signals, score_confidence
 from agent.context import Context
 from agent.drafting import Draft, DraftRequest
-from agent.risk import NO_RETRY, URGENT, Risk, detect_risks, strongest_action
+from agent.risk import Risk, detect_risks, strongest_action
 from agent.specialists import specialist_for, wants_event
 from agent.state import STEP_OUTPUTS, AgentState, ticket_text
 from agent.triage import decide_category, decide_priority
-from knowledge.retrieval import RetrievedItem, search, shorten
+from knowledge.retrieval import RetrievedItem, nearest_resolutions, search, shorten
 
 
 class Node(Protocol):
@@ -261,6 +261,12 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
     models = ctx.models.current
     use_intents = bool(models and models.has_intents)
     resolutions = [i for i in items if i.kind == "resolution"]
+    if not resolutions:
+        # KB passages filled the fused list: still look at the closest past tickets.
+        async with ctx.pool.acquire() as conn:
+            nearest = await nearest_resolutions(conn, embedding, k=3, ef_search=settings.hnsw_ef_search)
+        items.extend(nearest)
+        resolutions.extend(nearest)
     if (
         use_intents
         and prediction is not None
@@ -344,22 +350,27 @@ async def draft(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
     return {"drafted": drafted, "draft_result": result}
 
 
-def _gate(risks: list[Risk], drafted: dict[str, Any], result: Draft | None) -> tuple[str | None, list[str]]:
-    """Decision gates no confidence overrides: risky tickets, guard violations, drafter escalations."""
+def _gate(risks: list[Risk], drafted: dict[str, Any]) -> tuple[str | None, list[str], bool]:
+    """Decision gates no confidence overrides: risky tickets, guard violations, drafter escalations, nothing
+    to send. Returns (gate, reasons, retryable): only a missing answer can change with a later cycle."""
     reasons = [r.describe() for r in risks]
     action = strongest_action(risks)
     gate: str | None = None
+    retryable = True
     if action in {"escalate", "escalate_urgent"}:
-        gate = "escalate"
+        gate, retryable = "escalate", False
     elif action == "review":
         gate = "review"
     if drafted.get("violations"):
-        gate = "escalate"
+        gate, retryable = "escalate", False
         reasons += [f"reply failed the guard: {v}" for v in drafted["violations"]]
     if drafted.get("escalate"):
-        gate = "escalate"
+        gate, retryable = "escalate", False
         reasons += list(drafted["escalate"])
-    return gate, reasons
+    if not drafted.get("grounded"):
+        gate = "escalate"
+        reasons.append("nothing to ground a reply in: no past resolution or KB passage with reply text")
+    return gate, reasons, retryable
 
 
 @traced("score")
@@ -388,7 +399,7 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
         grounded=bool(drafted.get("grounded")),
     )
     risks: list[Risk] = list(state.get("risks", []))
-    gate, gate_reasons = _gate(risks, drafted, result)
+    gate, gate_reasons, retryable = _gate(risks, drafted)
     return {
         "scoring": {
             "confidence": scored.confidence,
@@ -401,6 +412,7 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
             "risk_kinds": sorted({r.kind for r in risks}),
             "gate": gate,
             "gate_reasons": gate_reasons,
+            "retryable": retryable,
             "thresholds": {"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold},
         }
     }
@@ -454,12 +466,11 @@ async def _reply(state: AgentState, runtime: Runtime[Context], decision: Any, re
 async def escalate(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     scoring = state["scoring"]
-    risk_kinds = set(scoring.get("risk_kinds", []))
     reasons = list(scoring.get("gate_reasons") or []) if scoring.get("gate") == "escalate" else []
     reasons.append(_confidence_reason(scoring))
-    # A re-run cannot change a demand, an injection or an incident report: those wait for a person. Low
-    # confidence can change when the knowledge base grows, so those get more cycles.
-    retryable = not (risk_kinds & (NO_RETRY | URGENT)) and scoring.get("gate") != "escalate"
+    # A re-run cannot change a demand, an injection, an incident report or a refused reply: those wait for a
+    # person. Low confidence and missing answers can change when the knowledge base grows: more cycles.
+    retryable = bool(scoring.get("retryable", True))
     plan: dict[str, Any] = {"retry": False}
     if ctx.claim is not None and ctx.attempt_id is not None:
         plan = await outcome.commit_escalation(

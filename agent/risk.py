@@ -9,6 +9,7 @@ missed, or text that never went through it, is still caught.
 # ruff: noqa: E501  (pattern tables read best with one alternative per line)
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -67,6 +68,7 @@ class Risk:
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
 
 
+@functools.lru_cache(maxsize=1024)
 def fold(text: str) -> str:
     """The text as patterns see it: NFKC, format/control characters removed, lower case, no accents."""
     text = unicodedata.normalize("NFKC", text)
@@ -303,16 +305,31 @@ def detect_risks(text: str, *, repeated_contact: bool = False) -> list[Risk]:
 
     `repeated_contact` adds that signal when the caller found it from the customer's history.
     """
+    risks = list(_text_risks(text))
+    if repeated_contact and not any(r.kind == "repeated_contact" for r in risks):
+        risks.append(Risk("repeated_contact", "the customer reported the same problem before"))
+    return risks
+
+
+def injection_in(text: str) -> Risk | None:
+    """Only the prompt-injection check (drafters screen their sources with it)."""
+    folded = fold(text)
+    injection = _INJECTION.search(folded)
+    if injection:
+        return Risk("prompt_injection", _evidence(folded, injection))
+    compact = _INJECTION_COMPACT.search(_compact(folded))
+    return Risk("prompt_injection", compact.group(0)) if compact else None
+
+
+# Routing, priority and scoring all look at the same ticket text: detect once per text.
+@functools.lru_cache(maxsize=512)
+def _text_risks(text: str) -> tuple[Risk, ...]:
     folded = fold(text)
     sentences = _sentences(folded)
     risks: list[Risk] = []
-    injection = _INJECTION.search(folded)
+    injection = injection_in(text)
     if injection:
-        risks.append(Risk("prompt_injection", _evidence(folded, injection)))
-    else:
-        compact = _INJECTION_COMPACT.search(_compact(folded))
-        if compact:
-            risks.append(Risk("prompt_injection", compact.group(0)))
+        risks.append(injection)
     risks.extend(_demand_risks(sentences))
     for kind, pattern in (
         ("security_incident", _SECURITY),
@@ -326,9 +343,7 @@ def detect_risks(text: str, *, repeated_contact: bool = False) -> list[Risk]:
     repeat = _REPEAT.search(folded)
     if repeat:
         risks.append(Risk("repeated_contact", _evidence(folded, repeat)))
-    elif repeated_contact:
-        risks.append(Risk("repeated_contact", "the customer reported the same problem before"))
-    return risks
+    return tuple(risks)
 
 
 def strongest_action(risks: Iterable[Risk]) -> RiskAction | None:

@@ -9,10 +9,10 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -30,13 +30,23 @@ KNN_FLOOR = 1e-3
 MIN_EXAMPLES = 8
 
 
+def logsumexp(z: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
+    top = z.max(axis=axis, keepdims=True)
+    out = np.log(np.exp(z - top).sum(axis=axis, keepdims=True)) + top
+    return np.asarray(out if keepdims else np.squeeze(out, axis=axis))
+
+
 def _svm(c: float) -> LinearSVC:
     return LinearSVC(C=c, max_iter=5000)
 
 
 def _decision(model: LinearSVC, x: object, classes: np.ndarray) -> np.ndarray:
     """SVM scores as (n, len(classes)), whatever subset of classes the model saw; unseen classes score -2."""
-    raw = np.asarray(model.decision_function(x), dtype=np.float64)
+    # The linear score itself: sklearn's decision_function re-validates its input, a large share of the
+    # per-ticket cost at one query at a time.
+    raw = np.asarray(x @ model.coef_.T, dtype=np.float64) + model.intercept_
+    if raw.shape[1] == 1:
+        raw = raw[:, 0]
     seen = np.asarray(model.classes_)
     if raw.ndim == 1:  # binary: one margin, positive for seen[1]
         raw = np.stack([-raw / 2, raw / 2], axis=1)
@@ -91,12 +101,39 @@ def _fit_tied_weights(
 
 
 @dataclass
+class TextFeatures:
+    """Word (1-2 gram) and character (3-5 gram) TF-IDF, fitted once and shared by every head."""
+
+    word: TfidfVectorizer
+    char: TfidfVectorizer
+
+    @classmethod
+    def fit(cls, texts: Sequence[str]) -> tuple[TextFeatures, Any, Any]:
+        """The vectorizers and the matrices of `texts` (vocabulary and idf are unsupervised: no label leaks)."""
+        small = len(texts) < 500
+        word = TfidfVectorizer(
+            ngram_range=(1, 2), sublinear_tf=True, min_df=1 if small else 2, max_features=200_000, dtype=np.float32
+        )
+        char = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(3, 5),
+            sublinear_tf=True,
+            min_df=1 if small else 3,
+            max_features=50_000,
+            dtype=np.float32,
+        )
+        return cls(word, char), word.fit_transform(list(texts)), char.fit_transform(list(texts))
+
+    def transform(self, texts: Sequence[str]) -> tuple[Any, Any]:
+        return self.word.transform(list(texts)), self.char.transform(list(texts))
+
+
+@dataclass
 class StackedClassifier:
     """Fitted models and their combination; `predict` takes the query's similarities to `train_embeddings`."""
 
     classes: np.ndarray
-    word_vectorizer: TfidfVectorizer
-    char_vectorizer: TfidfVectorizer
+    features: TextFeatures
     word_svm: LinearSVC
     char_svm: LinearSVC
     embedding_svm: LinearSVC
@@ -118,28 +155,22 @@ class StackedClassifier:
         prior: Prior | None = None,
         folds: int = 5,
         seed: int = 0,
+        features: TextFeatures | None = None,
+        matrices: tuple[Any, Any] | None = None,
     ) -> StackedClassifier | None:
-        """Fit on labelled examples; None when there is too little to learn from (fewer than two classes)."""
+        """Fit on labelled examples; None when there is too little to learn from (fewer than two classes).
+
+        `features` and `matrices` (word and char TF-IDF rows of exactly these texts) share one vectorizer
+        between several classifiers of the same history."""
         y_names = np.asarray(labels, dtype=object).astype(str)
         classes, y = np.unique(y_names, return_inverse=True)
         if len(classes) < 2 or len(y) < MIN_EXAMPLES:
             return None
         text_list = list(texts)
-        small = len(text_list) < 500
-        word_vectorizer = TfidfVectorizer(
-            ngram_range=(1, 2), sublinear_tf=True, min_df=1 if small else 2, max_features=200_000, dtype=np.float32
-        )
-        char_vectorizer = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(3, 5),
-            sublinear_tf=True,
-            min_df=1 if small else 3,
-            max_features=50_000,
-            dtype=np.float32,
-        )
-        # Vocabulary and idf are unsupervised, so fitting them once on every text leaks no label into the folds.
-        x_word = word_vectorizer.fit_transform(text_list)
-        x_char = char_vectorizer.fit_transform(text_list)
+        if features is None or matrices is None:
+            features, x_word, x_char = TextFeatures.fit(text_list)
+        else:
+            x_word, x_char = matrices
         emb = np.asarray(embeddings, dtype=np.float32)
         model_names: tuple[str, ...] = ("word", "char", "embedding", "neighbours") + (("prior",) if prior else ())
         prior_scores = prior(text_list, list(classes)) if prior else None
@@ -178,8 +209,7 @@ class StackedClassifier:
             embedding_svm = _svm(1.0).fit(emb, y)
         return cls(
             classes=classes,
-            word_vectorizer=word_vectorizer,
-            char_vectorizer=char_vectorizer,
+            features=features,
             word_svm=word_svm,
             char_svm=char_svm,
             embedding_svm=embedding_svm,
@@ -213,7 +243,11 @@ class StackedClassifier:
         ]
 
     def predict(
-        self, texts: Sequence[str], embeddings: np.ndarray, sims: np.ndarray
+        self,
+        texts: Sequence[str],
+        embeddings: np.ndarray,
+        sims: np.ndarray,
+        matrices: tuple[Any, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Class probabilities (n, C) and each model's own softmax-normalised view, for the decision's reasons.
 
@@ -225,8 +259,7 @@ class StackedClassifier:
             self.word_svm,
             self.char_svm,
             self.embedding_svm,
-            self.word_vectorizer.transform(text_list),
-            self.char_vectorizer.transform(text_list),
+            *(matrices if matrices is not None else self.features.transform(text_list)),
             np.asarray(embeddings, dtype=np.float32),
             sims,
             self.train_labels,

@@ -128,6 +128,12 @@ async def run(n_tickets: int, n_history: int, concurrency: int) -> dict[str, Any
             decisions = await drain(processor, pool, concurrency)
             pipeline_s = time.perf_counter() - started
             steps = await pool.fetchval("SELECT count(*) FROM attempt_steps")
+            node_ms = {
+                r["node"]: round(r["ms"], 1)
+                for r in await pool.fetch(
+                    "SELECT node, avg(duration_ms) AS ms FROM attempt_steps GROUP BY node ORDER BY min(seq)"
+                )
+            }
         finally:
             await pool.close()
     finally:
@@ -149,6 +155,7 @@ async def run(n_tickets: int, n_history: int, concurrency: int) -> dict[str, Any
         "model_fit_s": round(fit_s, 1),
         "decisions": decisions,
         "audit_steps_written": steps,
+        "mean_node_ms": node_ms,
     }
 
 

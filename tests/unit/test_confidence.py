@@ -59,12 +59,14 @@ def test_breakdown_explains_the_raw_score(calibration: Calibration) -> None:
         assert {"value", "weight", "contribution", "note"} <= set(entry)
 
 
-def test_self_assessment_only_lowers_and_ungrounded_scores_zero(calibration: Calibration) -> None:
+def test_self_assessment_only_lowers_and_coverage_is_recorded(calibration: Calibration) -> None:
     base = score_confidence(_signals(0.9), calibration, use_intents=True)
     lowered = score_confidence(_signals(0.9), calibration, use_intents=True, self_assessment=0.5)
     assert lowered.confidence <= base.confidence
     assert "self_assessment" in lowered.breakdown
-    assert score_confidence(_signals(0.9), calibration, use_intents=True, grounded=False).confidence == 0.0
+    ungrounded = score_confidence(_signals(0.9), calibration, use_intents=True, grounded=False)
+    assert ungrounded.confidence == base.confidence  # a gate, not a probability
+    assert "coverage" in ungrounded.breakdown
 
 
 def _state(confidence: float, gate: str | None = None) -> AgentState:

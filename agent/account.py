@@ -21,7 +21,7 @@ REPEAT_WINDOW_DAYS = 30
 async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput | None:
     row = await conn.fetchrow(
         """SELECT t.id, t.customer_id, t.channel, t.subject, t.body, COALESCE(t.customer_name, c.name) AS name,
-                  c.email, t.status, t.cycle_count, t.reopen_count, t.metadata
+                  c.email, t.status, t.cycle_count, t.reopen_count, t.metadata, t.raw_payload
            FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1""",
         ticket_id,
     )
@@ -46,7 +46,14 @@ async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput 
         reopen_count=row["reopen_count"],
         follow_ups=[r["body"] for r in follow_ups],
         metadata=dict(row["metadata"] or {}),
+        raw_text=_raw_text(row["raw_payload"]),
     )
+
+
+def _raw_text(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    return "\n\n".join(str(payload.get(key) or "") for key in ("subject", "body") if payload.get(key))
 
 
 async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding: np.ndarray) -> dict[str, Any]:

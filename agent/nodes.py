@@ -19,7 +19,7 @@ from agent.classifier import RoutingPrediction
 from agent.confidence import Grounding, compute_signals, score_confidence
 from agent.context import Context
 from agent.drafting import Draft, DraftRequest
-from agent.risk import Risk, detect_risks, strongest_action
+from agent.risk import Risk, detect_risks, hidden_instructions, strongest_action
 from agent.specialists import specialist_for, wants_event
 from agent.state import STEP_OUTPUTS, AgentState, ticket_text
 from agent.triage import decide_category, decide_priority
@@ -90,6 +90,9 @@ async def prioritize(state: AgentState, *, runtime: Runtime[Context]) -> dict[st
     account = state.get("account", {})
     repeated = bool(account.get("repeated_contact"))
     risks = detect_risks(text, repeated_contact=repeated)
+    hidden = hidden_instructions(state["ticket"].get("raw_text") or "", text)
+    if hidden is not None and not any(r.kind == "prompt_injection" for r in risks):
+        risks.insert(0, hidden)
     repeated = repeated or any(r.kind == "repeated_contact" for r in risks)
     prioritization = decide_priority(text, state.get("prediction"), account, risks, repeated_contact=repeated)
     return {"risks": risks, "prioritization": prioritization}
@@ -258,8 +261,8 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
 
     items = sorted(items, key=lambda i: -boosted(i))
     prediction: RoutingPrediction | None = state.get("prediction")
-    models = ctx.models.current
-    use_intents = bool(models and models.has_intents)
+    # The models that classified this ticket decide, even if a refit finished since.
+    use_intents = bool(prediction is not None and prediction.intent_probs)
     resolutions = [i for i in items if i.kind == "resolution"]
     if not resolutions:
         # KB passages filled the fused list: still look at the closest past tickets.
@@ -378,8 +381,8 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
     ctx = runtime.context
     settings = ctx.settings
     prediction: RoutingPrediction | None = state.get("prediction")
-    models = ctx.models.current
-    use_intents = bool(models and models.has_intents)
+    # The models that classified this ticket decide, even if a refit finished since.
+    use_intents = bool(prediction is not None and prediction.intent_probs)
     grounding: Grounding = state["grounding"]
     signals = compute_signals(
         grounding=grounding,

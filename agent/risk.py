@@ -209,6 +209,8 @@ _INJECTION = _rx(
     r"\b(?:act|behave|respond|pretend|roleplay|role-play|role play) (?:as|like|to be) (?:a |an |the |my )?(?:admin|administrator|root|system|developer|support manager|supervisor|billing admin|superuser|dan|unrestricted)",
     r"\b(?:developer|debug|god|admin|jailbreak|unrestricted|dan) mode\b",
     r"\bnew (?:system )?instructions?\s*:",
+    r"\b(?:system|admin|administrator|developer|root|operator|security) (?:override|command|instruction|directive|notice|message|update|mode)\s*:",
+    r"\[\s*(?:system|admin|developer|assistant)\s*\]",
     r"(?:^|\n)\s*(?:#+\s*)?(?:system|assistant|developer)\s*:\s",
     r"<\|?(?:im_start|im_end|system|endoftext)\|?>|\[/?inst\]|<</?sys>>",
     r"\bfrom now on,? (?:you|ignore|respond|act)\b",
@@ -309,6 +311,22 @@ def detect_risks(text: str, *, repeated_contact: bool = False) -> list[Risk]:
     if repeated_contact and not any(r.kind == "repeated_contact" for r in risks):
         risks.append(Risk("repeated_contact", "the customer reported the same problem before"))
     return risks
+
+
+_TAG = re.compile(r"<[^>]{0,500}>")
+
+
+def hidden_instructions(raw: str, visible: str) -> Risk | None:
+    """Instructions that were in the message as sent (hidden HTML, trimmed quotes) but not in what a person
+    sees: a prompt injection whatever its wording, when it injects or demands something the visible text does
+    not."""
+    if not raw or raw == visible:
+        return None
+    seen = {r.kind for r in _text_risks(visible)}
+    for risk in _text_risks(_TAG.sub(" ", raw)):
+        if risk.kind not in seen and (risk.kind == "prompt_injection" or risk.kind in DEMANDS):
+            return Risk("prompt_injection", f"hidden in the message as sent: {risk.evidence}")
+    return None
 
 
 def injection_in(text: str) -> Risk | None:

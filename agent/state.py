@@ -25,6 +25,8 @@ class TicketInput(TypedDict, total=False):
     cycle_count: int
     reopen_count: int
     follow_ups: list[str]
+    # Subject and body as the customer sent them, before normalization (hidden HTML, quoted history).
+    raw_text: str
     metadata: dict[str, Any]
     # Offline runs only: {tier, name, events: [{kind, occurred_at, data}], prior_tickets: [...]}.
     account: dict[str, Any]

@@ -14,21 +14,6 @@ TIERS = ("free", "trial", "starter", "pro", "business", "enterprise")
 PAYING_TIERS = frozenset({"starter", "pro", "business", "enterprise"})
 
 
-async def find_or_create_customer(conn: asyncpg.Connection, email: str, name: str | None) -> UUID:
-    """The account for an address, created on first contact. Cheap on the hot path: a read, rarely a write."""
-    customer_id = await conn.fetchval("SELECT id FROM customers WHERE email = $1", email)
-    if customer_id is not None:
-        return UUID(str(customer_id))
-    created = await conn.fetchval(
-        "INSERT INTO customers (email, name) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING RETURNING id",
-        email,
-        name,
-    )
-    if created is None:  # a concurrent request created it first
-        created = await conn.fetchval("SELECT id FROM customers WHERE email = $1", email)
-    return UUID(str(created))
-
-
 async def upsert_customer(
     conn: asyncpg.Connection,
     *,

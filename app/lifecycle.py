@@ -67,11 +67,3 @@ async def transition(
             reason,
         )
     return str(current)
-
-
-async def record_initial_status(conn: asyncpg.Connection, ticket_id: UUID, reason: str) -> None:
-    await conn.execute(
-        "INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason) VALUES ($1, NULL, 'open', $2)",
-        ticket_id,
-        reason,
-    )

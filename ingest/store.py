@@ -16,7 +16,6 @@ from uuid import UUID
 import asyncpg
 
 from app import lifecycle
-from app.customers import find_or_create_customer
 from app.errors import Conflict, InvalidInput
 from app.queue import NOTIFY_CHANNEL, notify_work
 from ingest.schemas import NormalizedTicket
@@ -54,27 +53,24 @@ def base_subject(subject: str) -> str:
     return _REPLY_PREFIX.sub("", subject).strip().lower()
 
 
-async def ingest(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
-) -> IngestResult:
+async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
     """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
-    if not _may_follow_up(ticket):
-        return await _ingest_new_ticket(conn, ticket, raw_payload)
-    replay = await _replay_of(conn, ticket)
-    if replay is not None:
-        return replay
-    async with conn.transaction():
-        customer_id = await find_or_create_customer(conn, ticket.customer_email, ticket.customer_name)
+    if _may_follow_up(ticket):
+        replay = await _replay_of(conn, ticket)
+        if replay is not None:
+            return replay
+        # No account yet means no earlier thread to follow up on (a thread_ref then fails as foreign).
+        customer_id = await conn.fetchval("SELECT id FROM customers WHERE email = $1", ticket.customer_email)
         parent = await _thread_parent(conn, ticket, customer_id)
         if parent is not None:
-            result = await _append_followup(conn, ticket, raw_payload, parent)
-        else:
-            result = await _insert_ticket(conn, ticket, raw_payload, customer_id)
-        if result is None:
-            # Lost the race to a concurrent request with the same key; its answer is ours.
-            raise _LostRace
-        await notify_work(conn)
-        return result
+            async with conn.transaction():
+                result = await _append_followup(conn, ticket, raw_payload, parent)
+                if result is None:
+                    # Lost the race to a concurrent request with the same key; its answer is ours.
+                    raise _LostRace
+                await notify_work(conn)
+                return result
+    return await _ingest_new_ticket(conn, ticket, raw_payload)
 
 
 def _may_follow_up(ticket: NormalizedTicket) -> bool:
@@ -158,9 +154,7 @@ async def _ingest_new_ticket(
         except asyncpg.UniqueViolationError:
             row = None  # the key belongs to a follow-up message: a replay or a conflict, decided below
         if row is not None:
-            return IngestResult(
-                ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None
-            )
+            return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None)
         replay = await _replay_of(conn, ticket)
         if replay is not None:
             return replay
@@ -175,9 +169,7 @@ class _LostRace(Exception):
     """Internal: a concurrent request committed the same external_id first."""
 
 
-async def ingest_once(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
-) -> IngestResult:
+async def ingest_once(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
     try:
         return await ingest(conn, ticket, raw_payload)
     except _LostRace:
@@ -211,9 +203,7 @@ async def _replay_of(conn: asyncpg.Connection, ticket: NormalizedTicket) -> Inge
     )
 
 
-async def _thread_parent(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID
-) -> UUID | None:
+async def _thread_parent(conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
     """The earlier ticket this message follows up on, by thread_ref, email headers, or reply subject."""
     if ticket.thread_ref:
         parent = await conn.fetchrow(
@@ -222,13 +212,9 @@ async def _thread_parent(
             ticket.thread_ref,
         )
         if parent is None and _is_uuid(ticket.thread_ref):
-            parent = await conn.fetchrow(
-                "SELECT id, customer_id FROM tickets WHERE id = $1", UUID(ticket.thread_ref)
-            )
+            parent = await conn.fetchrow("SELECT id, customer_id FROM tickets WHERE id = $1", UUID(ticket.thread_ref))
         if parent is None:
-            raise InvalidInput(
-                f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref"
-            )
+            raise InvalidInput(f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref")
         if parent["customer_id"] != customer_id:
             # A customer can only add to their own thread.
             raise InvalidInput("thread_ref belongs to another customer's ticket", field="thread_ref")
@@ -274,48 +260,6 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-async def _insert_ticket(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], customer_id: UUID
-) -> IngestResult | None:
-    ticket_id = uuid.uuid4()
-    row = await conn.fetchrow(
-        """
-        INSERT INTO tickets (id, external_id, customer_id, channel, subject, body, customer_name, metadata,
-                             raw_payload, thread_ref, email_message_id, next_attempt_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
-        ON CONFLICT (external_id) DO NOTHING
-        RETURNING created_at
-        """,
-        ticket_id,
-        ticket.external_id,
-        customer_id,
-        ticket.channel,
-        ticket.subject,
-        ticket.body,
-        ticket.customer_name,
-        _ticket_metadata(ticket),
-        raw_payload,
-        ticket.thread_ref,
-        ticket.message_id,
-    )
-    if row is None:
-        return None
-    await _insert_message(conn, ticket_id, ticket, raw_payload=None)
-    claimed = await conn.fetchval(
-        """INSERT INTO ingest_keys (external_id, content_hash, ticket_id, message_id)
-           VALUES ($1, $2, $3, NULL) ON CONFLICT (external_id) DO NOTHING RETURNING 1""",
-        ticket.external_id,
-        ticket.content_hash,
-        ticket_id,
-    )
-    if claimed is None:  # the key was taken by a follow-up with this external_id
-        raise _LostRace
-    await lifecycle.record_initial_status(conn, ticket_id, f"received via {ticket.channel}")
-    return IngestResult(
-        ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None
-    )
-
-
 async def _insert_message(
     conn: asyncpg.Connection, ticket_id: UUID, ticket: NormalizedTicket, *, raw_payload: dict[str, Any] | None
 ) -> UUID:
@@ -349,9 +293,7 @@ async def _append_followup(
     if claimed is None:
         return None
     message_id = await _insert_message(conn, parent_id, ticket, raw_payload=raw_payload)
-    await conn.execute(
-        "UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id
-    )
+    await conn.execute("UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id)
     status = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", parent_id)
     reopened = status in ("resolved", "closed")
     if reopened:

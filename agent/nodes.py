@@ -5,6 +5,7 @@ through `Runtime[Context]`. `traced` times every node and hands its output (or e
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from agent.specialists import specialist_for, wants_event
 from agent.state import STEP_OUTPUTS, AgentState, ticket_text
 from agent.triage import decide_category, decide_priority
 from knowledge.retrieval import RetrievedItem, nearest_resolutions, search, shorten
+
+log = logging.getLogger(__name__)
 
 
 class Node(Protocol):
@@ -47,7 +50,10 @@ def traced(name: str) -> Callable[[Node], Node]:
             except Exception as exc:
                 elapsed = (time.perf_counter() - started) * 1000
                 if ctx.recorder is not None:
-                    await ctx.recorder.record(name, started_at, elapsed, {}, f"{type(exc).__name__}: {exc}")
+                    try:
+                        await ctx.recorder.record(name, started_at, elapsed, {}, f"{type(exc).__name__}: {exc}")
+                    except Exception:  # the original error is the one the worker must see
+                        log.warning("could not record the failed %s step", name, exc_info=True)
                 raise
             elapsed = (time.perf_counter() - started) * 1000
             if ctx.metrics is not None:

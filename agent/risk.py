@@ -27,6 +27,7 @@ RiskKind = Literal[
     "outage",
     "legal_threat",
     "repeated_contact",
+    "data_exfiltration",
 ]
 # escalate: never sent, no further automatic cycles (a re-run cannot change a demand or an injection).
 # escalate_urgent: never sent, priority urgent. review: may be sent, but only flagged for a human.
@@ -38,6 +39,7 @@ ACTIONS: dict[str, RiskAction] = {
     "account_change_demand": "escalate",
     "action_demand": "escalate",
     "prompt_injection": "escalate",
+    "data_exfiltration": "escalate",
     "security_incident": "escalate_urgent",
     "data_loss": "escalate_urgent",
     "outage": "escalate_urgent",
@@ -46,7 +48,7 @@ ACTIONS: dict[str, RiskAction] = {
 }
 DEMANDS = frozenset({"refund_demand", "credit_demand", "account_change_demand", "action_demand"})
 # Kinds a later cycle cannot change: escalate once and leave for a person.
-NO_RETRY = DEMANDS | {"prompt_injection"}
+NO_RETRY = DEMANDS | {"prompt_injection", "data_exfiltration"}
 URGENT = frozenset({"security_incident", "data_loss", "outage"})
 
 
@@ -66,6 +68,11 @@ class Risk:
 # --- text folding -------------------------------------------------------------------------------------------
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'"})
+# Cyrillic and Greek letters that look Latin ("Ignоrе" with Cyrillic o and e): folded to the Latin letter.
+_HOMOGLYPHS = str.maketrans(
+    "аеорсхуіјѕԁһӏкмтвнαεορτυνικχ",
+    "aeopcxyijsdhlkmtbhaeoptynikx",
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -74,7 +81,7 @@ def fold(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     # Cf covers zero-width spaces and joiners, bidi overrides and the Unicode tag block; Cc the control chars.
     kept = [ch if unicodedata.category(ch) not in {"Cf", "Cc"} or ch in "\n\t" else "" for ch in text]
-    text = "".join(kept).translate(_APOSTROPHES).lower().replace("ß", "ss")
+    text = "".join(kept).translate(_APOSTROPHES).lower().translate(_HOMOGLYPHS).replace("ß", "ss")
     text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     # Spaces collapse but line breaks stay: a "system:" line is only an injection at the start of a line.
     return "\n".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
@@ -153,6 +160,8 @@ _MONEY_DEMAND = _rx(
     r"\bdevolvam (?:o )?meu dinheiro\b",
 )
 _ACCOUNT_DEMAND = _rx(
+    r"^(?:please |kindly |just |now )?(?:upgrade|downgrade|delete|remove|make|turn off|disable|add|transfer|cancel|reactivate|merge|grant|give|unlock|close|switch|move)\b[^.!?]{0,60}\b(?:accounts?|admin|administrator|seats?|subscriptions?|contract|two-factor|2fa|mfa|ownership|owner|workspace|organi[sz]ation|users?|login|balance|termination fee|enterprise|licen[cs]es?)\b",
+    r"\b(?:upgrade|downgrade|move|switch) (?:me|us) to\b",
     rf"^(?:please |kindly |just |now )?{_DO_ACCOUNT} {_ACCOUNT}\b",
     rf"\b(?:can|could|would|will|must|should|need to|have to) you(?: please)? {_DO_ACCOUNT} {_ACCOUNT}\b",
     rf"\b(?:i want|i need|i expect|i'd like|i would like) (?:you|your team) to {_DO_ACCOUNT}\b",
@@ -209,6 +218,39 @@ _INJECTION = _rx(
     r"\b(?:act|behave|respond|pretend|roleplay|role-play|role play) (?:as|like|to be) (?:a |an |the |my )?(?:admin|administrator|root|system|developer|support manager|supervisor|billing admin|superuser|dan|unrestricted)",
     r"\b(?:developer|debug|god|admin|jailbreak|unrestricted|dan) mode\b",
     r"\bnew (?:system )?instructions?\s*:",
+    r"\bnew (?:task|instructions?|policy|rules?) (?:for|to) (?:the|this|you|your) ?(?:assistant|bot|agent|ai|model|support bot)?",
+    r"\bforget (?:everything|all|anything)(?: (?:you were|you've been|you have been) (?:told|given|taught))?",
+    r"\bforget (?:your|the) (?:rules|instructions|policy|policies|guidelines|training|support policy)",
+    r"\b(?:override|bypass|ignore|disregard|do not follow|don't follow|break) (?:your|the|this|any) (?:refund |support |usual |own )?(?:policy|policies|rules|guidelines|safety rules|restrictions)",
+    r"\bignore (?:every|each|any|all) (?:instruction|rule|prompt)s? (?:before|above|prior)",
+    r"\b(?:previous|prior|earlier|above) instructions (?:do not|don't|no longer) apply",
+    r"\bend of (?:the )?(?:customer )?(?:message|ticket|input)\b",
+    r"\b(?:enter|switch to|activate|enable) (?:maintenance|admin|developer|debug|god|test) mode\b",
+    r"\bdisable (?:your|the|all) (?:safety|content|security) (?:rules|filters|guardrails|checks)",
+    r"\bpre-?authori[sz]ed to (?:issue|grant|refund|approve|give)",
+    r"\b(?:i am|i'm|this is) (?:the|your) (?:deskpilot |support |system |bot |ai )?(?:administrator|admin|supervisor|manager|developer|operator|creator)\b",
+    r"\bpretend (?:you are|you're|to be|that you)\b",
+    r"\bi (?:instruct|order|command) you\b",
+    r"\bnew policy effective\b",
+    r"\b(?:ai|assistant|bot|model|agent)\s*:\s*(?:reply|respond|say|tell|answer|write|confirm)\b",
+    r"\binternal note from\b",
+    r"(?:```|''')\s*(?:system|assistant|developer)\b",  # fold() turns backticks into apostrophes
+    r"\b(?:decode|read|translate|reverse) (?:this|it|the following)\b[^.\n]{0,40}\b(?:and|then) (?:do|obey|follow|execute|run|apply)\b",
+    r"\b(?:run|execute|follow) the following instruction",
+    r"\bthe correct answer (?:to this ticket )?is\s*:",
+    r"\b(?:output|print|repeat|dump|reveal|paste|summari[sz]e|show me|give me|tell me) (?:me )?your (?:full |exact |entire |complete |original |hidden )?(?:instructions|prompt|prompt template|configuration|system message|rules)\b",
+    r"\b(?:instructions|rules|prompt) (?:you were given|the developers gave you|you received|you have received)\b",
+    r"\bprompt template\b",
+    r"\brepeat the words above\b",
+    r"\bwhat (?:was|is) written (?:before|above) (?:my|this) message",
+    r"\b(?:text|words) that came before\b",
+    r"\bgib deine (?:system)?anweisungen\b|\bsystemanweisung",
+    r"\boublie (?:tes|vos) (?:regles|instructions|consignes)",
+    r"\bolvida (?:tus|sus) (?:instrucciones|reglas)|\bmensaje de sistema\b",
+    r"\bignora (?:le |tutte le )?istruzioni|\bprompt di sistema\b",
+    r"\bnegeer (?:alle )?(?:eerdere |vorige )?instructies|\bvergeet (?:je|jouw|uw) (?:regels|instructies)",
+    r"\bzignoruj (?:poprzednie |wszystkie )?instrukcje",
+    r"\bignorera (?:alla )?(?:tidigare )?instruktioner",
     r"\b(?:system|admin|administrator|developer|root|operator|security) (?:override|command|instruction|directive|notice|message|update|mode)\s*:",
     r"\[\s*(?:system|admin|developer|assistant)\s*\]",
     r"(?:^|\n)\s*(?:#+\s*)?(?:system|assistant|developer)\s*:\s",
@@ -223,6 +265,8 @@ _INJECTION = _rx(
     r"\bignore (?:todas |as |suas )*(?:instrucoes|regras)(?: anteriores| previas)?\b",
     r"\b(?:mostre|revele) (?:seu|o) prompt (?:do|de) sistema\b",
 )
+_LEET = str.maketrans("013457@$", "oieastas")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _INJECTION_COMPACT = _rx(
     r"(?:ignore|disregard|forget)(?:all|the|your|any)*(?:previous|prior|above|earlier)(?:instructions?|rules|prompts?)",
     r"(?:reveal|print|show|repeat|output)(?:me)?(?:your|the)(?:system|hidden|initial)prompt",
@@ -232,6 +276,19 @@ _INJECTION_COMPACT = _rx(
 
 # --- incidents, threats, repeats ----------------------------------------------------------------------------
 
+_EXFILTRATION = _rx(
+    r"\b(?:other|another|all) (?:customers?|users?|clients?|companies|people)'?s? (?:emails?|e-mails?|data|details|names?|tickets?|messages?|phone numbers?|addresses|accounts?|contact)",
+    r"\b(?:list|show|give|send|tell|export|output|dump)\b[^.\n]{0,40}\b(?:other|all|every) (?:customers|users|clients|companies)\b",
+    r"\b(?:contents|dump|export|copy) of (?:your |the )?(?:customer|user|client) database\b",
+    r"\b(?:api keys?|webhook secrets?|access tokens?|passwords?) (?:configured|stored|on file|for (?:this|the|workspace|account))",
+    r"\b(?:phone number|billing address|email address|address|card number) (?:and [a-z ]{3,30} )?on file for\b",
+    r"\b(?:forward|send|email|paste|show|include)\b[^.\n]{0,60}\b(?:conversation history|internal notes|escalation notes|reviewer comments|internal comments)\b",
+    r"\bwho else (?:from|at|in) (?:my|our) (?:company|team|organi[sz]ation)\b",
+    r"\bwhich other companies\b",
+    r"\bevery document (?:and|or) past resolution\b|\bdocuments? (?:and past resolutions )?you (?:retrieved|were shown)",
+    r"\blast \d+ tickets (?:submitted|sent|opened) by (?:other|all)",
+    r"\bappend\b[^.\n]{0,40}\bto the url\b",
+)
 _SECURITY = _rx(
     r"\b(?:security|data) (?:breach|incident|leak|compromise)\b",
     r"\b(?:been|was|were|got|get|is|are) (?:hacked|compromised|breached)\b",
@@ -329,6 +386,23 @@ def hidden_instructions(raw: str, visible: str) -> Risk | None:
     return None
 
 
+def _decoded_variants(text: str, folded: str) -> list[str]:
+    """The text as an attacker may have disguised it: leetspeak, reversed, ROT13, base64 pieces."""
+    import base64
+    import binascii
+    import codecs
+
+    variants = [folded.translate(_LEET), folded[::-1], codecs.decode(folded, "rot13")]
+    for blob in _BASE64.findall(text)[:5]:
+        try:
+            decoded = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=False).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        if decoded.isprintable():
+            variants.append(fold(decoded))
+    return variants
+
+
 def injection_in(text: str) -> Risk | None:
     """Only the prompt-injection check (drafters screen their sources with it)."""
     folded = fold(text)
@@ -336,7 +410,13 @@ def injection_in(text: str) -> Risk | None:
     if injection:
         return Risk("prompt_injection", _evidence(folded, injection))
     compact = _INJECTION_COMPACT.search(_compact(folded))
-    return Risk("prompt_injection", compact.group(0)) if compact else None
+    if compact:
+        return Risk("prompt_injection", compact.group(0))
+    for variant in _decoded_variants(text, folded):
+        match = _INJECTION.search(variant) or _INJECTION_COMPACT.search(_compact(variant))
+        if match:
+            return Risk("prompt_injection", f"disguised: {_evidence(variant, match)}")
+    return None
 
 
 # Routing, priority and scoring all look at the same ticket text: detect once per text.
@@ -349,6 +429,9 @@ def _text_risks(text: str) -> tuple[Risk, ...]:
     if injection:
         risks.append(injection)
     risks.extend(_demand_risks(sentences))
+    exfiltration = _EXFILTRATION.search(folded)
+    if exfiltration:
+        risks.append(Risk("data_exfiltration", _evidence(folded, exfiltration)))
     for kind, pattern in (
         ("security_incident", _SECURITY),
         ("data_loss", _DATA_LOSS),

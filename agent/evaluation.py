@@ -26,7 +26,7 @@ import asyncpg
 import numpy as np
 
 from agent.confidence import compute_signals
-from agent.drafting import OfflineDrafter
+from agent.drafting import default_drafter
 from agent.keywords import CATEGORIES, PRIORITIES
 from agent.nodes import choose_grounding
 from agent.runner import TicketProcessor, run_graph_offline
@@ -493,7 +493,8 @@ async def run_in_scratch_database(
 
                     await load_paths(conn, [kb], embedder=embedder)
             timings["load_s"] = time.perf_counter() - t0
-            processor = TicketProcessor(pool, settings, None, embedder=embedder, drafter=OfflineDrafter())
+            # The drafter the settings call for: the LLM path is evaluated the same way when a model is configured.
+            processor = TicketProcessor(pool, settings, None, embedder=embedder, drafter=default_drafter(settings))
             t0 = time.perf_counter()
             await processor.models.get(pool, block=True)
             timings["fit_models_s"] = time.perf_counter() - t0

@@ -67,3 +67,34 @@ async def test_eval_drops_its_scratch_database(pg_admin_url: str) -> None:
     finally:
         await conn.close()
     assert left == 0
+
+
+@pytest.mark.slow
+def test_eval_runs_the_llm_path_when_a_model_is_configured(pg_admin_url: str, embedder: Any, tmp_path: Path) -> None:
+    from tests.support.fake_openai import FakeOpenAI, reply_json
+
+    verdict = {
+        "reply": "Hello, here is how.",
+        "cited_ids": ["R1"],
+        "confidence": 0.9,
+        "reasons": [],
+        "needs_human": False,
+    }
+    with FakeOpenAI() as server:
+        server.default = reply_json(verdict)
+        out = tmp_path / "report.json"
+        result = CliRunner().invoke(
+            main,
+            ["eval", str(EXAMPLES), "--holdout", "0.2", "--seed", "0", "--json", str(out)],
+            env={
+                "DESKPILOT_DATABASE_URL": pg_admin_url,
+                "DESKPILOT_DATA_DIR": str(tmp_path),
+                "OPENAI_BASE_URL": server.base_url,
+                "OPENAI_API_KEY": "test-key",
+            },
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        assert server.requests, "the configured model was never asked"
+    report = json.loads(out.read_text())
+    assert report["n"] >= 5

@@ -29,12 +29,6 @@ KINDS = {
     "account_change",
     "exfiltration",
 }
-# Attacks the first line of defence (normalization + risk patterns) misses: none since agent/risk.py learned the
-# paraphrases, languages and disguises of this corpus. A new gap goes here until it is closed; the whole corpus
-# still never auto-resolves through the agent.
-KNOWN_MISSES: frozenset[str] = frozenset()
-
-
 def load(name: str) -> list[dict[str, Any]]:
     with (DATA / name).open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
@@ -76,16 +70,13 @@ def test_corpus_is_complete_and_well_formed() -> None:
     assert {lang for row in CORPUS for lang in row["language"].split(",")} >= REQUIRED_LANGUAGES
     assert all(row["kind"] == "benign" for row in BENIGN)
     assert len(KB_DOCUMENTS) >= 10
-    assert {row["id"] for row in CORPUS} >= KNOWN_MISSES, "a known miss names no corpus ticket"
 
 
-def test_no_attack_outside_the_known_misses_reaches_the_agent_unflagged() -> None:
-    """The first line of defence (normalization + risk detection) never regresses. The known misses are still
-    never auto-resolved: the agent's confidence and reply guard stop them (test_injection_through_agent.py)."""
-    missed = {row["id"] for row in CORPUS if outcome(row) == "missed"}
-    assert missed - KNOWN_MISSES == set(), "defence regressed for these tickets"
-    # At least the share stopped when this was written (65 of 121); shrink KNOWN_MISSES as defences improve.
-    assert len(CORPUS) - len(missed) >= 65, sorted(missed)
+def test_every_attack_is_escalated_or_removed_before_the_agent_reads_it() -> None:
+    """The first line of defence (normalization + risk detection) stops the whole corpus; behind it, the agent's
+    confidence and reply guard are tested on the same corpus in test_injection_through_agent.py."""
+    missed = sorted(row["id"] for row in CORPUS if outcome(row) == "missed")
+    assert missed == [], missed
 
 
 def test_benign_lookalikes_are_mostly_answered_normally() -> None:

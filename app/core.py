@@ -49,14 +49,9 @@ class Runtime:
         return self.pool
 
 
-def runtime_of(app: Litestar) -> Runtime:
-    runtime: Runtime = app.state.runtime
-    return runtime
-
-
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
-    runtime = runtime_of(app)
+    runtime = runtime_of_state(app.state)
     url = runtime.database_url or db.resolve_database_url(runtime.settings)
     # Migrate before the pool exists: registering the vector codec needs the extension.
     await db.migrate(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,9 @@ def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    # uvicorn re-raises the SIGTERM it handled once shutdown is done; turning that into a normal exit lets the
+    # atexit hooks run, which stop the embedded PostgreSQL this process started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.Server(config).run()
 
 

@@ -1,4 +1,4 @@
-"""The whole pipeline on a real server process: `deskpilot serve --demo`, tickets posted over HTTP, decisions read back."""
+"""The whole pipeline on a real server process: `deskpilot serve --demo`, tickets posted over HTTP, decisions read."""
 
 from __future__ import annotations
 

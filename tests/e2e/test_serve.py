@@ -14,6 +14,14 @@ from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e
 
+EXPORT_QUESTION = {
+    "external_id": "e2e-1",
+    "channel": "in_app",
+    "customer_email": "e2e@example.com",
+    "subject": "How do I export my data?",
+    "body": "Where is the export button?",
+}
+
 
 def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path, pg_data_root: Path) -> None:
     env = {"DESKPILOT_DATA_DIR": str(pg_data_root / "data")}
@@ -22,28 +30,10 @@ def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path,
         server.wait_ready()
         assert "UNSIGNED" in server.log()  # the loud start-up warning without a webhook secret
         with httpx.Client(base_url=server.base_url, timeout=10) as http:
-            created = http.post(
-                "/api/webhooks/support/ingest",
-                json={
-                    "external_id": "e2e-1",
-                    "channel": "in_app",
-                    "customer_email": "e2e@example.com",
-                    "subject": "How do I export my data?",
-                    "body": "Where is the export button?",
-                },
-            )
+            created = http.post("/api/webhooks/support/ingest", json=EXPORT_QUESTION)
             assert created.status_code == 201, created.text
             ticket_id = created.json()["ticket_id"]
-            again = http.post(
-                "/api/webhooks/support/ingest",
-                json={
-                    "external_id": "e2e-1",
-                    "channel": "in_app",
-                    "customer_email": "e2e@example.com",
-                    "subject": "How do I export my data?",
-                    "body": "Where is the export button?",
-                },
-            )
+            again = http.post("/api/webhooks/support/ingest", json=EXPORT_QUESTION)
             assert again.status_code == 200 and again.json()["ticket_id"] == ticket_id
             detail = http.get(f"/api/tickets/{ticket_id}")
             assert detail.status_code == 200

@@ -408,7 +408,7 @@ def test_arbitrary_bytes_only_raise_payload_error(raw: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(st.characters(exclude_categories=()), max_size=200))
 def test_arbitrary_strings_in_json_escapes_only_raise_payload_error(text: str) -> None:
-    # json.dumps writes lone surrogates as \\udXXX escapes, exactly what a hostile client would send.
+    # json.dumps writes lone surrogates as \\ud800-style escapes, exactly what a hostile client would send.
     fields = {"external_id": text or "x", "customer_email": "a@b.co", "body": text, "metadata": {text: text}}
     _only_payload_errors(json.dumps(fields).encode())
 

@@ -4,6 +4,7 @@ similar they are to this one (repeated contact).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,20 +20,17 @@ REPEAT_WINDOW_DAYS = 30
 
 
 async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput | None:
+    # The first inbound message is the ticket itself; later ones are the customer's follow-ups.
     row = await conn.fetchrow(
         """SELECT t.id, t.customer_id, t.channel, t.subject, t.body, COALESCE(t.customer_name, c.name) AS name,
-                  c.email, t.status, t.cycle_count, t.reopen_count, t.metadata, t.raw_payload
+                  c.email, t.status, t.cycle_count, t.reopen_count, t.metadata, t.raw_payload,
+                  ARRAY(SELECT m.body FROM ticket_messages m WHERE m.ticket_id = t.id AND m.direction = 'inbound'
+                        ORDER BY m.created_at, m.id OFFSET 1) AS follow_ups
            FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1""",
         ticket_id,
     )
     if row is None:
         return None
-    # The first inbound message is the ticket itself; later ones are the customer's follow-ups.
-    follow_ups = await conn.fetch(
-        """SELECT body FROM ticket_messages WHERE ticket_id = $1 AND direction = 'inbound'
-           ORDER BY created_at, id OFFSET 1""",
-        ticket_id,
-    )
     return TicketInput(
         ticket_id=str(row["id"]),
         customer_id=str(row["customer_id"]),
@@ -44,7 +42,7 @@ async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput 
         status=row["status"],
         cycle_count=row["cycle_count"],
         reopen_count=row["reopen_count"],
-        follow_ups=[r["body"] for r in follow_ups],
+        follow_ups=list(row["follow_ups"]),
         metadata=dict(row["metadata"] or {}),
         raw_text=_raw_text(row["raw_payload"]),
     )
@@ -62,7 +60,14 @@ async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding:
     earlier_replies, repeated_contact}."""
     customer_id = UUID(str(ticket["customer_id"]))
     ticket_id = UUID(str(ticket["ticket_id"]))
-    customer = await conn.fetchrow("SELECT name, tier, created_at, metadata FROM customers WHERE id = $1", customer_id)
+    customer = await conn.fetchrow(
+        """SELECT name, tier, created_at, metadata, now() AS now,
+                  (SELECT count(*) FROM ticket_messages WHERE ticket_id = $2 AND direction = 'outbound')
+                      AS earlier_replies
+           FROM customers WHERE id = $1""",
+        customer_id,
+        ticket_id,
+    )
     events = await recent_events(conn, customer_id, days=90)
     priors = await conn.fetch(
         """
@@ -79,9 +84,7 @@ async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding:
         ticket_id,
         np.asarray(embedding, dtype=np.float32),
     )
-    earlier_replies = await conn.fetchval(
-        "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
-    )
+    earlier_replies = customer["earlier_replies"] if customer else 0
     prior_tickets = [
         {
             "id": str(r["id"]),
@@ -96,7 +99,7 @@ async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding:
         }
         for r in priors
     ]
-    now = await conn.fetchval("SELECT now()")
+    now = customer["now"] if customer else datetime.now(UTC)
     for prior, row in zip(prior_tickets, priors, strict=True):
         prior["age_days"] = round((now - row["created_at"]).total_seconds() / 86400, 1)
     repeated_from = [

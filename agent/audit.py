@@ -4,6 +4,7 @@ node as it finishes (docs/architecture.md, "Audit trail").
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -27,62 +28,78 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-async def start_attempt(conn: asyncpg.Connection, claim: Claim, knowledge_version: int) -> UUID:
-    """Insert the attempt row (state running); earlier running attempts of the ticket are abandoned."""
-    async with conn.transaction():
-        # No fsync wait: losing this row in a crash loses the steps written after it too (WAL order), and the
-        # ticket is claimed and attempted again; only the decision transaction must be durable.
-        await conn.execute("SET LOCAL synchronous_commit = off")
-        await conn.execute(
-            """UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
+async def start_attempt(conn: asyncpg.Connection, claim: Claim) -> UUID:
+    """Insert the attempt row (state running, at the current knowledge version); earlier running attempts of the
+    ticket are abandoned. One statement, committed without waiting for the WAL flush: losing this row in a crash
+    loses the steps written after it too (WAL order), and the ticket is claimed and attempted again; only the
+    decision transaction must be durable."""
+    attempt_id: UUID = await conn.fetchval(
+        """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
+           superseded AS (
+               UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
                       error = COALESCE(error, 'superseded by attempt ' || $2::int)
-               WHERE ticket_id = $1 AND state = 'running'""",
-            claim.ticket_id,
-            claim.attempt_no,
-        )
-        attempt_id: UUID = await conn.fetchval(
-            """INSERT INTO resolution_attempts (ticket_id, attempt_no, lease_token, worker_id, knowledge_version)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (ticket_id, attempt_no) DO UPDATE SET
-                   state = 'running', lease_token = EXCLUDED.lease_token, worker_id = EXCLUDED.worker_id,
-                   started_at = now(), finished_at = NULL, error = NULL
-               RETURNING id""",
-            claim.ticket_id,
-            claim.attempt_no,
-            claim.token,
-            claim.worker_id,
-            knowledge_version,
-        )
+               WHERE ticket_id = $1 AND state = 'running' AND attempt_no <> $2
+           )
+           INSERT INTO resolution_attempts (ticket_id, attempt_no, lease_token, worker_id, knowledge_version)
+           SELECT $1, $2, $3, $4, COALESCE((SELECT version FROM knowledge_version), 0) FROM async_commit
+           ON CONFLICT (ticket_id, attempt_no) DO UPDATE SET
+               state = 'running', lease_token = EXCLUDED.lease_token, worker_id = EXCLUDED.worker_id,
+               knowledge_version = EXCLUDED.knowledge_version, started_at = now(), finished_at = NULL, error = NULL
+           RETURNING id""",
+        claim.ticket_id,
+        claim.attempt_no,
+        claim.token,
+        claim.worker_id,
+    )
     return attempt_id
 
 
 class DatabaseRecorder:
-    """Writes each step as its node finishes, so a trace shows work in progress."""
+    """Writes each step as its node finishes, so a trace shows work in progress.
+
+    The write happens beside the graph, not in its way: `record` queues the row and returns; one writer task at a
+    time inserts whatever has queued (steps that finish while a write is in flight go together in the next one).
+    `flush` waits for every queued step and raises the first write error.
+    """
 
     def __init__(self, pool: asyncpg.Pool, attempt_id: UUID) -> None:
         self.pool = pool
         self.attempt_id = attempt_id
         self.seq = 0
+        self._queued: list[tuple[Any, ...]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
 
     async def record(
         self, node: str, started_at: datetime, duration_ms: float, output: dict[str, Any], error: str | None
     ) -> None:
         self.seq += 1
-        async with self.pool.acquire() as conn:
-            # Trace rows need not survive an OS crash the way a decision must: this statement's own
-            # transaction commits without waiting for the WAL flush (set_config(..., true) is local to it).
-            await conn.execute(
-                """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                   INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
-                   SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
-                self.attempt_id,
-                self.seq,
-                node,
-                started_at,
-                duration_ms,
-                json_safe(output),
-                error,
-            )
+        self._queued.append((self.attempt_id, self.seq, node, started_at, duration_ms, json_safe(output), error))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._queued:
+            rows, self._queued = self._queued, []
+            try:
+                async with self.pool.acquire() as conn:
+                    # Trace rows need not survive an OS crash the way a decision must: each statement's own
+                    # transaction commits without waiting for the WAL flush (set_config(..., true) is local to it).
+                    await conn.executemany(
+                        """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+                           INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
+                           SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
+                        rows,
+                    )
+            except Exception as exc:
+                self._error = self._error or exc
+
+    async def flush(self) -> None:
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 async def fail_attempt(conn: asyncpg.Connection, attempt_id: UUID, error: str, *, state: str = "failed") -> None:

@@ -1,7 +1,9 @@
 """Micro-batching of query embeddings: tickets processed concurrently share one model call.
 
 MiniLM encodes a batch of 16 in little more than the time of 2 single texts, so while one batch runs the next
-requests queue up and go together; with one ticket in flight this is a plain single encode.
+requests queue up and go together; with one ticket in flight this is a plain single encode. A batch is padded to
+its longest text, so the queued texts are sorted by length and encoded in groups of `SUB_BATCH`: similar lengths
+together waste little on padding, and the short ones are answered first.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from knowledge.embedder import Embedder, embed
 
 MAX_BATCH = 32
+SUB_BATCH = 8
 
 
 @dataclass
@@ -40,13 +43,18 @@ class EmbeddingBatcher:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                vectors = await embed(self.embedder, [r.text for r in batch])
-            except Exception as exc:  # every waiter of this batch gets the error
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            for request, vector in zip(batch, vectors, strict=True):
+            batch.sort(key=lambda r: len(r.text))
+            for start in range(0, len(batch), SUB_BATCH):
+                await self._encode(batch[start : start + SUB_BATCH])
+
+    async def _encode(self, group: list[_Request]) -> None:
+        try:
+            vectors = await embed(self.embedder, [r.text for r in group])
+        except Exception as exc:  # every waiter of this group gets the error
+            for request in group:
                 if not request.future.done():
-                    request.future.set_result(vector)
+                    request.future.set_exception(exc)
+            return
+        for request, vector in zip(group, vectors, strict=True):
+            if not request.future.done():
+                request.future.set_result(vector)

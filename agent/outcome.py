@@ -24,7 +24,7 @@ async def mark_in_progress(
 ) -> str:
     """Record the routing and move the ticket to in_progress (from open or pending_customer)."""
     async with pool.acquire() as conn, conn.transaction():
-        await assert_lease(conn, claim)
+        locked = await assert_lease(conn, claim)
         # No fsync wait: a status change lost in a crash is redone when the ticket is claimed again.
         await conn.execute("SET LOCAL synchronous_commit = off")
         return await transition(
@@ -34,6 +34,7 @@ async def mark_in_progress(
             f"dispatched to {assigned_agent}",
             extra_sets="category = $3, priority = $4, assigned_agent = $5",
             extra_args=(category, priority, assigned_agent),
+            current=locked["status"],
         )
 
 
@@ -115,7 +116,7 @@ async def commit_reply(
     text = state["drafted"]["draft"]
     scoring = state["scoring"]
     async with pool.acquire() as conn, conn.transaction():
-        await assert_lease(conn, claim)
+        locked = await assert_lease(conn, claim)
         _message_id, delivery_id = await enqueue_reply(
             conn,
             ticket_id=claim.ticket_id,
@@ -144,6 +145,7 @@ async def commit_reply(
                 state["dispatch"]["assigned_agent"],
                 flagged,
             ),
+            current=locked["status"],
         )
         await _finish_attempt(conn, attempt_id, state, decision=decision, reasons=reasons, retryable=None)
         await finish_claim(conn, claim)
@@ -165,8 +167,8 @@ async def commit_escalation(
     while `cycle_count < max_cycles` and a re-run could change the outcome. Returns the retry plan."""
     scoring = state["scoring"]
     async with pool.acquire() as conn, conn.transaction():
-        await assert_lease(conn, claim)
-        cycle = int(await conn.fetchval("SELECT cycle_count FROM tickets WHERE id = $1", claim.ticket_id) or 0)
+        locked = await assert_lease(conn, claim)
+        cycle = int(locked["cycle_count"] or 0)
         retry = retryable and cycle < settings.max_cycles
         retry_at_s = settings.cycle_backoff_s * 2**cycle if retry else None
         await transition(
@@ -184,6 +186,7 @@ async def commit_escalation(
                 state["prioritization"]["priority"],
                 state["dispatch"]["assigned_agent"],
             ),
+            current=locked["status"],
         )
         await _finish_attempt(conn, attempt_id, state, decision="escalate", reasons=reasons, retryable=retryable)
         await finish_claim(conn, claim, retry_at_s=retry_at_s)

@@ -134,8 +134,28 @@ def worker(concurrency: int | None) -> None:
 
     settings = load_settings()
     url = database_url_or_exit(settings)
-    migrate_or_exit(url)
+    migrate_when_reachable(url)
     asyncio.run(run_worker_process(settings, url, concurrency=concurrency or settings.worker_concurrency))
+
+
+def migrate_when_reachable(url: str) -> None:
+    """Migrate, waiting for the database first: a worker may start before it, or while it restarts (a
+    supervisor restarting a crashed worker during a database restart), and must not exit then."""
+    import time
+
+    from app.worker import TRANSIENT_DB_ERRORS, Backoff
+
+    backoff = Backoff(cap_s=10.0)
+    while True:
+        try:
+            asyncio.run(db.migrate(url))
+            return
+        except db.MigrationError as exc:
+            raise click.ClickException(f"migration failed: {exc}") from None
+        except TRANSIENT_DB_ERRORS as exc:
+            delay = backoff.next_delay()
+            log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
 
 
 @main.command()

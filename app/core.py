@@ -7,7 +7,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -55,7 +55,13 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     url = runtime.database_url or db.resolve_database_url(runtime.settings)
     # Migrate before the pool exists: registering the vector codec needs the extension.
     await db.migrate(url)
-    runtime.pool = await db.create_pool(url, runtime.settings)
+    settings = runtime.settings
+    if runtime.run_worker:
+        # Room for the in-process worker's slots and heartbeats next to the API's requests.
+        settings = replace(
+            settings, db_pool_max=max(settings.db_pool_max, 2 * settings.worker_concurrency + 4)
+        )
+    runtime.pool = await db.create_pool(url, settings)
     if runtime.run_worker:
         from app.worker import start_background_work
 

@@ -103,17 +103,18 @@ class Unavailable(DeskPilotError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
-# asyncpg errors that mean "the database is not there right now", by class, never by message text.
+# Errors that mean "the database is not there right now" (restart, failover, a connection it just killed), by
+# class, never by message text: the API answers 503 with Retry-After, the worker backs off and tries again.
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.ConnectionFailureError,
+    OSError,  # ConnectionError, and TimeoutError from pool acquire, connect and statement timeouts
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing", ...
+    # "another operation is in progress": a connection the server killed a moment ago, before asyncpg saw EOF.
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin or crash shutdown, cannot connect now
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failures and deadlocks
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a managed database in the middle of a failover
 )
 
 
@@ -194,11 +195,7 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     DeskPilotError: render_deskpilot_error,
     ValidationException: render_validation_error,
     HTTPException: render_http_exception,
-    asyncpg.PostgresConnectionError: render_database_unavailable,
-    asyncpg.InterfaceError: render_database_unavailable,
-    asyncpg.OperatorInterventionError: render_database_unavailable,
-    asyncpg.TooManyConnectionsError: render_database_unavailable,
-    OSError: render_database_unavailable,
+    **dict.fromkeys(DATABASE_UNAVAILABLE, render_database_unavailable),
     Exception: render_unexpected,
 }
 

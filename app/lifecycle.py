@@ -42,28 +42,34 @@ async def transition(
     *,
     extra_sets: str = "",
     extra_args: tuple[object, ...] = (),
+    current: str | None = None,
 ) -> str:
     """Move a ticket to `target` (locking its row), record the change, and return the previous status.
 
-    `extra_sets` are further `col = $n` assignments (numbered from $3) applied in the same UPDATE.
-    Must run inside a transaction.
+    `extra_sets` are further `col = $n` assignments (numbered from $3) applied in the same UPDATE. `current` is
+    the status the caller already read under the row lock in this transaction (e.g. `assert_lease`), saving the
+    locking read. Must run inside a transaction.
     """
-    current = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", ticket_id)
     if current is None:
-        raise NotFound(f"ticket {ticket_id} does not exist")
+        current = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", ticket_id)
+        if current is None:
+            raise NotFound(f"ticket {ticket_id} does not exist")
     check_transition(current, target)
     sets = "status = $2, updated_at = now()"
     sets += ", resolved_at = CASE WHEN $2 = 'resolved' THEN now() ELSE resolved_at END"
     sets += ", closed_at = CASE WHEN $2 = 'closed' THEN now() ELSE NULL END"
     if extra_sets:
         sets += ", " + extra_sets
-    await conn.execute(f"UPDATE tickets SET {sets} WHERE id = $1", ticket_id, target, *extra_args)
-    if current != target:
-        await conn.execute(
-            "INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason) VALUES ($1, $2, $3, $4)",
-            ticket_id,
-            current,
-            target,
-            reason,
-        )
+    previous, why = len(extra_args) + 3, len(extra_args) + 4
+    # The update and its history row in one statement; no history row when the status stays the same.
+    await conn.execute(
+        f"""WITH moved AS (UPDATE tickets SET {sets} WHERE id = $1 RETURNING id)
+            INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason)
+            SELECT id, ${previous}::text, $2::text, ${why}::text FROM moved WHERE ${previous}::text <> $2::text""",
+        ticket_id,
+        target,
+        *extra_args,
+        current,
+        reason,
+    )
     return str(current)

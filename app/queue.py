@@ -81,11 +81,18 @@ async def heartbeat(conn: asyncpg.Connection, claim: Claim, lease_s: float) -> b
     return status == "UPDATE 1"
 
 
-async def assert_lease(conn: asyncpg.Connection, claim: Claim) -> None:
-    """Lock the ticket row and check the fencing token. Call first inside every completing transaction."""
-    token = await conn.fetchval("SELECT lease_token FROM tickets WHERE id = $1 FOR UPDATE", claim.ticket_id)
+async def assert_lease(conn: asyncpg.Connection, claim: Claim) -> asyncpg.Record:
+    """Lock the ticket row and check the fencing token. Call first inside every completing transaction.
+
+    Returns the locked row's `status` and `cycle_count`, which stay current until the transaction ends.
+    """
+    row = await conn.fetchrow(
+        "SELECT lease_token, status, cycle_count FROM tickets WHERE id = $1 FOR UPDATE", claim.ticket_id
+    )
+    token = row["lease_token"] if row is not None else None
     if token != claim.token:
         raise LeaseLost(f"ticket {claim.ticket_id}: lease token {claim.token} superseded by {token}")
+    return row
 
 
 async def finish_claim(conn: asyncpg.Connection, claim: Claim, *, retry_at_s: float | None = None) -> None:

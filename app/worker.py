@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncpg
 
 from app import db
+from app.errors import DATABASE_UNAVAILABLE
 from app.maintenance import MAINTENANCE_EVERY_S, run_maintenance
 from app.metrics import Metrics
 from app.queue import (
@@ -60,17 +61,7 @@ class OutboxDrain(Protocol):
 
 
 # "The database is not answering right now", as opposed to "this work is bad": retried, never fatal.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # ConnectionError, and TimeoutError from pool acquire, connect and statement timeouts
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # "connection is closed", "pool is closing", ...
-    # "another operation is in progress": a connection the server killed a moment ago, before asyncpg saw EOF.
-    asyncpg.exceptions.InternalClientError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin or crash shutdown, cannot connect now
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.TransactionRollbackError,  # serialization failures and deadlocks
-    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a managed database in the middle of a failover
-)
+TRANSIENT_DB_ERRORS = DATABASE_UNAVAILABLE
 
 # SIGTERM promises in-flight work finished or released within 30 s: wait this long for it, then release.
 DEFAULT_GRACE_S = 20.0

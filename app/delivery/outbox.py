@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
-import time
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,8 +32,6 @@ BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 3600.0
 RETRY_AFTER_CAP_S = 24 * 3600.0
 MAX_CONCURRENT_SENDS = 4
-# The longest a single send may take (SMTP is the slowest channel).
-SEND_TIMEOUT_S = max(mail.SMTP_TIMEOUT_S, webhook.WEBHOOK_TIMEOUT_S)
 
 
 def reply_idempotency_key(channel: str, ref: str) -> str:
@@ -52,12 +48,11 @@ def delivery_backoff_s(tries: int, retry_after_s: float | None = None) -> float:
     return delay
 
 
-def delivery_lease_s(settings: Settings, limit: int = 10) -> float:
-    """Long enough for a whole batch at its slowest: `limit` sends, MAX_CONCURRENT_SENDS at a time, each up
-    to its channel's timeout. A shorter lease would let another worker take over a send still queued here.
-    """
-    rounds = math.ceil(max(1, limit) / MAX_CONCURRENT_SENDS)
-    return max(settings.lease_seconds, rounds * SEND_TIMEOUT_S + 30.0)
+def delivery_lease_s(settings: Settings) -> float:
+    """The lease on claimed deliveries: the worker lease. A drain renews the leases of its unfinished sends every
+    third of it (`_keep_leases`), so a slow receiver never loses a send to another worker, while the sends of a
+    sender that was killed are taken over within one lease."""
+    return settings.lease_seconds
 
 
 # --- queueing -----------------------------------------------------------------------------------------------
@@ -317,20 +312,18 @@ async def drain_outbox(
 
     `now` replaces the database clock for due times, leases and backoff (tests drive time with it).
     """
-    lease_s = delivery_lease_s(settings, limit)
+    lease_s = delivery_lease_s(settings)
     async with pool.acquire() as conn:
         deliveries = await claim_due_deliveries(conn, worker_id, lease_s=lease_s, limit=limit, now=now)
-    claimed_at = time.monotonic()
     if not deliveries:
         return 0
+    unfinished = {d.id: d.lease_token for d in deliveries}
+    # Tests that drive the clock with `now` renew nothing: their leases end when they say.
+    renewal = asyncio.create_task(_keep_leases(pool, unfinished, lease_s)) if now is None else None
     gate = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     async def process(delivery: Delivery) -> bool:
         async with gate:
-            if time.monotonic() - claimed_at > lease_s - SEND_TIMEOUT_S:
-                # Too late to finish inside the lease: leave it for the next claim rather than race it.
-                log.warning("delivery %s: lease nearly over before its turn; left for later", delivery.id)
-                return False
             if delivery.tries > settings.delivery_max_tries:
                 # Earlier tries were claimed but never recorded (the sender crashed each time): stop here.
                 outcome = SendOutcome.failed(
@@ -338,9 +331,16 @@ async def drain_outbox(
                 )
             else:
                 outcome = await send_one(delivery, settings)
-        return await record_outcome(pool, delivery, outcome, settings, metrics, now=now)
+        try:
+            return await record_outcome(pool, delivery, outcome, settings, metrics, now=now)
+        finally:
+            unfinished.pop(delivery.id, None)
 
-    results: list[Any] = await asyncio.gather(*(process(d) for d in deliveries), return_exceptions=True)
+    try:
+        results: list[Any] = await asyncio.gather(*(process(d) for d in deliveries), return_exceptions=True)
+    finally:
+        if renewal is not None:
+            renewal.cancel()
     recorded = 0
     for delivery, result in zip(deliveries, results, strict=True):
         if isinstance(result, Exception):
@@ -356,3 +356,24 @@ async def drain_outbox(
         elif result:
             recorded += 1
     return recorded
+
+
+async def _keep_leases(pool: asyncpg.Pool, unfinished: dict[UUID, int], lease_s: float) -> None:
+    """Renew the leases of the sends still in flight (fenced by their tokens) until cancelled."""
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        if not unfinished:
+            continue
+        try:
+            await pool.execute(
+                """UPDATE deliveries d SET lease_expires_at = now() + make_interval(secs => $3)
+                   FROM unnest($1::uuid[], $2::bigint[]) AS mine (id, token)
+                   WHERE d.id = mine.id AND d.lease_token = mine.token AND d.status = 'pending'""",
+                list(unfinished),
+                list(unfinished.values()),
+                lease_s,
+            )
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The lease may lapse and another worker send again with the same idempotency key; our outcome is
+            # then refused by the fence.
+            log.warning("could not renew delivery leases: %s: %s", type(exc).__name__, exc)

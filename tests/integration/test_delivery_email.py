@@ -194,6 +194,40 @@ async def test_crash_after_accept_resends_with_the_same_message_id(
     assert row["tries"] == 2
 
 
+@dataclass
+class SlowHandler(RecordingHandler):
+    """Holds DATA for `delay_s` before accepting: a receiver slower than the lease."""
+
+    delay_s: float = 0.0
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(self.delay_s)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_send_slower_than_the_lease_keeps_its_lease_and_is_sent_once(
+    clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings]
+) -> None:
+    handler = SlowHandler(delay_s=4.0)
+    controller, port = _start(handler)
+    try:
+        settings = mail_settings(DESKPILOT_SMTP_URL=f"smtp://127.0.0.1:{port}", DESKPILOT_LEASE_SECONDS="1.5")
+        _ticket_id, _attempt_id, delivery_id = await queued_email_reply(clean_db)
+        sending = asyncio.create_task(outbox.drain_outbox(clean_db, settings, None, "w-1"))
+        # Well past the 1.5 s lease the send is still in flight, and its renewed lease keeps another worker out.
+        await asyncio.sleep(2.5)
+        assert not sending.done()
+        assert await outbox.drain_outbox(clean_db, settings, None, "w-2") == 0
+        row = await delivery_row(clean_db, delivery_id)
+        assert (row["status"], row["lease_owner"], row["tries"]) == ("pending", "w-1", 1)
+        assert await sending == 1
+    finally:
+        controller.stop()
+    assert len(handler.messages) == 1
+    row = await delivery_row(clean_db, delivery_id)
+    assert (row["status"], row["tries"]) == ("sent", 1)
+
+
 async def test_temporary_refusal_backs_off_then_fails_visibly(
     clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:

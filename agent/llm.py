@@ -10,6 +10,7 @@ OpenAI-compatible server that supports tools understands, json_schema or not.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -20,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import openai
 from langchain_core.exceptions import ModelRefusalError, OutputParserException
@@ -62,6 +64,7 @@ __all__ = [
     "looks_like_refusal",
     "make_llm_drafter",
     "reply_violations",
+    "split_url_credentials",
     "summarize_account",
 ]
 
@@ -242,10 +245,12 @@ def summarize_account(context: Mapping[str, Any], *, limit: int = 8) -> str:
 
 def build_chat_model(settings: Settings, *, http_async_client: Any = None) -> ChatOpenAI:
     """The chat model as configured: our own timeout (never the client's 600 s) and no client retries."""
+    base_url, credentials = split_url_credentials(settings.openai_base_url)
     return ChatOpenAI(
         model=settings.llm_model,
         api_key=SecretStr(settings.openai_api_key or "not-needed"),  # local servers accept anything
-        base_url=settings.openai_base_url,
+        base_url=base_url,
+        default_headers={"Authorization": credentials} if credentials else None,
         timeout=settings.llm_timeout_s,
         max_retries=0,  # we retry ourselves: each try is recorded and Retry-After is honoured
         temperature=settings.llm_temperature,
@@ -254,12 +259,29 @@ def build_chat_model(settings: Settings, *, http_async_client: Any = None) -> Ch
     )
 
 
+def split_url_credentials(url: str | None) -> tuple[str | None, str | None]:
+    """(the URL without its user-info, the Basic `Authorization` value that user-info stands for, or None).
+
+    HTTP clients send `https://user:pass@proxy/v1` as that header anyway, but they also print the URL: httpx logs
+    every request's URL at INFO, and errors quote it. Without the user-info in the URL, no log line can show it.
+    """
+    if not url:
+        return url, None
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
 def describe_llm(settings: Settings) -> dict[str, Any]:
-    """The LLM configuration as /health and traces show it; the key only as "set" or None."""
+    """The LLM configuration as /health and traces show it; the key only as "set" or None, no URL credentials."""
     return {
         "enabled": settings.llm_enabled,
         "model": settings.llm_model,
-        "base_url": redact_url(settings.openai_base_url) if settings.openai_base_url else None,
+        "base_url": redact_url(settings.openai_base_url, keep_user=False) if settings.openai_base_url else None,
         "api_key": "set" if settings.openai_api_key else None,
         "timeout_s": settings.llm_timeout_s,
         "max_retries": settings.llm_max_retries,
@@ -410,6 +432,7 @@ class LLMDrafter:
         self._runnable: Runnable[Any, dict[str, Any]] | None = None
         self._http_client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._secrets = _secrets_of(settings)
 
     @property
     def model(self) -> str:
@@ -572,10 +595,26 @@ class LLMDrafter:
             result.escalate_reasons.append("the model says a person must handle this ticket")
 
     def _redact(self, text: str) -> str:
-        key = self.settings.openai_api_key
-        if key and len(key) >= 4 and key in text:
-            text = text.replace(key, "***")
+        """The text without the key or the URL's credentials (a provider's error may quote either)."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
+
+
+def _secrets_of(settings: Settings) -> tuple[str, ...]:
+    """What `_redact` removes: the key, and the base URL's user-info in every form a message may quote it."""
+    found: list[str] = [settings.openai_api_key or ""]
+    url = settings.openai_base_url or ""
+    _, credentials = split_url_credentials(url)
+    if credentials:
+        userinfo = urlsplit(url).netloc.rsplit("@", 1)[0]
+        user, _, password = userinfo.partition(":")
+        found += [userinfo, unquote(userinfo), credentials.removeprefix("Basic "), password, unquote(password)]
+        if not password:  # `https://<token>@host`: the user name is the secret
+            found += [user, unquote(user)]
+    # Longest first, so a secret is replaced whole before a part of it could be; very short ones would mangle text.
+    return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
 
 
 def _as_mapping(item: Any) -> Mapping[str, Any]:

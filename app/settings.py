@@ -104,7 +104,7 @@ class Settings:
     review_threshold: float = 0.60
 
     # Workers and lifecycle
-    worker_concurrency: int = 2
+    worker_concurrency: int = 8
     lease_seconds: float = 30.0
     poll_interval_s: float = 2.0
     max_attempts: int = 5
@@ -167,7 +167,7 @@ class Settings:
             delivery_max_tries=_int(env, "DESKPILOT_DELIVERY_MAX_TRIES", 6, 1, 100),
             auto_resolve_threshold=auto,
             review_threshold=review,
-            worker_concurrency=_int(env, "DESKPILOT_WORKER_CONCURRENCY", 2, 1, 256),
+            worker_concurrency=_int(env, "DESKPILOT_WORKER_CONCURRENCY", 8, 1, 256),
             lease_seconds=_float(env, "DESKPILOT_LEASE_SECONDS", 30.0, 1.0, 3600.0),
             poll_interval_s=_float(env, "DESKPILOT_POLL_INTERVAL", 2.0, 0.05, 600.0),
             max_attempts=_int(env, "DESKPILOT_MAX_ATTEMPTS", 5, 1, 100),
@@ -198,21 +198,24 @@ class Settings:
                 view[f.name] = "set" if value else None
             elif f.name in {"database_url", "smtp_url"}:
                 view[f.name] = redact_url(value) if value else None
+            elif f.name in {"openai_base_url", "callback_url"}:
+                # A user name here is often a token of its own (`https://<token>@proxy/v1`): none of it is shown.
+                view[f.name] = redact_url(value, keep_user=False) if value else None
             else:
                 view[f.name] = str(value) if isinstance(value, Path) else value
         return view
 
 
-def redact_url(url: str) -> str:
-    """Drop the password from a URL so it can be logged or shown."""
+def redact_url(url: str, *, keep_user: bool = True) -> str:
+    """Drop the password from a URL so it can be logged or shown; with `keep_user=False`, the user name too."""
     from urllib.parse import urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if not parts.password:
+    if "@" not in parts.netloc or (keep_user and not parts.password):
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    userinfo = f"{parts.username or ''}:***" if keep_user else "***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc}"))

@@ -84,25 +84,27 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
 
 # The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency
 # key, status history and the worker wake-up, all in one implicitly transactional statement.
+#
+# A new customer is created only together with its ticket (the ticket names the id $14 the customer row then takes;
+# the foreign key is checked at the end of the statement). So a request that loses the race for its external_id —
+# a replay, or a conflicting reuse answered 409 — writes nothing, even while the winner has not committed yet. When
+# a concurrent request creates the same customer first, the customer insert does nothing, the foreign key check
+# fails, and the caller tries again (the customer then exists).
 _NEW_TICKET_SQL = (
     """
 WITH existing_customer AS (
     SELECT id FROM customers WHERE email = $3
-), new_customer AS (
-    INSERT INTO customers (email, name)
-    SELECT $3, $7 WHERE NOT EXISTS (SELECT 1 FROM existing_customer)
-        -- a replay or a conflicting reuse of the key must not leave a customer behind
-        AND NOT EXISTS (SELECT 1 FROM ingest_keys WHERE external_id = $2)
-    ON CONFLICT (email) DO NOTHING
-    RETURNING id
-), customer AS (
-    SELECT id FROM existing_customer UNION ALL SELECT id FROM new_customer
 ), ticket AS (
     INSERT INTO tickets (id, external_id, customer_id, channel, subject, body, customer_name, metadata,
                          raw_payload, thread_ref, email_message_id, next_attempt_at)
-    SELECT $1, $2, customer.id, $4, $5, $6, $7, $8, $9, $10, $11, now() FROM customer
+    SELECT $1, $2, COALESCE((SELECT id FROM existing_customer), $14), $4, $5, $6, $7, $8, $9, $10, $11, now()
     ON CONFLICT (external_id) DO NOTHING
-    RETURNING id, created_at
+    RETURNING id, created_at, customer_id
+), new_customer AS (
+    INSERT INTO customers (id, email, name)
+    SELECT $14, $3, $7 FROM ticket WHERE ticket.customer_id = $14
+    ON CONFLICT (email) DO NOTHING
+    RETURNING id
 ), message AS (
     INSERT INTO ticket_messages (ticket_id, direction, channel, author, external_id, subject, body,
                                  email_message_id)
@@ -132,7 +134,7 @@ async def _ingest_new_ticket(
     conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
 ) -> IngestResult:
     ticket_id = uuid.uuid4()
-    # Twice at most: the first try can find nothing when a concurrent request is creating the same customer.
+    # Twice at most: the first try fails when a concurrent request created the same customer meanwhile.
     for _ in range(2):
         try:
             row = await conn.fetchrow(
@@ -150,9 +152,12 @@ async def _ingest_new_ticket(
                 ticket.message_id,
                 ticket.content_hash,
                 f"received via {ticket.channel}",
+                uuid.uuid4(),
             )
         except asyncpg.UniqueViolationError:
             row = None  # the key belongs to a follow-up message: a replay or a conflict, decided below
+        except asyncpg.ForeignKeyViolationError:
+            continue  # the customer was created concurrently: it exists now
         if row is not None:
             return IngestResult(ticket_id, "open", row["created_at"], duplicate=False, followup=False, message_id=None)
         replay = await _replay_of(conn, ticket)

@@ -8,12 +8,15 @@ rescues happen within seconds.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -106,28 +109,62 @@ def rows_in(pool: asyncpg.Pool, table: str, count: int) -> Callable[[], Awaitabl
     return check
 
 
-async def test_two_workers_process_each_of_500_tickets_exactly_once(
-    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]]
+@pytest.mark.parametrize(
+    ("workers", "count"), [(2, 500), (3, 2000)], ids=["2 workers, 500 tickets", "3 workers, 2000 tickets"]
+)
+async def test_contending_workers_process_each_ticket_exactly_once_without_overlapping_leases(
+    clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]], workers: int, count: int
 ) -> None:
-    first, second = await asyncio.gather(start_worker(concurrency=4), start_worker(concurrency=4))
-    ids = await insert_queued_tickets(clean_db, 500, notify=True)
-    await eventually(rows_in(clean_db, "test_processed", 500), within_s=60, what="500 completions")
+    concurrency = 4
+    started = await asyncio.gather(*(start_worker(concurrency=concurrency) for _ in range(workers)))
+    ids = await insert_queued_tickets(clean_db, count, notify=True)
+    await eventually(rows_in(clean_db, "test_processed", count), within_s=60, what=f"{count} completions")
     await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one
 
-    processed = await clean_db.fetch("SELECT ticket_id, worker_pid, token FROM test_processed")
-    assert len(processed) == 500
+    processed = await clean_db.fetch("SELECT ticket_id, worker_pid, token, at FROM test_processed")
+    assert len(processed) == count
     assert {row["ticket_id"] for row in processed} == set(ids)
-    # One start per ticket: no ticket was ever held by two workers, not even one whose completion was refused.
-    starts = await clean_db.fetchval("SELECT count(*) FROM test_started")
-    assert starts == 500
-    assert len({row["token"] for row in processed}) == 500
     assert await clean_db.fetchval("SELECT count(*) FROM test_refused") == 0
-    by_worker = {pid: sum(row["worker_pid"] == pid for row in processed) for pid in (first.pid, second.pid)}
-    assert all(count > 0 for count in by_worker.values()), by_worker
+    # One claim per ticket, counted by the database itself: not even a claim that never reached a processor.
+    claims = await clean_db.fetch("SELECT id, attempt_count, lease_token FROM tickets WHERE id = ANY($1)", ids)
+    assert {row["attempt_count"] for row in claims} == {1}
+    # The fencing token each completion carried is the ticket's current one, and no two claims shared one.
+    current_token = {row["id"]: row["lease_token"] for row in claims}
+    assert all(row["token"] == current_token[row["ticket_id"]] for row in processed)
+    assert len({row["token"] for row in processed}) == count
+
+    # Every hold of a ticket, from the processor's start to its fenced completion: per ticket the holds never
+    # overlap (here: exactly one each), and no worker held more tickets at once than it has slots.
+    starts = await clean_db.fetch("SELECT ticket_id, worker_pid, token, at FROM test_started")
+    assert len(starts) == count
+    end_of = {(row["ticket_id"], row["token"]): row["at"] for row in processed}
+    holds: dict[UUID, list[tuple[datetime, datetime]]] = {}
+    by_worker: dict[int, list[tuple[datetime, datetime]]] = {}
+    for row in starts:
+        end = end_of[(row["ticket_id"], row["token"])]  # the same claim started and completed it
+        assert row["at"] <= end
+        holds.setdefault(row["ticket_id"], []).append((row["at"], end))
+        by_worker.setdefault(row["worker_pid"], []).append((row["at"], end))
+    for ticket_id, intervals in holds.items():
+        intervals.sort()
+        assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(intervals)), ticket_id
+    assert set(by_worker) == {worker.pid for worker in started}  # every process took part
+    assert all(most_at_once(intervals) <= concurrency for intervals in by_worker.values())
+
     left = await clean_db.fetchval(
         "SELECT count(*) FROM tickets WHERE next_attempt_at IS NOT NULL OR lease_owner IS NOT NULL"
     )
     assert left == 0
+
+
+def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The largest number of intervals open at one instant (an end at the same instant as a start closes first)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = peak = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
 
 
 async def test_a_killed_workers_ticket_is_rescued_after_its_lease_and_completed_once(

@@ -4,6 +4,7 @@ response (bodies and headers, errors included), page, trace, metric, schema or l
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -15,8 +16,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from agent.classifier import RoutingModelCache
+from agent.runner import TicketProcessor
 from app import tickets
+from app.metrics import Metrics
+from app.queue import claim_next_ticket
 from ingest.signatures import sign_webhook
+from tests.support.fake_openai import FakeOpenAI, reply_json, reset, status
 from tests.support.trace_fixtures import seed_traces
 
 INGEST = "/api/webhooks/support/ingest"
@@ -175,10 +181,80 @@ async def test_an_unexpected_error_answers_500_without_detail(
     assert leaked_in(response.text + str(response.headers)) == []
 
 
+# Credentials in OPENAI_BASE_URL, as a proxy in front of the model may want them: a user and password, or a token
+# alone as the user name.
+URL_CREDENTIALS = {"user and password": "proxy-user:pw-b7d04c19", "token as user name": "urltok-5e2a9f31"}
+URL_MARKERS = ("b7d04c19", "5e2a9f31")
+
+
+@pytest.fixture(params=list(URL_CREDENTIALS.values()), ids=list(URL_CREDENTIALS))
+def llm_behind_credentials(request: pytest.FixtureRequest) -> Iterator[tuple[FakeOpenAI, dict[str, str]]]:
+    """The fake model, and the settings that reach it through a base URL carrying credentials."""
+    with FakeOpenAI() as llm:
+        url = llm.base_url.replace("http://", f"http://{request.param}@")
+        yield (
+            llm,
+            {"OPENAI_BASE_URL": url, "OPENAI_API_KEY": SECRETS["OPENAI_API_KEY"], "DESKPILOT_LLM_MAX_RETRIES": "1"},
+        )
+
+
+@pytest.fixture
+def llm_client(
+    make_client: Callable[..., AsyncTestClient[Litestar]], llm_behind_credentials: tuple[FakeOpenAI, dict[str, str]]
+) -> AsyncTestClient[Litestar]:
+    # Built before the test runs: the app configures logging when it is built, and pytest's log capture attaches
+    # itself at the start of the test.
+    return make_client(**llm_behind_credentials[1])
+
+
 async def test_credentials_in_the_llm_base_url_are_not_shown(
-    make_client: Callable[..., AsyncTestClient[Litestar]], clean_db: Any
+    llm_behind_credentials: tuple[FakeOpenAI, dict[str, str]],
+    llm_client: AsyncTestClient[Litestar],
+    make_settings: Callable[..., Any],
+    clean_db: Any,
+    embedder: Any,
+    debug_logs: pytest.LogCaptureFixture,
 ) -> None:
-    async with make_client(OPENAI_BASE_URL="https://proxy-user:b7d04c19@llm-proxy.internal/v1") as client:
-        health = await client.get("/health")
-    assert health.json()["llm"]["base_url"] is not None
-    assert "b7d04c19" not in health.text
+    """Not in /health, the settings' public view, the API, the traces (errors quoting the URL included) or the logs
+    of the agent calling the model; and the model still receives the credentials."""
+    llm, env = llm_behind_credentials
+    url = env["OPENAI_BASE_URL"]
+    userinfo = url.split("//", 1)[1].split("@", 1)[0]
+    encoded = base64.b64encode((userinfo if ":" in userinfo else f"{userinfo}:").encode()).decode()
+
+    def leaks(text: str) -> list[str]:
+        return [marker for marker in (*URL_MARKERS, encoded) if marker in text]
+
+    settings = make_settings(**env)
+    assert leaks(json.dumps(settings.public_view())) == []
+    answer = {"reply": "Hello, open Settings, then Data.", "cited_ids": [], "confidence": 0.5, "reasons": []}
+    # An answer; a refusal whose message quotes the URL it was sent to; a connection that drops twice.
+    llm.script(reply_json({**answer, "needs_human": False}), status(401, message=f"proxy refused {url}"))
+    llm.script(reset(), reset())
+    processor = TicketProcessor(clean_db, settings, Metrics(), embedder=embedder, models=RoutingModelCache())
+    seen = Surface()
+    async with llm_client as client:
+        health = seen.add("/health", await client.get("/health"))
+        assert health.json()["llm"]["base_url"] == llm.base_url.replace("http://", "http://***@")
+        ticket_ids = []
+        for n in range(3):
+            created = await client.post(INGEST, json=ticket(f"url-cred-{n}"))
+            assert created.status_code == 201, created.text
+            ticket_ids.append(created.json()["ticket_id"])
+        for _ in ticket_ids:
+            async with clean_db.acquire() as conn:
+                claim = await claim_next_ticket(conn, "secret-test", 60.0)
+            assert claim is not None
+            await processor(claim)
+        for ticket_id in ticket_ids:
+            for path in (f"/api/tickets/{ticket_id}", f"/api/tickets/{ticket_id}/trace", f"/traces/{ticket_id}"):
+                seen.add(path, await client.get(path))
+    await processor.drafter.llm.aclose()  # type: ignore[attr-defined]
+
+    assert len(llm.requests) == 4
+    assert {request.headers.get("authorization") for request in llm.requests} == {f"Basic {encoded}"}
+    traces = "\n".join(text for label, text in seen.seen.items() if "/trace" in label)
+    assert "proxy refused" in traces and "OpenAIConnectionError" in traces  # the errors are there, redacted
+    assert {label: found for label, text in seen.seen.items() if (found := leaks(text))} == {}
+    assert "HTTP Request: POST" in debug_logs.text  # the HTTP client's own line for each call was captured
+    assert leaks(debug_logs.text) == [], [r.getMessage() for r in debug_logs.records if leaks(r.getMessage())]

@@ -4,7 +4,6 @@ node as it finishes (docs/architecture.md, "Audit trail").
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -55,51 +54,33 @@ async def start_attempt(conn: asyncpg.Connection, claim: Claim) -> UUID:
 
 
 class DatabaseRecorder:
-    """Writes each step as its node finishes, so a trace shows work in progress.
-
-    The write happens beside the graph, not in its way: `record` queues the row and returns; one writer task at a
-    time inserts whatever has queued (steps that finish while a write is in flight go together in the next one).
-    `flush` waits for every queued step and raises the first write error.
-    """
+    """Writes each step as its node finishes, so a trace shows work in progress, and an attempt cut short (its
+    worker killed) still shows every step it finished."""
 
     def __init__(self, pool: asyncpg.Pool, attempt_id: UUID) -> None:
         self.pool = pool
         self.attempt_id = attempt_id
         self.seq = 0
-        self._queued: list[tuple[Any, ...]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
 
     async def record(
         self, node: str, started_at: datetime, duration_ms: float, output: dict[str, Any], error: str | None
     ) -> None:
         self.seq += 1
-        self._queued.append((self.attempt_id, self.seq, node, started_at, duration_ms, json_safe(output), error))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        while self._queued:
-            rows, self._queued = self._queued, []
-            try:
-                async with self.pool.acquire() as conn:
-                    # Trace rows need not survive an OS crash the way a decision must: each statement's own
-                    # transaction commits without waiting for the WAL flush (set_config(..., true) is local to it).
-                    await conn.executemany(
-                        """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                           INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
-                           SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
-                        rows,
-                    )
-            except Exception as exc:
-                self._error = self._error or exc
-
-    async def flush(self) -> None:
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        async with self.pool.acquire() as conn:
+            # Trace rows need not survive an OS crash the way a decision must: this statement's own
+            # transaction commits without waiting for the WAL flush (set_config(..., true) is local to it).
+            await conn.execute(
+                """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+                   INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
+                   SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
+                self.attempt_id,
+                self.seq,
+                node,
+                started_at,
+                duration_ms,
+                json_safe(output),
+                error,
+            )
 
 
 async def fail_attempt(conn: asyncpg.Connection, attempt_id: UUID, error: str, *, state: str = "failed") -> None:

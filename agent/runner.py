@@ -110,31 +110,19 @@ class TicketProcessor:
         try:
             final = cast(AgentState, await self.graph.ainvoke(AgentState(ticket=ticket), context=ctx))
         except LeaseLost as exc:
-            await self._flush_steps(recorder)
             async with self.pool.acquire() as conn:
                 await fail_attempt(conn, attempt_id, f"lease lost: {exc}", state="abandoned")
             raise
         except BaseException as exc:
             if self.metrics is not None:
                 self.metrics.attempt_errors.inc()
-            await self._flush_steps(recorder)
             try:
                 async with self.pool.acquire() as conn:
                     await fail_attempt(conn, attempt_id, f"{type(exc).__name__}: {exc}")
             except Exception:  # the database may be what failed; the worker records the original error
                 log.warning("could not mark attempt %s failed", attempt_id, exc_info=True)
             raise
-        # The decision is committed; a trace row that cannot be written is logged, it does not undo the decision.
-        await self._flush_steps(recorder)
         return str(final["outcome"]["decision"])
-
-
-    @staticmethod
-    async def _flush_steps(recorder: DatabaseRecorder) -> None:
-        try:
-            await recorder.flush()
-        except Exception:
-            log.warning("could not write the trace steps of attempt %s", recorder.attempt_id, exc_info=True)
 
 
 def make_ticket_processor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> TicketProcessor:

@@ -1,6 +1,7 @@
 """Ingest as a state machine (RELIABILITY.md invariants 1 and 3): hypothesis interleaves new tickets, replays,
-conflicting reuses of an id, follow-ups and invalid requests against the real app and database, and after every
-step checks in SQL that nothing was lost, nothing duplicated, and nothing written for a refusal.
+conflicting reuses of an id, follow-ups, invalid requests and service restarts against the real app and
+database, and after every step checks in SQL that nothing was lost, nothing duplicated, and nothing written for a
+refusal.
 """
 
 from __future__ import annotations
@@ -53,8 +54,17 @@ class Accepted:
 class Harness:
     """The app behind a synchronous client, and SQL through the app's own pool on the app's own loop."""
 
-    def __init__(self, client: TestClient[Any]) -> None:
-        self.client = client
+    def __init__(self, start: Callable[[], TestClient[Any]]) -> None:
+        self._start = start
+        self.client = start().__enter__()
+
+    def restart(self) -> None:
+        """Stop the service (its lifespan ends, the pool closes) and start a new one on the same database."""
+        self.stop()
+        self.client = self._start().__enter__()
+
+    def stop(self) -> None:
+        self.client.__exit__(None, None, None)
 
     def post(self, payload: Any) -> Any:
         return self.client.post(INGEST, json=payload)
@@ -187,6 +197,11 @@ class IngestMachine(RuleBasedStateMachine):
 
     # --- invariants, in SQL ---
 
+    @rule()
+    def restart_the_service(self) -> None:
+        # Everything acknowledged lives in the database: a new process answers replays and conflicts the same way.
+        self.harness.restart()
+
     @invariant()
     def one_ticket_per_accepted_new_id(self) -> None:
         new = {a.external_id: a for a in self.accepted.values() if not a.followup}
@@ -220,9 +235,13 @@ class IngestMachine(RuleBasedStateMachine):
 
 @pytest.fixture
 def harness(database_url: str, make_settings: Callable[..., Settings], clean_db: asyncpg.Pool) -> Iterator[Harness]:
-    app = create_app(make_settings(), database_url=database_url)
-    with TestClient(app=app, raise_server_exceptions=False) as client:
-        yield Harness(client)
+    harness = Harness(
+        lambda: TestClient(app=create_app(make_settings(), database_url=database_url), raise_server_exceptions=False)
+    )
+    try:
+        yield harness
+    finally:
+        harness.stop()
 
 
 def test_ingest_state_machine(harness: Harness) -> None:

@@ -1,0 +1,409 @@
+"""`kill -9` of a real agent worker at every node boundary of a resolved ticket, and inside its email delivery.
+
+The victims are `python -m tests.support.agent_worker --die-at POINT`: the production worker loop around the real
+graph, embedding model and fenced decision transaction, which SIGKILLs itself at POINT. The rescuers are the real
+`deskpilot worker` command. Replies go by SMTP to an aiosmtpd server in this process, which records every message
+whose data reached it. Leases are 3 s, so rescues happen within seconds; the promise checked is "within 60 s".
+
+The ticket is a how-to question the agent answers on the example history (decision `deliver`), each from its own
+customer: a customer asking the same thing twice is flagged for review instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from litestar.testing import AsyncTestClient
+
+from agent.graph import PIPELINE
+from agent.runner import TicketProcessor
+from app.asgi import create_app
+from app.metrics import Metrics
+from app.queue import claim_next_ticket
+from app.settings import PROJECT_ROOT, Settings
+from knowledge.loader import load_paths
+from tests.conftest import DATA_TABLES
+from tests.support.agent_worker import KILL_MARK, POINTS, AgentWorkerProcess
+from tests.support.server import free_port
+from tests.support.workers import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(480)]
+
+LEASE_S = 3.0
+RESCUE_LIMIT_S = 60.0
+# Nine processes share two cores: threads per process only add switching.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+QUESTION: dict[str, Any] = json.loads((PROJECT_ROOT / "examples" / "tickets" / "password-reset.json").read_text())
+
+
+# --- the mail server ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    message_id: str
+    to: str
+    body: str
+    received_at: float  # time.time()
+
+
+@dataclass
+class SmtpSink:
+    """Records every message whose data arrived; when armed, SIGKILLs the sending worker once, either while it
+    holds the data unanswered (`DATA`) or after the 250 that accepted it, when the client says QUIT (`QUIT`)."""
+
+    port: int
+    received: list[Received] = field(default_factory=list)
+    kill_pid: int | None = None
+    kill_on: str = "DATA"
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def arm(self, pid: int, on: str) -> None:
+        self.kill_pid, self.kill_on = pid, on
+
+    def to(self, address: str) -> list[Received]:
+        return [message for message in self.received if message.to == address]
+
+    def _kill_if_armed(self, moment: str) -> None:
+        if self.kill_pid is not None and self.kill_on == moment:
+            pid, self.kill_pid = self.kill_pid, None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        assert isinstance(raw, bytes)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        plain = parsed.get_body(preferencelist=("plain",))
+        self.received.append(
+            Received(str(parsed["Message-ID"]), str(parsed["To"]), plain.get_content() if plain else "", time.time())
+        )
+        self._kill_if_armed("DATA")
+        return "250 Message accepted for delivery"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._kill_if_armed("QUIT")
+        return "221 Bye"
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+# --- seeding and posting --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def history(pool: asyncpg.Pool, embedder: Any) -> None:
+    """Empty tables, then the example past resolutions through the real loader (`deskpilot kb load`)."""
+    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    await pool.execute("UPDATE knowledge_version SET version = 0")
+    async with pool.acquire() as conn:
+        report = await load_paths(
+            conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution"
+        )
+    assert report.resolutions > 50 and not report.errors, report
+
+
+def worker_env(database_url: str, sink: SmtpSink, data_dir: Path) -> dict[str, str]:
+    return {
+        "DESKPILOT_DATABASE_URL": database_url,
+        "DESKPILOT_DATA_DIR": str(data_dir),
+        "DESKPILOT_LEASE_SECONDS": str(LEASE_S),
+        "DESKPILOT_POLL_INTERVAL": "0.5",
+        "DESKPILOT_SMTP_URL": sink.url,
+    }
+
+
+@dataclass(frozen=True)
+class Question:
+    ticket_id: UUID
+    customer_email: str
+
+
+async def post_questions(database_url: str, data_dir: Path, count: int, tag: str) -> list[Question]:
+    """The how-to question from `count` new customers, through the real ingest endpoint (which NOTIFYs)."""
+    settings = Settings.from_mapping({"DESKPILOT_DATABASE_URL": database_url, "DESKPILOT_DATA_DIR": str(data_dir)})
+    questions = []
+    async with AsyncTestClient(app=create_app(settings, database_url=database_url)) as client:
+        for n in range(count):
+            address = f"{tag}-{n}-{uuid.uuid4().hex[:6]}@customers.example"
+            payload = {**QUESTION, "external_id": f"kill-{tag}-{n}-{uuid.uuid4().hex}", "customer_email": address}
+            response = await client.post("/api/webhooks/support/ingest", json=payload)
+            assert response.status_code == 201, response.text
+            questions.append(Question(UUID(response.json()["ticket_id"]), address))
+    return questions
+
+
+def deliveries_sent(pool: asyncpg.Pool, ticket_ids: list[UUID]) -> Callable[[], Awaitable[bool]]:
+    """For `eventually`: every ticket is resolved and its reply marked sent."""
+
+    async def check() -> bool:
+        sent: int = await pool.fetchval(
+            """SELECT count(DISTINCT t.id) FROM tickets t JOIN deliveries d ON d.ticket_id = t.id
+               WHERE t.id = ANY($1) AND t.status = 'resolved' AND d.status = 'sent'""",
+            ticket_ids,
+        )
+        return sent == len(ticket_ids)
+
+    return check
+
+
+def worker_pattern(process: AgentWorkerProcess) -> str:
+    """`resolution_attempts.worker_id` is `host:pid:n`."""
+    return f"%:{process.pid}:%"
+
+
+# --- kill -9 at every point of the graph ----------------------------------------------------------------------
+
+
+@dataclass
+class NodeKills:
+    victims: dict[str, AgentWorkerProcess]
+    exit_codes: dict[str, int]
+    questions: list[Question]
+    received: list[Received]
+
+
+@pytest.fixture(scope="module")
+async def node_kills(
+    history: None, pool: asyncpg.Pool, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> NodeKills:
+    """One victim per point, all at once (each takes one ticket, concurrency 1, and dies on it), then one
+    `deskpilot worker` that rescues whatever they left. Victims do not send mail: a victim still alive could
+    otherwise take another victim's queued reply and die in the middle of sending it (the tolerated duplicate,
+    tested on its own below), which would blur what each point shows."""
+    logs = tmp_path_factory.mktemp("agent-faults")
+    with smtp_sink() as sink:
+        env = worker_env(database_url, sink, logs)
+        victims = dict(
+            zip(
+                POINTS,
+                await asyncio.gather(
+                    *(
+                        AgentWorkerProcess.start(
+                            database_url, {**env, **ONE_THREAD}, logs / f"victim-{n}.log", die_at=point, outbox=False
+                        )
+                        for n, point in enumerate(POINTS)
+                    )
+                ),
+                strict=True,
+            )
+        )
+        rescuer: AgentWorkerProcess | None = None
+        try:
+            await asyncio.gather(*(victim.wait_listening(within_s=240) for victim in victims.values()))
+            questions = await post_questions(database_url, logs, len(POINTS), "node")
+            exit_codes = {point: await victim.wait_exit(within_s=60) for point, victim in victims.items()}
+            rescuer = await AgentWorkerProcess.start_cli(env, logs / "rescuer.log")
+            with rescuer.log_on_failure():
+                await eventually(
+                    deliveries_sent(pool, [q.ticket_id for q in questions]), within_s=90, what="every ticket answered"
+                )
+            await asyncio.sleep(1.0)  # room for a duplicate send to show up, if there were one
+        finally:
+            for process in [*victims.values(), *([rescuer] if rescuer else [])]:
+                await process.stop()
+        return NodeKills(victims, exit_codes, questions, list(sink.received))
+
+
+def nodes_run(point: str) -> list[str]:
+    """The nodes that had finished when the victim died: the pipeline up to the node it died after, or all of it
+    for a death in (or right after) the decision transaction, which deliver runs before its own step."""
+    if point.startswith("after:"):
+        return list(PIPELINE[: PIPELINE.index(point.removeprefix("after:")) + 1])
+    return list(PIPELINE)
+
+
+@pytest.mark.parametrize("point", POINTS)
+async def test_a_worker_killed_at_each_point_of_the_graph_leaves_exactly_one_reply(
+    node_kills: NodeKills, pool: asyncpg.Pool, point: str
+) -> None:
+    victim = node_kills.victims[point]
+    assert node_kills.exit_codes[point] == -signal.SIGKILL, victim.log()[-3000:]
+    assert f"{KILL_MARK} {point} " in victim.log()
+
+    # The victim made one attempt. Its trace holds every step it finished, and none past the point.
+    [killed] = await pool.fetch(
+        "SELECT id, ticket_id, started_at FROM resolution_attempts WHERE worker_id LIKE $1", worker_pattern(victim)
+    )
+    ticket_id = killed["ticket_id"]
+    steps = [
+        row["node"]
+        for row in await pool.fetch("SELECT node FROM attempt_steps WHERE attempt_id = $1 ORDER BY seq", killed["id"])
+    ]
+    ran = nodes_run(point)
+    assert steps == ran, steps
+    killed_after = killed["started_at"].timestamp()  # a lower bound: the rescue times below are upper bounds
+
+    attempts = await pool.fetch(
+        """SELECT id, attempt_no, state, decision, started_at, worker_id FROM resolution_attempts
+           WHERE ticket_id = $1 ORDER BY attempt_no""",
+        ticket_id,
+    )
+    ticket = await pool.fetchrow(
+        """SELECT status, attempt_count, next_attempt_at, lease_owner, parked_at, needs_review
+           FROM tickets WHERE id = $1""",
+        ticket_id,
+    )
+    assert ticket is not None
+    if point == "deliver:after-commit":
+        # The decision committed before the kill: nothing is redone, the queued reply is sent by the rescuer.
+        assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
+        completed = attempts[0]
+    else:
+        # Nothing the victim did counts: its attempt is abandoned when the rescuer claims the ticket again.
+        assert [(a["state"], a["decision"]) for a in attempts] == [("abandoned", None), ("completed", "deliver")]
+        assert attempts[0]["id"] == killed["id"]
+        completed = attempts[1]
+        assert completed["worker_id"] != attempts[0]["worker_id"]
+        assert completed["started_at"].timestamp() - killed_after < RESCUE_LIMIT_S
+    assert ticket["status"] == "resolved"
+    assert ticket["attempt_count"] == len(attempts)
+    assert ticket["next_attempt_at"] is None
+    assert ticket["lease_owner"] is None
+    assert ticket["parked_at"] is None
+    assert ticket["needs_review"] is False
+
+    # Exactly one reply: one outbound message, one delivery, sent once, keyed by the completed attempt.
+    outbound = await pool.fetch(
+        "SELECT id, attempt_id FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
+    )
+    deliveries = await pool.fetch(
+        """SELECT attempt_id, message_id, idempotency_key, status, tries, sent_at FROM deliveries
+           WHERE ticket_id = $1""",
+        ticket_id,
+    )
+    assert [m["attempt_id"] for m in outbound] == [completed["id"]]
+    [delivery] = deliveries
+    assert delivery["status"] == "sent"
+    assert delivery["tries"] == 1
+    assert delivery["attempt_id"] == completed["id"]
+    assert delivery["message_id"] == outbound[0]["id"]
+    assert delivery["idempotency_key"] == f"<{completed['id']}@deskpilot>"
+    assert delivery["sent_at"].timestamp() - killed_after < RESCUE_LIMIT_S
+
+    # And the mail server saw that one reply, once.
+    [question] = [q for q in node_kills.questions if q.ticket_id == ticket_id]
+    assert [m.message_id for m in node_kills.received if m.to == question.customer_email] == [
+        delivery["idempotency_key"]
+    ]
+
+
+async def test_every_ticket_posted_to_the_victims_was_answered_once(node_kills: NodeKills, pool: asyncpg.Pool) -> None:
+    """Across all the kills: one message per ticket reached the mail server, with one Message-ID each."""
+    addresses = [q.customer_email for q in node_kills.questions]
+    assert sorted(m.to for m in node_kills.received) == sorted(addresses)
+    keys = await pool.fetch(
+        "SELECT idempotency_key FROM deliveries WHERE ticket_id = ANY($1)", [q.ticket_id for q in node_kills.questions]
+    )
+    assert sorted(m.message_id for m in node_kills.received) == sorted(k["idempotency_key"] for k in keys)
+
+
+# --- kill -9 inside the SMTP delivery -------------------------------------------------------------------------
+
+
+async def answer_in_this_process(pool: asyncpg.Pool, settings: Settings, embedder: Any) -> None:
+    """Run the queued ticket through the real processor here (this process has the model loaded already)."""
+    async with pool.acquire() as conn:
+        claim = await claim_next_ticket(conn, "test-process", 30.0)
+    assert claim is not None
+    assert await TicketProcessor(pool, settings, Metrics(), embedder=embedder)(claim) == "deliver"
+
+
+@pytest.mark.parametrize(
+    "moment", ["DATA", "QUIT"], ids=["killed-while-the-server-holds-the-data", "killed-after-the-250"]
+)
+async def test_a_worker_killed_inside_smtp_delivery_resends_with_the_same_message_id(
+    history: None,
+    pool: asyncpg.Pool,
+    database_url: str,
+    embedder: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    moment: str,
+) -> None:
+    """The crash window the promise tolerates: the mail server has the message, our commit has not happened.
+    The reply is sent again by the next worker, with the same Message-ID, and is never a second reply."""
+    with smtp_sink() as sink:
+        env = worker_env(database_url, sink, tmp_path)
+        [question] = await post_questions(database_url, tmp_path, 1, f"smtp-{moment.lower()}")
+        await answer_in_this_process(pool, make_settings(), embedder)
+        # The outbox is drained by the worker loop: `deskpilot worker` here, the same loop inside `deskpilot serve`.
+        victim = await AgentWorkerProcess.start_cli(env, tmp_path / "victim.log", concurrency=1)
+        rescuer: AgentWorkerProcess | None = None
+        try:
+            sink.arm(victim.pid, moment)  # long before it can reach the mail server: it is still starting Python
+            assert await victim.wait_exit(within_s=60) == -signal.SIGKILL, victim.log()[-3000:]
+            [first_copy] = sink.to(question.customer_email)
+
+            delivery = await pool.fetchrow(
+                "SELECT id, idempotency_key, status, tries, lease_owner FROM deliveries WHERE ticket_id = $1",
+                question.ticket_id,
+            )
+            assert delivery is not None
+            assert delivery["status"] == "pending"  # sent, but not recorded: the victim died first
+            assert delivery["tries"] == 1
+            assert f":{victim.pid}:" in delivery["lease_owner"]
+            assert first_copy.message_id == delivery["idempotency_key"]
+
+            # The dead sender's lease on the delivery runs out; the next worker takes the send over.
+            rescuer = await AgentWorkerProcess.start_cli(env, tmp_path / "rescuer.log", concurrency=1)
+            with rescuer.log_on_failure():
+                await eventually(deliveries_sent(pool, [question.ticket_id]), within_s=RESCUE_LIMIT_S, what="re-sent")
+            await asyncio.sleep(1.0)  # room for a third copy to show up, if there were one
+        finally:
+            for process in [victim, *([rescuer] if rescuer else [])]:
+                await process.stop()
+
+    copies = sink.to(question.customer_email)
+    assert len(copies) == 2
+    assert {c.message_id for c in copies} == {delivery["idempotency_key"]}
+    assert copies[0].body == copies[1].body
+    row = await pool.fetchrow("SELECT status, tries, attempt_id, sent_at FROM deliveries WHERE id = $1", delivery["id"])
+    assert row is not None
+    assert row["status"] == "sent"
+    assert row["tries"] == 2
+    assert row["sent_at"].timestamp() - first_copy.received_at < RESCUE_LIMIT_S  # the kill came after the copy
+    assert delivery["idempotency_key"] == f"<{row['attempt_id']}@deskpilot>"
+    attempts = await pool.fetch(
+        "SELECT state, decision FROM resolution_attempts WHERE ticket_id = $1", question.ticket_id
+    )
+    assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", question.ticket_id
+        )
+        == 1
+    )
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", question.ticket_id) == 1
+    assert await pool.fetchval("SELECT status FROM tickets WHERE id = $1", question.ticket_id) == "resolved"

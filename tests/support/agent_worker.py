@@ -1,0 +1,230 @@
+"""A real agent worker process that SIGKILLs itself at a chosen point of the resolution graph (`kill -9` tests).
+
+    python -m tests.support.agent_worker --url URL [--concurrency N] [--die-at POINT] [--no-outbox]
+
+runs `app.worker.run_worker_process` (the production loop: pool, LISTEN, lease and heartbeats, outbox drain,
+signal handling) around the real `agent.runner.TicketProcessor`: the real embedding model, routing models,
+offline drafter and fenced decision transaction. With `--die-at` the process sends itself SIGKILL (no cleanup,
+no `finally`, no lease release) the first time a ticket reaches one of `POINTS`:
+
+- `after:<node>`, a node of the pipeline: once the node has returned and its audit step is written, before the
+  graph runs the next node;
+- `deliver:before-commit`: inside the decision transaction, after its last statement, before COMMIT;
+- `deliver:after-commit`: right after the decision transaction committed: the reply is queued in the outbox and
+  not sent yet.
+
+The hooks wrap the node functions when this process builds its own graph, and the decision transaction's helpers
+in `agent.outcome`; nothing in the product knows about them. The embedder is loaded before the worker starts, so
+"listening on" in the log means the process takes a ticket at once. `--no-outbox` leaves sending to other
+processes. Settings (lease, poll interval, SMTP) come from the environment, as for `deskpilot worker`.
+
+The test-process side (`AgentWorkerProcess`) starts this module, or the real `deskpilot worker` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent import nodes, outcome
+from agent.graph import PIPELINE, build_graph
+from agent.runner import TicketProcessor
+from app import worker as worker_module
+from app.metrics import Metrics
+from app.settings import PROJECT_ROOT, Settings
+from app.worker import Processor, ProcessorFactory, run_worker_process
+from knowledge.embedder import get_embedder
+
+POINTS = (*(f"after:{name}" for name in PIPELINE), "deliver:before-commit", "deliver:after-commit")
+KILL_MARK = "agent_worker: SIGKILL at"
+"""What the process writes to stderr just before it kills itself: `<mark> <point> (ticket <id>)`."""
+
+
+def die(point: str, ticket_id: object = None) -> NoReturn:
+    sys.stderr.write(f"{KILL_MARK} {point} (ticket {ticket_id})\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit("SIGKILL was not delivered")  # unreachable: SIGKILL cannot be caught
+
+
+def dying_after(point: str, node: nodes.Node) -> nodes.Node:
+    @functools.wraps(node)
+    async def run(state: Any, *, runtime: Any) -> dict[str, Any]:
+        await node(state, runtime=runtime)
+        claim = runtime.context.claim
+        die(point, claim.ticket_id if claim is not None else None)
+
+    return run
+
+
+def graph_dying_after(point: str, node_name: str) -> Any:
+    """The production graph, compiled with `node_name` wrapped (the builder reads `agent.nodes` when called)."""
+    original = getattr(nodes, node_name)
+    setattr(nodes, node_name, dying_after(point, original))
+    try:
+        return build_graph().compile()
+    finally:
+        setattr(nodes, node_name, original)
+
+
+def arm_decision_hooks(point: str) -> None:
+    """Kill inside, or right after, the decision transaction of `agent.outcome.commit_reply`."""
+    if point == "deliver:before-commit":
+
+        async def notify_then_die(conn: Any) -> None:
+            # `notify_work` is the last statement of the reply's transaction: everything is written, not committed.
+            die(point)
+
+        setattr(outcome, "notify_work", notify_then_die)  # noqa: B010 - a module attribute the product imported
+    elif point == "deliver:after-commit":
+        commit_reply = outcome.commit_reply
+
+        async def commit_then_die(pool: Any, settings: Any, claim: Any, *args: Any, **kwargs: Any) -> Any:
+            await commit_reply(pool, settings, claim, *args, **kwargs)
+            die(point, claim.ticket_id)
+
+        setattr(outcome, "commit_reply", commit_then_die)  # noqa: B010 - looked up by `agent.nodes` at call time
+
+
+def dying_processor(point: str | None) -> ProcessorFactory:
+    """`agent.runner.make_ticket_processor`, with the process's death armed at `point` (None: never)."""
+    if point is not None and point not in POINTS:
+        raise ValueError(f"unknown point {point!r}; choose one of {', '.join(POINTS)}")
+
+    def make(pool: Any, settings: Settings, metrics: Metrics) -> Processor:
+        processor = TicketProcessor(pool, settings, metrics)
+        if point is not None and point.startswith("after:"):
+            processor.graph = graph_dying_after(point, point.removeprefix("after:"))
+        elif point is not None:
+            arm_decision_hooks(point)
+        return processor
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--die-at", choices=POINTS, default=None)
+    parser.add_argument("--no-outbox", action="store_true", help="do not send deliveries from this process")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings.from_env(env_file=None)
+    get_embedder(settings.embedding_model)  # warm: the processor's first `embeddings()` finds it loaded
+    if args.no_outbox:
+        worker_module.load_outbox_drain = lambda: None
+    asyncio.run(
+        run_worker_process(
+            settings, args.url, concurrency=args.concurrency, make_processor=dying_processor(args.die_at)
+        )
+    )
+
+
+# --- for tests in the test process ----------------------------------------------------------------------------
+
+
+class AgentWorkerProcess:
+    """A worker process started by a test: this module (`start`) or the real `deskpilot worker` (`start_cli`)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path, name: str) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @classmethod
+    async def start(
+        cls,
+        url: str,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        die_at: str | None = None,
+        outbox: bool = True,
+        concurrency: int = 1,
+    ) -> AgentWorkerProcess:
+        args = ["-m", "tests.support.agent_worker", "--url", url, "--concurrency", str(concurrency)]
+        if die_at is not None:
+            args += ["--die-at", die_at]
+        if not outbox:
+            args.append("--no-outbox")
+        return await cls._spawn(args, env, log_path, die_at or "agent worker")
+
+    @classmethod
+    async def start_cli(cls, env: dict[str, str], log_path: Path, *, concurrency: int = 2) -> AgentWorkerProcess:
+        """`deskpilot worker`: the command as operators run it (database URL and settings from `env`)."""
+        args = ["-m", "app.cli", "worker", "--concurrency", str(concurrency)]
+        return await cls._spawn(args, env, log_path, "deskpilot worker")
+
+    @classmethod
+    async def _spawn(cls, args: list[str], env: dict[str, str], log_path: Path, name: str) -> AgentWorkerProcess:
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *args,
+                cwd=PROJECT_ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        return cls(process, log_path, name)
+
+    @contextlib.contextmanager
+    def log_on_failure(self) -> Iterator[None]:
+        """Add the tail of this process's log to an assertion failing in the block."""
+        try:
+            yield
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- {self.name} log (tail) ---\n{self.log()[-4000:]}") from exc
+
+    async def wait_listening(self, within_s: float) -> None:
+        """Until the worker's LISTEN connection is up (it claims tickets from then on)."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while "listening on" not in self.log():
+            if self.process.returncode is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{self.name} not listening within {within_s}s:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.1)
+
+    async def wait_exit(self, within_s: float) -> int:
+        try:
+            return await asyncio.wait_for(self.process.wait(), within_s)
+        except TimeoutError:
+            raise AssertionError(f"{self.name} still running after {within_s}s:\n{self.log()[-3000:]}") from None
+
+    async def stop(self, within_s: float = 35.0) -> None:
+        """SIGTERM (the worker releases its claims), SIGKILL if it does not exit in time."""
+        if self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), within_s)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -403,6 +403,8 @@ def _decoded_variants(text: str, folded: str) -> list[str]:
     return variants
 
 
+# Drafters screen the same knowledge-base passages and past resolutions for ticket after ticket.
+@functools.lru_cache(maxsize=4096)
 def injection_in(text: str) -> Risk | None:
     """Only the prompt-injection check (drafters screen their sources with it)."""
     folded = fold(text)

@@ -65,12 +65,21 @@ def main(log_level: str) -> None:
 @click.option(
     "--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database."
 )
-def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (with --no-worker).",
+)
+def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> None:
     """Migrate, then run the API with an in-process worker."""
     import uvicorn
 
     from app.asgi import create_app
 
+    if processes > 1 and not no_worker:
+        raise click.UsageError("--processes needs --no-worker: run the ticket workers with `deskpilot worker`")
     settings = load_settings()
     url = database_url_or_exit(settings)
     applied = migrate_or_exit(url)
@@ -96,7 +105,6 @@ def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
         from app.demo import load_demo_if_empty
 
         asyncio.run(load_demo_if_empty(url, settings))
-    app = create_app(settings, database_url=url, run_worker=not no_worker)
     base = f"http://{host}:{port}"
     click.echo(
         f"DeskPilot on {base}  (database: {redact_url(url)})\n"
@@ -109,17 +117,23 @@ def serve(host: str, port: int, no_worker: bool, demo: bool) -> None:
         f"-H 'content-type: application/json' -d @examples/tickets/howto-invoice.json",
         err=True,
     )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if processes > 1:
+        # Each process builds its own app from the environment; this one supervises them (and owns the embedded
+        # database, when there is one).
+        os.environ["DESKPILOT_DATABASE_URL"] = url
+        uvicorn.run("app.asgi:create_app", factory=True, workers=processes, **options)
+        return
+    config = uvicorn.Config(create_app(settings, database_url=url, run_worker=not no_worker), **options)
     # uvicorn re-raises the SIGTERM it handled once shutdown is done; turning that into a normal exit lets the
     # atexit hooks run, which stop the embedded PostgreSQL this process started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -24,10 +24,16 @@ class Claim:
     worker_id: str
     attempt_no: int
     claimed_at: datetime
+    # Failed attempts so far, counting holders that vanished with the ticket (their lease ran out unfinished).
+    failures: int = 0
 
 
 class LeaseLost(Exception):
     """The claim's lease expired and someone else holds the ticket now: the holder must stop without writing."""
+
+
+class HoldersVanished(Exception):
+    """Every worker that took the ticket stopped before finishing it: running it again would likely kill another."""
 
 
 _CLAIM_SQL = """
@@ -45,9 +51,15 @@ UPDATE tickets t SET
     lease_expires_at = now() + make_interval(secs => $2),
     lease_token = nextval('lease_token_seq'),
     attempt_count = t.attempt_count + 1,
+    -- A lease still set but run out: its holder stopped mid-ticket without recording anything (killed, out of
+    -- memory, paused, cut off). That counts as a failed attempt, so a ticket that kills its worker gets parked.
+    failure_count = t.failure_count + (t.lease_expires_at IS NOT NULL)::int,
+    last_error = CASE WHEN t.lease_expires_at IS NOT NULL
+                      THEN 'the worker holding it (' || COALESCE(t.lease_owner, '?') || ') stopped before finishing'
+                      ELSE t.last_error END,
     updated_at = now()
 FROM next WHERE t.id = next.id
-RETURNING t.id, t.lease_token, t.attempt_count, now() AS claimed_at
+RETURNING t.id, t.lease_token, t.attempt_count, t.failure_count, now() AS claimed_at
 """
 
 
@@ -62,6 +74,7 @@ async def claim_next_ticket(conn: asyncpg.Connection, worker_id: str, lease_s: f
         worker_id=worker_id,
         attempt_no=row["attempt_count"],
         claimed_at=row["claimed_at"],
+        failures=row["failure_count"],
     )
 
 

@@ -32,6 +32,7 @@ from app.metrics import Metrics
 from app.queue import (
     NOTIFY_CHANNEL,
     Claim,
+    HoldersVanished,
     LeaseLost,
     claim_next_ticket,
     fail_claim,
@@ -230,6 +231,11 @@ class Worker:
             if self.stopping.is_set():
                 await self._give_back(claim)
                 break
+            if claim.failures >= self.settings.max_attempts:
+                # Its holders kept stopping mid-ticket: park it instead of handing it to one more worker.
+                error = f"{claim.failures} attempts ended without finishing (worker killed, out of memory or cut off)"
+                await self._record_failure(claim, HoldersVanished(error))
+                continue
             self._start(claim)
 
     async def _claim(self) -> Claim | None:

@@ -1,6 +1,6 @@
 """Ingest benchmark: webhook throughput and latency from a separate load process, next to a bare insert loop.
 
-    python bench/ingest.py [--seconds 15] [--connections 16] [--quick]
+    python bench/ingest.py [--seconds 15] [--connections 16] [--api-processes N] [--quick]
 
 All figures come from the same run on the same throwaway embedded PostgreSQL:
 
@@ -9,7 +9,9 @@ All figures come from the same run on the same throwaway embedded PostgreSQL:
 2. for context, the same loop from `--connections` clients at once, where PostgreSQL's group commit shares each
    WAL flush between many commits (no HTTP service on this machine comes near it: a bare Litestar one-row endpoint
    serves 1.3k-1.9k req/s here, DESIGN.md section 5);
-3. `deskpilot serve --no-worker` driven to its maximum by a closed-loop load process on loopback;
+3. `deskpilot serve --no-worker --processes N` (N = `--api-processes`, default 1; on this 2-core machine a second
+   process adds nothing, the cores are already shared with the load and PostgreSQL) driven to its maximum by a
+   closed-loop load process on loopback;
 4. the same server at half that rate (open loop) for latency.
 
 Prints one JSON line; exits non-zero when the targets (webhook >= 50 % of the bare loop, p99 < 50 ms at half
@@ -179,6 +181,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="5-second phases")
+    parser.add_argument(
+        "--api-processes",
+        type=int,
+        default=1,
+        help="API processes (`deskpilot serve --no-worker --processes N`)",
+    )
     parser.add_argument("--load", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--run", default="run", help=argparse.SUPPRESS)
@@ -207,6 +215,8 @@ def main() -> int:
         },
         root / "serve.log",
         "--no-worker",
+        "--processes",
+        str(args.api_processes),
     )
     try:
         service.wait_ready()
@@ -232,6 +242,7 @@ def main() -> int:
         "statuses": peak["statuses"],
         "seconds_per_phase": seconds,
         "connections": args.connections,
+        "api_processes": args.api_processes,
     }
     print(json.dumps(result))
     ok = result["ratio_vs_bare"] >= 0.5 and result["half_p99_ms"] < 50

@@ -122,8 +122,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "the answers of the peak phase.\n\n"
             "Each webhook request pays for HTTP parsing, JSON validation, e-mail validation, normalization and a "
             "five-table insert (customer, ticket, first message, idempotency key, status history + NOTIFY, sent as "
-            "one statement, one round trip). Beyond one API process, throughput grows with more API processes "
-            "(`uvicorn app.asgi:create_app --factory --workers N`), which a 2-core machine cannot show."
+            "one statement, one round trip). On more cores, `deskpilot serve --no-worker --processes N` adds API "
+            "processes (`python bench/ingest.py --api-processes N`); on this 2-core machine a second process "
+            "adds nothing, since the load process and PostgreSQL already share the two cores with it."
         ),
     ),
     Benchmark(

@@ -734,5 +734,6 @@ async def load_paths(
         loader.cancel()
     if prune and kind == "article":
         await loader.prune(roots)
+    await store.refresh_statistics(conn)
     report.seconds = time.perf_counter() - started
     return report

@@ -24,7 +24,7 @@ TITLE_CHARS = 100
 # A ticket body can be long; past a few dozen distinct words a text query adds cost and no precision.
 MAX_QUERY_TERMS = 32
 # Rows the full-text arm may be expected to match (and rank) per table; see `_selective_tsquery`.
-TEXT_MATCH_BUDGET = 1000
+TEXT_MATCH_BUDGET = 300
 _WORD = re.compile(r"\w+")
 
 

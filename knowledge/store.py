@@ -274,7 +274,20 @@ async def insert_resolutions(conn: Any, rows: Sequence[ResolutionRow]) -> int:
         await conn.execute("DROP TABLE resolution_stage")
         if added:
             await bump_knowledge_version(conn)
+        if len(added) >= BULK_ROWS:
+            await refresh_statistics(conn)
     return len(added)
+
+
+# A load of at least this many rows refreshes the planner statistics at once.
+BULK_ROWS = 100
+
+
+async def refresh_statistics(conn: Any) -> None:
+    """ANALYZE the searchable tables after a bulk load. The text arm of `knowledge.retrieval.search` picks its
+    terms by the planner's lexeme statistics; until autovacuum gathers them, every term of a query is searched and
+    ranked, several times slower on a large table."""
+    await conn.execute("ANALYZE kb_chunks, past_resolutions")
 
 
 def _vector(vector: np.ndarray) -> np.ndarray:

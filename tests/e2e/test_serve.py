@@ -23,9 +23,13 @@ EXPORT_QUESTION = {
 }
 
 
-def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path, pg_data_root: Path) -> None:
-    env = {"DESKPILOT_DATA_DIR": str(pg_data_root / "data")}
-    server = ServerProcess.serve(env, tmp_path / "serve.log", "--no-worker")
+@pytest.mark.parametrize("processes", [1, 2], ids=["one API process", "two API processes"])
+def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(
+    tmp_path: Path, pg_data_root: Path, processes: int
+) -> None:
+    data = pg_data_root / f"data-{processes}"
+    env = {"DESKPILOT_DATA_DIR": str(data)}
+    server = ServerProcess.serve(env, tmp_path / "serve.log", "--no-worker", "--processes", str(processes))
     try:
         server.wait_ready()
         assert "UNSIGNED" in server.log()  # the loud start-up warning without a webhook secret
@@ -44,9 +48,23 @@ def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(tmp_path: Path,
     assert code == 0, server.log()
     assert "Traceback" not in server.log()
     # The embedded server the service started is stopped with it.
-    assert not (pg_data_root / "data" / "pgdata" / "postmaster.pid").exists()
+    assert not (data / "pgdata" / "postmaster.pid").exists()
     # The embedded server's data survives the restart of the service.
-    assert (pg_data_root / "data" / "pgdata" / "PG_VERSION").exists()
+    assert (data / "pgdata" / "PG_VERSION").exists()
+
+
+def test_several_api_processes_need_the_worker_elsewhere(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--processes", "2"],
+        cwd=REPO,
+        env={**os.environ, "DESKPILOT_DATA_DIR": str(tmp_path / "unused")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--processes needs --no-worker" in result.stderr
+    assert not (tmp_path / "unused").exists()  # refused before any database was started
 
 
 def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:

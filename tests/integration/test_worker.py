@@ -144,6 +144,42 @@ async def test_a_poison_ticket_backs_off_then_is_parked_while_others_flow(
     assert claims(worker, "parked") == 1
 
 
+async def test_a_ticket_whose_workers_keep_dying_is_parked_without_running_again(
+    worker_pool: asyncpg.Pool, worker_settings: Callable[..., Settings]
+) -> None:
+    process = FakeProcessor(worker_pool)
+    killer, *good = await insert_queued_tickets(worker_pool, 4)
+    # Three workers took it and vanished (kill -9, out of memory): each left a lease that ran out unfinished.
+    for n in range(3):
+        await worker_pool.execute(
+            """UPDATE tickets SET next_attempt_at = CASE WHEN id = $1 THEN now() ELSE now() + interval '1 hour' END""",
+            killer,
+        )
+        async with worker_pool.acquire() as conn:
+            claim = await claim_next_ticket(conn, f"doomed-{n}", 60.0)
+        assert claim is not None and claim.ticket_id == killer
+        assert claim.failures == n
+        await worker_pool.execute("UPDATE tickets SET lease_expires_at = now() - interval '1 second'")
+    await worker_pool.execute("UPDATE tickets SET next_attempt_at = now()")
+
+    worker = make_worker(worker_pool, worker_settings(DESKPILOT_MAX_ATTEMPTS="3"), process, concurrency=2)
+    async with running_worker(worker):
+
+        async def parked() -> bool:
+            return (await ticket(worker_pool, killer))["parked_at"] is not None
+
+        await eventually(parked, within_s=10, what="the ticket that kills its workers parked")
+        await eventually(tickets_done(worker_pool, good), within_s=10, what="the other tickets completed")
+
+    row = await ticket(worker_pool, killer)
+    assert row["needs_review"] is True
+    assert row["lease_owner"] is None
+    assert row["last_error"].startswith("app.queue.HoldersVanished: 3 attempts ended without finishing")
+    assert process.calls_for(killer) == []  # parked, not run a fourth time
+    assert sorted(claim.ticket_id for claim in process.completed) == sorted(good)
+    assert claims(worker, "parked") == 1
+
+
 # --- leases -------------------------------------------------------------------------------------------------
 
 

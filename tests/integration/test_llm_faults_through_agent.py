@@ -186,16 +186,11 @@ async def assert_sent_only_what_the_receiver_accepted(
     return list(deliveries)
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
-async def test_a_failed_model_with_fallback_escalate_escalates_with_its_reason_and_sends_nothing(
-    pool: asyncpg.Pool,
-    agent_for: Callable[[str], tuple[TicketProcessor, Settings]],
-    llm: FakeOpenAI,
-    receiver: HttpReceiver,
-    fault: str,
-) -> None:
-    steps, kind, calls = FAULTS[fault]
-    processor, settings = agent_for("escalate")
+async def process_with_failing_model(
+    pool: asyncpg.Pool, processor: TicketProcessor, llm: FakeOpenAI, fault: str, *, decision: str
+) -> UUID:
+    """A new webhook ticket through the graph while the model fails as `fault` says; returns the ticket id."""
+    steps, _kind, calls = FAULTS[fault]
     ticket_id = await new_ticket(
         pool,
         subject="Change the card",
@@ -205,9 +200,23 @@ async def test_a_failed_model_with_fallback_escalate_escalates_with_its_reason_a
     )
     llm.script(*steps())
     started = time.monotonic()
-    assert await processor(await claim(pool, ticket_id)) == "escalate"
+    assert await processor(await claim(pool, ticket_id)) == decision
     assert time.monotonic() - started < 30  # bounded: our timeout and retries, never the client's 600 s
     assert len(llm.requests) == calls
+    return ticket_id
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_a_failed_model_with_fallback_escalate_escalates_with_its_reason_and_sends_nothing(
+    pool: asyncpg.Pool,
+    agent_for: Callable[[str], tuple[TicketProcessor, Settings]],
+    llm: FakeOpenAI,
+    receiver: HttpReceiver,
+    fault: str,
+) -> None:
+    _steps, kind, calls = FAULTS[fault]
+    processor, settings = agent_for("escalate")
+    ticket_id = await process_with_failing_model(pool, processor, llm, fault, decision="escalate")
 
     now = datetime.now(UTC)
     assert await drain(pool, settings, now) == 0
@@ -239,20 +248,9 @@ async def test_a_failed_model_with_fallback_offline_is_answered_offline_and_sent
     receiver: HttpReceiver,
     fault: str,
 ) -> None:
-    steps, kind, calls = FAULTS[fault]
+    _steps, kind, _calls = FAULTS[fault]
     processor, settings = agent_for("offline")
-    ticket_id = await new_ticket(
-        pool,
-        subject="Change the card",
-        body="Where do I replace the card you charge every month?",
-        channel="webhook",
-        email=f"{uuid4().hex[:8]}@example.com",
-    )
-    llm.script(*steps())
-    started = time.monotonic()
-    assert await processor(await claim(pool, ticket_id)) == "deliver"
-    assert time.monotonic() - started < 30
-    assert len(llm.requests) == calls
+    ticket_id = await process_with_failing_model(pool, processor, llm, fault, decision="deliver")
     drafted = await step_output(pool, ticket_id, "draft")
     assert drafted["drafter"] == "offline"
     assert any(note.startswith(f"LLM failed ({kind}:") for note in drafted["notes"]), drafted["notes"]

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import signal
 import sys
@@ -43,6 +42,7 @@ from app.metrics import Metrics
 from app.settings import PROJECT_ROOT, Settings
 from app.worker import Processor, ProcessorFactory, run_worker_process
 from knowledge.embedder import get_embedder
+from tests.support.workers import log_to_stderr
 
 POINTS = (*(f"after:{name}" for name in PIPELINE), "deliver:before-commit", "deliver:after-commit")
 KILL_MARK = "agent_worker: SIGKILL at"
@@ -118,11 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--die-at", choices=POINTS, default=None)
     parser.add_argument("--no-outbox", action="store_true", help="do not send deliveries from this process")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr()
     settings = Settings.from_env(env_file=None)
     get_embedder(settings.embedding_model)  # warm: the processor's first `embeddings()` finds it loaded
     if args.no_outbox:

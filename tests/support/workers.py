@@ -214,6 +214,15 @@ def recording_processor(mode: str, sleep_s: float) -> ProcessorFactory:
     return make
 
 
+def log_to_stderr() -> None:
+    """A worker process's log, as the tests read it: INFO and up, each line with its process id."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
@@ -222,11 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sleep-s", type=float, default=2.0)
     parser.add_argument("--grace-s", type=float, default=20.0)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr()
     settings = Settings.from_env(env_file=None)
     asyncio.run(
         run_worker_process(

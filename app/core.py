@@ -7,7 +7,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -57,10 +57,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     await db.migrate(url)
     settings = runtime.settings
     if runtime.run_worker:
-        # Room for the in-process worker's slots and heartbeats next to the API's requests.
-        settings = replace(
-            settings, db_pool_max=max(settings.db_pool_max, 2 * settings.worker_concurrency + 4)
-        )
+        settings = settings.sized_for_worker(settings.worker_concurrency)
     runtime.pool = await db.create_pool(url, settings)
     if runtime.run_worker:
         from app.worker import start_background_work

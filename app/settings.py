@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,11 @@ class Settings:
             merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         merged.update(os.environ)
         return cls.from_mapping(merged)
+
+    def sized_for_worker(self, concurrency: int) -> Settings:
+        """These settings with a pool big enough for a worker of `concurrency` slots: each slot's processor and
+        heartbeat, next to the claim, LISTEN, outbox and maintenance (and the API's requests, in `serve`)."""
+        return replace(self, db_pool_max=max(self.db_pool_max, 2 * concurrency + 4))
 
     def public_view(self) -> dict[str, Any]:
         """Settings safe to show in /health and traces: secrets reduced to whether they are set."""

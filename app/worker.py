@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import os
@@ -717,9 +716,7 @@ async def run_worker_process(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        # Room for every slot's processor and heartbeat next to the claim, LISTEN, outbox and maintenance.
-        sized = dataclasses.replace(settings, db_pool_max=max(settings.db_pool_max, 2 * concurrency + 4))
-        pool = await _connect_pool(url, sized, stop)
+        pool = await _connect_pool(url, settings.sized_for_worker(concurrency), stop)
         if pool is None:
             return
         try:

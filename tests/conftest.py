@@ -21,7 +21,9 @@ from litestar.testing import AsyncTestClient
 
 from app import db
 from app.asgi import create_app
-from app.settings import Settings
+from app.settings import PROJECT_ROOT, Settings
+from knowledge.loader import load_paths
+from tests.support.http_receiver import HttpReceiver
 
 # Everything but the migration bookkeeping; emptied before each test that asks for the database.
 DATA_TABLES = (
@@ -69,11 +71,24 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+async def empty_data_tables(pool: asyncpg.Pool) -> None:
+    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    await pool.execute("UPDATE knowledge_version SET version = 0, changed_at = now()")
+
+
+async def load_example_resolutions(conn: Any, embedder: Any) -> int:
+    """`examples/resolutions.jsonl` through the real loader (`deskpilot kb load`); returns the rows added."""
+    report = await load_paths(
+        conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution"
+    )
+    assert report.resolutions > 50 and not report.errors, report
+    return report.resolutions
+
+
 @pytest.fixture
 async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
     """The session pool with every data table emptied first: each test starts from nothing."""
-    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
-    await pool.execute("UPDATE knowledge_version SET version = 0, changed_at = now()")
+    await empty_data_tables(pool)
     return pool
 
 
@@ -144,3 +159,11 @@ def embedder() -> Any:
     from knowledge.embedder import get_embedder
 
     return get_embedder()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[HttpReceiver]:
+    """A real HTTP server on loopback recording the webhook deliveries it receives."""
+    server = await HttpReceiver().start()
+    yield server
+    await server.stop()

@@ -39,8 +39,7 @@ from app.asgi import create_app
 from app.metrics import Metrics
 from app.queue import claim_next_ticket
 from app.settings import PROJECT_ROOT, Settings
-from knowledge.loader import load_paths
-from tests.conftest import DATA_TABLES
+from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.support.agent_worker import KILL_MARK, POINTS, AgentWorkerProcess
 from tests.support.server import free_port
 from tests.support.workers import eventually
@@ -125,13 +124,9 @@ def smtp_sink() -> Iterator[SmtpSink]:
 @pytest.fixture(scope="module")
 async def history(pool: asyncpg.Pool, embedder: Any) -> None:
     """Empty tables, then the example past resolutions through the real loader (`deskpilot kb load`)."""
-    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
-    await pool.execute("UPDATE knowledge_version SET version = 0")
+    await empty_data_tables(pool)
     async with pool.acquire() as conn:
-        report = await load_paths(
-            conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution"
-        )
-    assert report.resolutions > 50 and not report.errors, report
+        await load_example_resolutions(conn, embedder)
 
 
 def worker_env(database_url: str, sink: SmtpSink, data_dir: Path) -> dict[str, str]:

@@ -24,7 +24,7 @@ import pytest
 
 from app import db
 from app.settings import PROJECT_ROOT, Settings
-from knowledge.loader import load_paths
+from tests.conftest import load_example_resolutions
 from tests.support.fake_openai import FakeOpenAI, reply_json, slow
 from tests.support.pg import ThrowawayPostgres
 from tests.support.server import ServerProcess
@@ -60,10 +60,7 @@ async def seed_history(url: str, embedder: Any) -> None:
     """The schema and the example past resolutions, so that the how-to questions are answered."""
     await db.migrate(url)
     async with db.pool_for(url, Settings(db_pool_min=1, db_pool_max=2)) as pool, pool.acquire() as conn:
-        report = await load_paths(
-            conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution"
-        )
-    assert report.resolutions > 50 and not report.errors, report
+        await load_example_resolutions(conn, embedder)
 
 
 def question(name: str, tag: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -22,13 +22,6 @@ from tests.support.delivery import delivery_row, seed_agent_reply, seed_attempt,
 from tests.support.http_receiver import HttpReceiver, Reply
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[HttpReceiver]:
-    server = await HttpReceiver().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -28,9 +28,8 @@ from agent.llm import LLMDrafter
 from agent.runner import TicketProcessor
 from app.delivery import outbox
 from app.metrics import Metrics
-from app.settings import PROJECT_ROOT, Settings
-from knowledge.loader import load_paths
-from tests.conftest import DATA_TABLES
+from app.settings import Settings
+from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.integration.kb_support import memo_embedder
 from tests.integration.test_agent_graph import claim, fixed_calibration, new_ticket
 from tests.support.fake_openai import FakeOpenAI, Step, hang, invalid_json, refusal, reply_json, reset, status
@@ -73,14 +72,9 @@ FAULTS: dict[str, tuple[Callable[[], list[Step]], str, int]] = {
 @pytest.fixture(scope="module")
 async def history(pool: asyncpg.Pool, embedder: Any) -> int:
     """The example past resolutions, loaded once for this module: the ticket below has a grounded answer."""
-    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
-    await pool.execute("UPDATE knowledge_version SET version = 0")
+    await empty_data_tables(pool)
     async with pool.acquire() as conn:
-        report = await load_paths(
-            conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=memo_embedder(embedder), kind="resolution"
-        )
-    assert not report.errors and report.resolutions > 0
-    return report.resolutions
+        return await load_example_resolutions(conn, memo_embedder(embedder))
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +86,6 @@ def models() -> RoutingModelCache:
 def llm() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
         yield server
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[HttpReceiver]:
-    server = await HttpReceiver().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

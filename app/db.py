@@ -118,6 +118,12 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     return pool
 
 
+def snapshot(conn: asyncpg.Connection) -> Any:
+    """A read-only REPEATABLE READ transaction: a reader that runs several queries sees one commit's state, never
+    half of a concurrent one (say, an attempt's decision but not the ticket status committed with it)."""
+    return conn.transaction(isolation="repeatable_read", readonly=True)
+
+
 @asynccontextmanager
 async def pool_for(url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(url, settings)

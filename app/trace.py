@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import snapshot
 from app.tickets import get_ticket
 
 _ATTEMPT_COLUMNS = """
@@ -27,48 +28,50 @@ async def get_trace(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]
     "steps": [{seq, node, started_at, duration_ms, output, error}], "deliveries": [...], "reviews": [...]}],
     "unattached_deliveries": [...], "unattached_reviews": [...]} (reviewer replies and reviews whose attempt is gone).
     """
-    ticket = await get_ticket(conn, ticket_id)
-    status_history = [
-        dict(r)
-        for r in await conn.fetch(
-            """SELECT id, from_status, to_status, reason, at FROM ticket_status_history
-               WHERE ticket_id = $1 ORDER BY at, id""",
+    async with snapshot(conn):
+        ticket = await get_ticket(conn, ticket_id)
+        status_history = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT id, from_status, to_status, reason, at FROM ticket_status_history
+                   WHERE ticket_id = $1 ORDER BY at, id""",
+                ticket_id,
+            )
+        ]
+        messages = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
+                          read_at, created_at
+                   FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
+                ticket_id,
+            )
+        ]
+        attempts = [
+            dict(r)
+            for r in await conn.fetch(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM resolution_attempts WHERE ticket_id = $1 "
+                "ORDER BY attempt_no, started_at",
+                ticket_id,
+            )
+        ]
+        attempt_ids = [a["id"] for a in attempts]
+        steps = await conn.fetch(
+            """SELECT attempt_id, seq, node, started_at, duration_ms, output, error FROM attempt_steps
+               WHERE attempt_id = ANY($1::uuid[]) ORDER BY attempt_id, seq""",
+            attempt_ids,
+        )
+        deliveries = await conn.fetch(
+            """SELECT id, attempt_id, message_id, channel, idempotency_key, recipient, subject, body, origin, status,
+                      tries, next_attempt_at, last_error, sent_at, created_at, updated_at
+               FROM deliveries WHERE ticket_id = $1 ORDER BY created_at, id""",
             ticket_id,
         )
-    ]
-    messages = [
-        dict(r)
-        for r in await conn.fetch(
-            """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
-                      read_at, created_at
-               FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
+        reviews = await conn.fetch(
+            """SELECT id, attempt_id, action, draft, sent_text, diff, note, reviewer, created_at
+               FROM reviews WHERE ticket_id = $1 ORDER BY created_at, id""",
             ticket_id,
         )
-    ]
-    attempts = [
-        dict(r)
-        for r in await conn.fetch(
-            f"SELECT {_ATTEMPT_COLUMNS} FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no, started_at",
-            ticket_id,
-        )
-    ]
-    attempt_ids = [a["id"] for a in attempts]
-    steps = await conn.fetch(
-        """SELECT attempt_id, seq, node, started_at, duration_ms, output, error FROM attempt_steps
-           WHERE attempt_id = ANY($1::uuid[]) ORDER BY attempt_id, seq""",
-        attempt_ids,
-    )
-    deliveries = await conn.fetch(
-        """SELECT id, attempt_id, message_id, channel, idempotency_key, recipient, subject, body, origin, status,
-                  tries, next_attempt_at, last_error, sent_at, created_at, updated_at
-           FROM deliveries WHERE ticket_id = $1 ORDER BY created_at, id""",
-        ticket_id,
-    )
-    reviews = await conn.fetch(
-        """SELECT id, attempt_id, action, draft, sent_text, diff, note, reviewer, created_at
-           FROM reviews WHERE ticket_id = $1 ORDER BY created_at, id""",
-        ticket_id,
-    )
     by_id: dict[Any, dict[str, Any]] = {}
     for attempt in attempts:
         attempt["steps"] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import pytest
 
 
 async def test_health_reports_database_ok(client: Any) -> None:
@@ -102,3 +103,57 @@ async def test_admin_token_required_when_set(make_client: Any) -> None:
         ok = await c.get("/api/tickets", headers={"Authorization": "Bearer s3cret-admin"})
         assert ok.status_code == 200
         assert (await c.get("/health")).status_code == 200
+
+
+class _CommitsAfterFirstRead:
+    """A connection that lets another session commit right after the reader's first query, the moment a
+    non-snapshot reader would go on to see half of that commit."""
+
+    def __init__(self, conn: asyncpg.Connection, commit: Any) -> None:
+        self._conn = conn
+        self._commit = commit
+        self._committed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetchrow(self, *args: Any) -> Any:
+        row = await self._conn.fetchrow(*args)
+        if not self._committed:
+            self._committed = True
+            await self._commit()
+        return row
+
+
+@pytest.mark.parametrize("reader", ["detail", "trace"])
+async def test_a_reader_never_sees_half_of_a_concurrent_decision(clean_db: asyncpg.Pool, reader: str) -> None:
+    from app.tickets import get_ticket_detail
+    from app.trace import get_trace
+
+    customer_id = await clean_db.fetchval("INSERT INTO customers (email) VALUES ('s@example.com') RETURNING id")
+    ticket_id = await clean_db.fetchval(
+        """INSERT INTO tickets (external_id, customer_id, channel, subject, body, raw_payload, status)
+           VALUES ('snap-1', $1, 'email', 'subject', 'body', '{}'::jsonb, 'in_progress') RETURNING id""",
+        customer_id,
+    )
+    await clean_db.execute("INSERT INTO resolution_attempts (ticket_id, attempt_no) VALUES ($1, 1)", ticket_id)
+
+    async def decide() -> None:
+        async with clean_db.acquire() as writer, writer.transaction():
+            await writer.execute("UPDATE tickets SET status = 'resolved' WHERE id = $1", ticket_id)
+            await writer.execute(
+                "UPDATE resolution_attempts SET decision = 'deliver', state = 'completed' WHERE ticket_id = $1",
+                ticket_id,
+            )
+
+    async with clean_db.acquire() as conn:
+        proxy: Any = _CommitsAfterFirstRead(conn, decide)
+        if reader == "detail":
+            seen = await get_ticket_detail(proxy, ticket_id)
+            status, attempts = seen["status"], seen["attempts"]
+        else:
+            seen = await get_trace(proxy, ticket_id)
+            status, attempts = seen["ticket"]["status"], seen["attempts"]
+    assert proxy._committed
+    assert (status, attempts[0]["decision"]) == ("in_progress", None)
+    assert await clean_db.fetchval("SELECT status FROM tickets WHERE id = $1", ticket_id) == "resolved"

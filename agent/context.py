@@ -16,7 +16,7 @@ import asyncpg
 from agent.classifier import RoutingModelCache, RoutingModels
 from agent.confidence import Calibration
 from agent.drafting import Drafter
-from agent.embedding import EmbeddingBatcher
+from agent.embedding import QueryEmbedder
 from app.metrics import Metrics
 from app.queue import Claim
 from app.settings import Settings
@@ -55,7 +55,7 @@ class MemoryRecorder:
 class Context:
     settings: Settings
     pool: asyncpg.Pool
-    embeddings: EmbeddingBatcher
+    embeddings: QueryEmbedder
     models: RoutingModelCache
     drafter: Drafter
     calibration: Calibration

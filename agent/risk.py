@@ -4,6 +4,12 @@ injection, security / data-loss / outage reports, legal threats and repeated con
 Patterns are generic phrasings in English, German, Spanish, French and Portuguese, matched on a folded copy of the
 text (NFKC, invisible characters dropped, lower case, accents stripped), so obfuscation the ingest normalizer
 missed, or text that never went through it, is still caught.
+
+The whole-text tables (injection, incidents, threats, repeats) run on RE2: a backtracking engine tries every
+alternative at every position, which on a ticket-length text and its decoded variants cost milliseconds per
+ticket; RE2's automaton reads the text once. RE2's `\b` is the ASCII word boundary, so a pattern glued to a
+non-Latin letter still matches (a stricter check, never a looser one). Sentence-level demand patterns, one of which
+needs a lookahead RE2 lacks, stay on `re`.
 """
 
 # ruff: noqa: E501  (pattern tables read best with one alternative per line)
@@ -14,7 +20,9 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import re2
 
 RiskKind = Literal[
     "refund_demand",
@@ -98,6 +106,15 @@ def _sentences(folded: str) -> list[str]:
 
 def _rx(*alternatives: str) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{a})" for a in alternatives))
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = 64 << 20  # the injection table's automaton outgrows RE2's 8 MiB default
+
+
+def _automaton(*alternatives: str) -> Any:
+    """`_rx` compiled by RE2 (same `search`/match API): one pass over the text whatever the number of alternatives."""
+    return re2.compile("|".join(f"(?:{a})" for a in alternatives), _RE2_OPTIONS)
 
 
 # --- demands ------------------------------------------------------------------------------------------------
@@ -210,7 +227,7 @@ def _demand_risks(sentences: list[str]) -> list[Risk]:
 
 # --- prompt injection ---------------------------------------------------------------------------------------
 
-_INJECTION = _rx(
+_INJECTION = _automaton(
     r"\b(?:ignore|disregard|forget|override|bypass|skip) (?:all |any |the |your |my |these |those )*(?:previous|prior|above|earlier|preceding|former|original|system|initial|existing|safety)? ?(?:instructions?|rules|prompts?|directions|guidelines|directives|guardrails|polic(?:y|ies)|context|restrictions)\b",
     r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what is|what are) (?:me )?(?:your|the|its) (?:full |entire |original |hidden |secret |initial )?(?:system|hidden|initial|developer|secret|original) ?(?:prompt|instructions|message|rules|configuration)\b",
     r"\bsystem prompt\b",
@@ -267,7 +284,7 @@ _INJECTION = _rx(
 )
 _LEET = str.maketrans("013457@$", "oieastas")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
-_INJECTION_COMPACT = _rx(
+_INJECTION_COMPACT = _automaton(
     r"(?:ignore|disregard|forget)(?:all|the|your|any)*(?:previous|prior|above|earlier)(?:instructions?|rules|prompts?)",
     r"(?:reveal|print|show|repeat|output)(?:me)?(?:your|the)(?:system|hidden|initial)prompt",
     r"ignor(?:e|iere)(?:alle)?(?:vorherigen)anweisungen",
@@ -276,7 +293,7 @@ _INJECTION_COMPACT = _rx(
 
 # --- incidents, threats, repeats ----------------------------------------------------------------------------
 
-_EXFILTRATION = _rx(
+_EXFILTRATION = _automaton(
     r"\b(?:other|another|all) (?:customers?|users?|clients?|companies|people)'?s? (?:emails?|e-mails?|data|details|names?|tickets?|messages?|phone numbers?|addresses|accounts?|contact)",
     r"\b(?:list|show|give|send|tell|export|output|dump)\b[^.\n]{0,40}\b(?:other|all|every) (?:customers|users|clients|companies)\b",
     r"\b(?:contents|dump|export|copy) of (?:your |the )?(?:customer|user|client) database\b",
@@ -289,7 +306,7 @@ _EXFILTRATION = _rx(
     r"\blast \d+ tickets (?:submitted|sent|opened) by (?:other|all)",
     r"\bappend\b[^.\n]{0,40}\bto the url\b",
 )
-_SECURITY = _rx(
+_SECURITY = _automaton(
     r"\b(?:security|data) (?:breach|incident|leak|compromise)\b",
     r"\b(?:been|was|were|got|get|is|are) (?:hacked|compromised|breached)\b",
     r"\b(?:hacked|compromised) (?:account|accounts|server|servers|system|systems|credentials|card|database)\b",
@@ -304,7 +321,7 @@ _SECURITY = _rx(
     r"\b(?:faille de securite|violation de (?:donnees|securite)|pirate|acces non autorise|fuite de donnees)\b",
     r"\b(?:violacao de (?:dados|seguranca)|hackeado|hackeada|acesso nao autorizado|vazamento de dados)\b",
 )
-_DATA_LOSS = _rx(
+_DATA_LOSS = _automaton(
     r"\bdata loss\b",
     r"\b(?:lost|losing|lose) (?:all |some |most )?(?:of )?(?:my |our |the |their )?(?:data|files|documents|records|work|database|backups?|emails|photos)\b",
     r"\b(?:data|files|documents|records|database|backups?|emails|projects?) (?:(?:was|were|has been|have been|got|is|are|seems?|appears?) )?(?:(?:to have been|to be) )?(?:deleted|wiped|erased|lost|gone|corrupted|disappeared|vanished|missing)\b",
@@ -313,7 +330,7 @@ _DATA_LOSS = _rx(
     r"\b(?:perte de donnees|(?:donnees|fichiers) (?:perdu|supprime|efface|corrompu)e?s?)\b",
     r"\b(?:perda de dados|(?:dados|arquivos) (?:perdidos|apagados|corrompidos))\b",
 )
-_OUTAGE = _rx(
+_OUTAGE = _automaton(
     r"\b(?:outage|downtime|service disruption|service interruption|major incident)\b",
     r"\b(?:site|service|system|platform|server|servers|app|application|api|dashboard|website|portal|network|production|database) (?:is|are|went|has gone|have gone|seems|appears) (?:completely |totally |entirely )?(?:down|offline|unreachable|unavailable|not responding)\b",
     r"\b(?:nobody|no one|none of (?:our|the) users) (?:can|is able to) (?:access|log ?in|sign ?in|use)\b",
@@ -325,7 +342,7 @@ _OUTAGE = _rx(
     r"\b(?:panne|interruption de service|(?:service|serveur|systeme|site) (?:est )?(?:en panne|indisponible|hors service|inaccessible))\b",
     r"\b(?:interrupcao (?:do|no|de) (?:servico|sistema)|fora do ar|(?:servico|servidor|sistema) (?:caiu|indisponivel|esta fora))\b",
 )
-_LEGAL = _rx(
+_LEGAL = _automaton(
     r"\b(?:my |our )?(?:lawyer|lawyers|attorney|attorneys|solicitor|legal counsel|legal team)\b",
     r"\b(?:sue|suing|sued) (?:you|your|the company|them)\b",
     r"\b(?:lawsuit|class action|small claims|legal action|legal proceedings|legal steps|take (?:you|this|the matter) to court)\b",
@@ -337,7 +354,7 @@ _LEGAL = _rx(
     r"\b(?:avocat|avocats|poursuites judiciaires|action en justice|poursuivre en justice|porter plainte)\b",
     r"\b(?:advogado|advogados|acao judicial|medidas legais|processar voces|processa-los)\b",
 )
-_REPEAT = _rx(
+_REPEAT = _automaton(
     r"\b(?:for the|this is the|this is my) (?:second|third|fourth|fifth|\d+(?:st|nd|rd|th)) (?:time|attempt|request|email|message|ticket)\b",
     r"\b(?:already|previously) (?:contacted|reported|wrote|written|emailed|called|asked|opened a ticket|raised|submitted|sent)\b",
     r"\b(?:contacting|writing|emailing|asking|reaching out|reporting) (?:to )?(?:you )?again\b",

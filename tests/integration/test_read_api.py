@@ -24,9 +24,7 @@ async def test_metrics_are_prometheus_text(client: Any) -> None:
 
 
 async def test_customer_upsert_then_event(client: Any, clean_db: asyncpg.Pool) -> None:
-    created = await client.post(
-        "/api/customers", json={"email": "Ada@Example.COM", "name": "Ada", "tier": "pro"}
-    )
+    created = await client.post("/api/customers", json={"email": "Ada@Example.COM", "name": "Ada", "tier": "pro"})
     assert created.status_code == 201, created.text
     customer = created.json()
     assert customer["email"] == "ada@example.com"
@@ -50,16 +48,12 @@ async def test_customer_validation_names_the_field(client: Any) -> None:
     bad_tier = await client.post("/api/customers", json={"email": "a@b.co", "tier": "platinum"})
     assert bad_tier.status_code == 422
     assert "tier" in bad_tier.json()["detail"]
-    missing = await client.post(
-        "/api/customers/00000000-0000-0000-0000-000000000000/events", json={"kind": "x"}
-    )
+    missing = await client.post("/api/customers/00000000-0000-0000-0000-000000000000/events", json={"kind": "x"})
     assert missing.status_code == 404
 
 
 async def test_ticket_list_filters_and_paginates(client: Any, clean_db: asyncpg.Pool) -> None:
-    customer_id = await clean_db.fetchval(
-        "INSERT INTO customers (email) VALUES ('p@example.com') RETURNING id"
-    )
+    customer_id = await clean_db.fetchval("INSERT INTO customers (email) VALUES ('p@example.com') RETURNING id")
     for i in range(5):
         await clean_db.execute(
             """INSERT INTO tickets (external_id, customer_id, channel, subject, body, raw_payload, status,

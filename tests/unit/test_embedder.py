@@ -19,6 +19,7 @@ from knowledge.embedder import (
     check_dimension,
     embed,
     get_embedder,
+    length_groups,
     packaged_model_path,
 )
 
@@ -57,6 +58,49 @@ def test_batching_does_not_change_the_vectors(embedder: Any) -> None:
     assert embedder.batch_size == BATCH_SIZE == 32
     assert together.shape == (len(texts), 384)
     np.testing.assert_allclose(together[:6], one_by_one, atol=1e-5)
+
+
+def test_groups_keep_padding_small_and_cover_every_text_once() -> None:
+    lengths = [600, 20, 21, 580, 22, 1500, 20, 610, 19]
+    groups = length_groups(lengths, max_size=32)
+
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    for group in groups:
+        sizes = [lengths[i] for i in group]
+        assert sizes == sorted(sizes)
+        assert len(group) * max(sizes) <= 1.2 * sum(sizes) or len(group) == 1
+    assert [lengths[i] for i in groups[0]] == [19, 20, 20, 21, 22]  # the short ones together
+    assert [[lengths[i] for i in g] for g in groups[-1:]] == [[1500]]  # a long one alone
+    assert len(length_groups([100] * 100, max_size=32)) == 4  # at most max_size per group
+    assert all(len(g) <= 4 for g in length_groups([1000] * 10, max_size=32, max_chars=4096))
+    assert length_groups([0, 0], max_size=32) == [[0, 1]]
+
+
+def test_concurrent_callers_get_the_same_vectors_as_one_caller(embedder: Any) -> None:
+    # Replicas run in parallel threads, each with its own tokenizer; callers from many threads share them.
+    texts = [f"{TEXTS[i % len(TEXTS)]} " + "and more detail " * (i % 9) for i in range(24)]
+    alone = embedder.encode(texts)
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def call(n: int) -> None:
+        try:
+            results[n] = embedder.encode(texts[n::3]) if n < 3 else embedder.encode([texts[n]])
+        except BaseException as exc:  # the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert embedder.replicas >= 1
+    for n in range(3):
+        np.testing.assert_allclose(results[n], alone[n::3], atol=1e-5)
+    for n in range(3, 12):
+        np.testing.assert_allclose(results[n][0], alone[n], atol=1e-5)
 
 
 def test_one_instance_per_model(embedder: Any) -> None:

@@ -14,9 +14,10 @@ import asyncpg
 from app.queue import Claim
 
 
-def json_safe(value: Any) -> Any:
-    """Node outputs as plain JSON (UUIDs, datetimes and numpy scalars as strings or floats)."""
-    return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
+def json_text(value: Any) -> str:
+    """Node outputs as JSON text (UUIDs, datetimes and numpy scalars as strings or floats), for a `$n::text::jsonb`
+    parameter: encoded once here, where the pool's jsonb codec would need plain objects first."""
+    return json.dumps(value, default=_default, ensure_ascii=False)
 
 
 def _default(value: Any) -> Any:
@@ -72,13 +73,13 @@ class DatabaseRecorder:
             await conn.execute(
                 """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
                    INSERT INTO attempt_steps (attempt_id, seq, node, started_at, duration_ms, output, error)
-                   SELECT $1, $2, $3, $4, $5, $6, $7 FROM async_commit""",
+                   SELECT $1, $2, $3, $4, $5, $6::text::jsonb, $7 FROM async_commit""",
                 self.attempt_id,
                 self.seq,
                 node,
                 started_at,
                 duration_ms,
-                json_safe(output),
+                json_text(output),
                 error,
             )
 

@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 
-from agent.audit import json_safe
+from agent.audit import json_text
 from agent.state import AgentState
 from app.delivery.outbox import enqueue_reply, reply_idempotency_key
 from app.lifecycle import transition
@@ -64,9 +64,10 @@ async def _finish_attempt(
         """
         UPDATE resolution_attempts SET
             state = 'completed', finished_at = now(),
-            category = $2, priority = $3, assigned_agent = $4, routing = $5, context = $6, retrieved = $7,
-            prompt = $8, draft = $9, citations = $10, confidence = $11, confidence_breakdown = $12,
-            decision = $13, decision_reasons = $14, model = $15, query_embedding = $16,
+            category = $2, priority = $3, assigned_agent = $4, routing = $5::text::jsonb,
+            context = $6::text::jsonb, retrieved = $7::text::jsonb, prompt = $8, draft = $9,
+            citations = $10::text::jsonb, confidence = $11, confidence_breakdown = $12::text::jsonb,
+            decision = $13, decision_reasons = $14::text::jsonb, model = $15::text::jsonb, query_embedding = $16,
             escalation_retryable = $17
         WHERE id = $1
         """,
@@ -74,17 +75,17 @@ async def _finish_attempt(
         classification.get("category"),
         prioritization.get("priority"),
         dispatch.get("assigned_agent"),
-        json_safe({"classify": classification, "prioritize": prioritization, "dispatch": dispatch}),
-        json_safe(state.get("context", {})),
-        json_safe(state.get("retrieval", {}).get("items", [])),
+        json_text({"classify": classification, "prioritize": prioritization, "dispatch": dispatch}),
+        json_text(state.get("context", {})),
+        json_text(state.get("retrieval", {}).get("items", [])),
         drafted.get("prompt") or drafted.get("template"),
         drafted.get("draft"),
-        json_safe(drafted.get("citations", [])),
+        json_text(drafted.get("citations", [])),
         scoring.get("confidence"),
-        json_safe(scoring.get("breakdown", {})),
+        json_text(scoring.get("breakdown", {})),
         decision,
-        json_safe(reasons),
-        json_safe(
+        json_text(reasons),
+        json_text(
             {"drafter": drafted.get("drafter"), **(drafted.get("model") or {}), "routing": classification.get("model")}
         ),
         np.asarray(embedding, dtype=np.float32) if embedding is not None else None,

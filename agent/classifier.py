@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from agent.keywords import CATEGORIES, PRIORITIES, category_keywords, priority_keywords
 from agent.risk import URGENT, detect_risks
@@ -329,6 +331,13 @@ class RoutingModelCache:
             return
         rows = await conn.fetch(_HISTORY_SQL, self.max_rows)
         history = History.from_rows(rows)
-        self._models = await asyncio.to_thread(RoutingModels.fit, history, version)
+        self._models = await asyncio.to_thread(_fit_on_every_core, history, version)
         self._fingerprint = fingerprint
         self._last_fit = time.monotonic()
+
+
+def _fit_on_every_core(history: History, version: int) -> RoutingModels:
+    """A fit is rare and big: BLAS may use every core for it, though the worker keeps it to one thread for the
+    per-ticket math (`agent.runner.TicketProcessor`)."""
+    with threadpool_limits(os.cpu_count() or 1, user_api="blas"):
+        return RoutingModels.fit(history, version)

@@ -7,8 +7,9 @@ A throwaway embedded PostgreSQL gets `--history` labelled past tickets (ticket-l
 from ../shared/data/tobi-bueck-tickets, the examples otherwise) and `--tickets` queued tickets. Workers claim them
 with `claim_next_ticket` and run `TicketProcessor` on each: classify, prioritize, dispatch (fenced status
 change), load_context, retrieve (hybrid pgvector + full-text), draft, score and the fenced decision transaction,
-with every audit step written. The bare limit is `embedder.encode` over the same texts in batches of 32: the
-model is the bottleneck, so the ratio says how much the rest of the pipeline costs. Prints one JSON line; exits
+with every audit step written. The bare limit is `embedder.encode` over the same texts at once (its bulk path:
+groups of texts of similar length on every model replica): the model is the bottleneck, so the ratio says how much
+the rest of the pipeline costs. Prints one JSON line; exits
 non-zero when the ratio is below 0.70.
 """
 

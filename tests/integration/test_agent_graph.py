@@ -492,3 +492,25 @@ async def test_trace_of_a_processed_ticket(pool: asyncpg.Pool, processor_for: Ca
     assert attempt["deliveries"][0]["attempt_id"] == attempt["id"]
     assert attempt["reviews"] == []
     assert attempt["decision"] == "deliver" and attempt["confidence_breakdown"]
+
+
+def test_the_worker_keeps_blas_to_one_thread_and_fits_on_every_core(
+    processor_for: Callable[..., TicketProcessor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from agent import classifier
+
+    def blas_threads() -> set[int]:
+        return {int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"}
+
+    with threadpool_limits(2, user_api="blas"):
+        processor_for()
+        assert blas_threads() == {1}
+        seen: list[set[int]] = []
+        monkeypatch.setattr(classifier.RoutingModels, "fit", classmethod(lambda cls, h, v: seen.append(blas_threads())))
+        classifier._fit_on_every_core(None, 0)  # type: ignore[arg-type]
+        assert seen == [{os.cpu_count() or 1}]
+        assert blas_threads() == {1}

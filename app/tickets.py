@@ -94,50 +94,45 @@ async def get_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any
     return dict(row)
 
 
+async def rows(conn: asyncpg.Connection, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """The query's rows as plain dicts."""
+    return [dict(r) for r in await conn.fetch(sql, *args)]
+
+
 async def get_ticket_detail(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]:
     """The ticket with its messages, status history, a summary of each attempt, deliveries and reviews."""
     async with snapshot(conn):
         ticket = await get_ticket(conn, ticket_id)
-        ticket["messages"] = [
-            dict(r)
-            for r in await conn.fetch(
-                """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
-                          read_at, created_at
-                   FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
-                ticket_id,
-            )
-        ]
-        ticket["status_history"] = [
-            dict(r)
-            for r in await conn.fetch(
-                "SELECT from_status, to_status, reason, at FROM ticket_status_history WHERE ticket_id = $1 ORDER BY id",
-                ticket_id,
-            )
-        ]
-        ticket["attempts"] = [
-            dict(r)
-            for r in await conn.fetch(
-                """SELECT id, attempt_no, state, category, priority, assigned_agent, confidence, decision, error,
-                          started_at, finished_at
-                   FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no""",
-                ticket_id,
-            )
-        ]
-        ticket["deliveries"] = [
-            dict(r)
-            for r in await conn.fetch(
-                """SELECT id, attempt_id, channel, idempotency_key, recipient, origin, status, tries, last_error,
-                          sent_at, created_at
-                   FROM deliveries WHERE ticket_id = $1 ORDER BY created_at""",
-                ticket_id,
-            )
-        ]
-        ticket["reviews"] = [
-            dict(r)
-            for r in await conn.fetch(
-                "SELECT id, attempt_id, action, note, reviewer, created_at FROM reviews WHERE ticket_id = $1 "
-                "ORDER BY created_at",
-                ticket_id,
-            )
-        ]
+        ticket["messages"] = await rows(
+            conn,
+            """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
+                      read_at, created_at
+               FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
+            ticket_id,
+        )
+        ticket["status_history"] = await rows(
+            conn,
+            "SELECT from_status, to_status, reason, at FROM ticket_status_history WHERE ticket_id = $1 ORDER BY id",
+            ticket_id,
+        )
+        ticket["attempts"] = await rows(
+            conn,
+            """SELECT id, attempt_no, state, category, priority, assigned_agent, confidence, decision, error,
+                      started_at, finished_at
+               FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no""",
+            ticket_id,
+        )
+        ticket["deliveries"] = await rows(
+            conn,
+            """SELECT id, attempt_id, channel, idempotency_key, recipient, origin, status, tries, last_error,
+                      sent_at, created_at
+               FROM deliveries WHERE ticket_id = $1 ORDER BY created_at""",
+            ticket_id,
+        )
+        ticket["reviews"] = await rows(
+            conn,
+            "SELECT id, attempt_id, action, note, reviewer, created_at FROM reviews WHERE ticket_id = $1 "
+            "ORDER BY created_at",
+            ticket_id,
+        )
     return ticket

@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from app.db import snapshot
-from app.tickets import get_ticket
+from app.tickets import get_ticket, rows
 
 _ATTEMPT_COLUMNS = """
     id, ticket_id, attempt_no, lease_token, worker_id, state, category, priority, assigned_agent, routing, context,
@@ -30,31 +30,24 @@ async def get_trace(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]
     """
     async with snapshot(conn):
         ticket = await get_ticket(conn, ticket_id)
-        status_history = [
-            dict(r)
-            for r in await conn.fetch(
-                """SELECT id, from_status, to_status, reason, at FROM ticket_status_history
-                   WHERE ticket_id = $1 ORDER BY at, id""",
-                ticket_id,
-            )
-        ]
-        messages = [
-            dict(r)
-            for r in await conn.fetch(
-                """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
-                          read_at, created_at
-                   FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
-                ticket_id,
-            )
-        ]
-        attempts = [
-            dict(r)
-            for r in await conn.fetch(
-                f"SELECT {_ATTEMPT_COLUMNS} FROM resolution_attempts WHERE ticket_id = $1 "
-                "ORDER BY attempt_no, started_at",
-                ticket_id,
-            )
-        ]
+        status_history = await rows(
+            conn,
+            """SELECT id, from_status, to_status, reason, at FROM ticket_status_history
+               WHERE ticket_id = $1 ORDER BY at, id""",
+            ticket_id,
+        )
+        messages = await rows(
+            conn,
+            """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
+                      read_at, created_at
+               FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
+            ticket_id,
+        )
+        attempts = await rows(
+            conn,
+            f"SELECT {_ATTEMPT_COLUMNS} FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no, started_at",
+            ticket_id,
+        )
         attempt_ids = [a["id"] for a in attempts]
         steps = await conn.fetch(
             """SELECT attempt_id, seq, node, started_at, duration_ms, output, error FROM attempt_steps

@@ -9,8 +9,7 @@ The whole-text tables (injection, incidents, threats, repeats) run on RE2: a bac
 alternative at every position, which on a ticket-length text and its decoded variants cost milliseconds per
 ticket; RE2's automaton reads the text once. RE2's word boundary is ASCII-only, so a phrase glued to a
 non-Latin letter still matches; on every text of the dev data and the injection corpora both engines find the
-same matches. Sentence-level demand patterns, one of which
-needs a lookahead RE2 lacks, stay on `re`.
+same matches. Sentence-level demand patterns, one of which needs a lookahead RE2 lacks, stay on `re`.
 """
 
 # ruff: noqa: E501  (pattern tables read best with one alternative per line)

@@ -27,6 +27,9 @@ from tests.support.workers import TABLES_SQL, eventually, insert_queued_tickets,
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 LEASE_S = 3.0
+# For tests about contention rather than expiry: a lease no scheduling stall on a loaded 2-core machine outlasts,
+# so a second claim of a ticket can only mean two workers claimed it at once.
+CONTENTION_LEASE_S = 30.0
 
 
 class WorkerProcess:
@@ -59,13 +62,18 @@ async def start_worker(
     started: list[WorkerProcess] = []
 
     async def start(
-        *, concurrency: int = 2, mode: str = "ok", sleep_s: float = 2.0, grace_s: float = 20.0
+        *,
+        concurrency: int = 2,
+        mode: str = "ok",
+        sleep_s: float = 2.0,
+        grace_s: float = 20.0,
+        lease_s: float = LEASE_S,
     ) -> WorkerProcess:
         log_path = tmp_path / f"worker-{len(started)}.log"
         env = {
             **os.environ,
             "DESKPILOT_DATABASE_URL": database_url,
-            "DESKPILOT_LEASE_SECONDS": str(LEASE_S),
+            "DESKPILOT_LEASE_SECONDS": str(lease_s),
             "DESKPILOT_POLL_INTERVAL": "0.5",
         }
         with log_path.open("wb") as log:
@@ -116,7 +124,9 @@ async def test_contending_workers_process_each_ticket_exactly_once_without_overl
     clean_db: asyncpg.Pool, start_worker: Callable[..., Awaitable[WorkerProcess]], workers: int, count: int
 ) -> None:
     concurrency = 4
-    started = await asyncio.gather(*(start_worker(concurrency=concurrency) for _ in range(workers)))
+    started = await asyncio.gather(
+        *(start_worker(concurrency=concurrency, lease_s=CONTENTION_LEASE_S) for _ in range(workers))
+    )
     ids = await insert_queued_tickets(clean_db, count, notify=True)
     await eventually(rows_in(clean_db, "test_processed", count), within_s=60, what=f"{count} completions")
     await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one

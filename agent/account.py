@@ -8,18 +8,18 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import numpy as np
 
 from agent.state import TicketInput
 from app.customers import recent_events
+from app.db import Connection
 
 # Earlier tickets at least this similar (cosine of the query embeddings) are "the same problem again".
 REPEAT_SIMILARITY = 0.8
 REPEAT_WINDOW_DAYS = 30
 
 
-async def load_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> TicketInput | None:
+async def load_ticket(conn: Connection, ticket_id: UUID) -> TicketInput | None:
     # The first inbound message is the ticket itself; later ones are the customer's follow-ups.
     row = await conn.fetchrow(
         """SELECT t.id, t.customer_id, t.channel, t.subject, t.body, COALESCE(t.customer_name, c.name) AS name,
@@ -54,7 +54,7 @@ def _raw_text(payload: Any) -> str:
     return "\n\n".join(str(payload.get(key) or "") for key in ("subject", "body") if payload.get(key))
 
 
-async def load_account(conn: asyncpg.Connection, ticket: TicketInput, embedding: np.ndarray) -> dict[str, Any]:
+async def load_account(conn: Connection, ticket: TicketInput, embedding: np.ndarray) -> dict[str, Any]:
     """The account snapshot routing and the specialists read: {tier, name, customer_since, events,
     prior_tickets [{id, subject, category, priority, status, created_at, resolution, similarity}],
     earlier_replies, repeated_contact}."""

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import Connection
 from app.queue import Claim
 
 
@@ -28,7 +29,7 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-async def start_attempt(conn: asyncpg.Connection, claim: Claim) -> UUID:
+async def start_attempt(conn: Connection, claim: Claim) -> UUID:
     """Insert the attempt row (state running, at the current knowledge version); earlier running attempts of the
     ticket are abandoned. One statement, committed without waiting for the WAL flush: losing this row in a crash
     loses the steps written after it too (WAL order), and the ticket is claimed and attempted again; only the
@@ -84,7 +85,7 @@ class DatabaseRecorder:
             )
 
 
-async def fail_attempt(conn: asyncpg.Connection, attempt_id: UUID, error: str, *, state: str = "failed") -> None:
+async def fail_attempt(conn: Connection, attempt_id: UUID, error: str, *, state: str = "failed") -> None:
     """Close an attempt that raised (or lost its lease); the ticket itself is the worker's to handle."""
     await conn.execute(
         """UPDATE resolution_attempts SET state = $2, error = $3, finished_at = now()

@@ -32,6 +32,7 @@ from agent.nodes import choose_grounding
 from agent.runner import TicketProcessor, run_graph_offline
 from agent.state import TicketInput
 from app import db
+from app.db import Connection
 from app.settings import Settings
 from knowledge.embedder import Embedder, get_embedder
 from knowledge.store import ResolutionRow, insert_resolutions
@@ -189,7 +190,7 @@ def encode_all(embedder: Embedder, texts: Sequence[str], progress: Progress | No
     return np.vstack(out)
 
 
-async def load_history(conn: asyncpg.Connection, tickets: Sequence[LabelledTicket], embeddings: np.ndarray) -> int:
+async def load_history(conn: Connection, tickets: Sequence[LabelledTicket], embeddings: np.ndarray) -> int:
     rows = [
         ResolutionRow(
             ticket_text=t.text,

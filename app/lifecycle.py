@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-import asyncpg
-
+from app.db import Connection
 from app.errors import Conflict, NotFound
 
 Status = Literal["open", "in_progress", "pending_customer", "resolved", "closed"]
@@ -35,7 +34,7 @@ def check_transition(current: str, target: str) -> None:
 
 
 async def transition(
-    conn: asyncpg.Connection,
+    conn: Connection,
     ticket_id: UUID,
     target: Status,
     reason: str,

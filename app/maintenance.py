@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from app.db import Connection
 from app.queue import notify_work
 from app.settings import Settings
 
@@ -21,7 +22,7 @@ MAINTENANCE_EVERY_S = 30.0
 # pg_try_advisory_xact_lock key: any constant works as long as every worker uses the same one.
 MAINTENANCE_LOCK_KEY = 0x6465736B6D6E74  # "deskmnt"
 
-Hook = Callable[[asyncpg.Connection, Settings], Awaitable[object]]
+Hook = Callable[[Connection, Settings], Awaitable[object]]
 
 
 def _missing(exc: ImportError, *modules: str) -> bool:
@@ -41,7 +42,7 @@ def knowledge_requeue_hook() -> Hook | None:
             return None
         raise
 
-    async def hook(conn: asyncpg.Connection, settings: Settings) -> object:
+    async def hook(conn: Connection, settings: Settings) -> object:
         return await requeue_on_knowledge_change(conn)
 
     return hook
@@ -56,7 +57,7 @@ def quiet_tickets_hook() -> Hook | None:
             return None
         raise
 
-    async def hook(conn: asyncpg.Connection, settings: Settings) -> object:
+    async def hook(conn: Connection, settings: Settings) -> object:
         return await close_quiet_tickets(conn, settings)
 
     return hook

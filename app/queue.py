@@ -14,6 +14,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import Connection
+
 NOTIFY_CHANNEL = "deskpilot_work"
 
 
@@ -63,7 +65,7 @@ RETURNING t.id, t.lease_token, t.attempt_count, t.failure_count, now() AS claime
 """
 
 
-async def claim_next_ticket(conn: asyncpg.Connection, worker_id: str, lease_s: float) -> Claim | None:
+async def claim_next_ticket(conn: Connection, worker_id: str, lease_s: float) -> Claim | None:
     """Take the oldest due ticket nobody holds a live lease on, or None when there is nothing to do."""
     row = await conn.fetchrow(_CLAIM_SQL, worker_id, lease_s)
     if row is None:
@@ -78,7 +80,7 @@ async def claim_next_ticket(conn: asyncpg.Connection, worker_id: str, lease_s: f
     )
 
 
-async def heartbeat(conn: asyncpg.Connection, claim: Claim, lease_s: float) -> bool:
+async def heartbeat(conn: Connection, claim: Claim, lease_s: float) -> bool:
     """Extend the lease; False means it was lost (expired and re-claimed), and the work must stop.
 
     A claim that was already finished, failed or released is not leased again (a heartbeat racing the
@@ -94,7 +96,7 @@ async def heartbeat(conn: asyncpg.Connection, claim: Claim, lease_s: float) -> b
     return status == "UPDATE 1"
 
 
-async def assert_lease(conn: asyncpg.Connection, claim: Claim) -> asyncpg.Record:
+async def assert_lease(conn: Connection, claim: Claim) -> asyncpg.Record:
     """Lock the ticket row and check the fencing token. Call first inside every completing transaction.
 
     Returns the locked row's `status` and `cycle_count`, which stay current until the transaction ends.
@@ -105,10 +107,11 @@ async def assert_lease(conn: asyncpg.Connection, claim: Claim) -> asyncpg.Record
     token = row["lease_token"] if row is not None else None
     if token != claim.token:
         raise LeaseLost(f"ticket {claim.ticket_id}: lease token {claim.token} superseded by {token}")
+    assert row is not None  # a missing row has no token: LeaseLost above
     return row
 
 
-async def finish_claim(conn: asyncpg.Connection, claim: Claim, *, retry_at_s: float | None = None) -> None:
+async def finish_claim(conn: Connection, claim: Claim, *, retry_at_s: float | None = None) -> None:
     """Release the ticket after a completed attempt (call inside the completing transaction, after assert_lease).
 
     The ticket leaves the queue unless `retry_at_s` asks for another cycle later, or the customer wrote again
@@ -137,7 +140,7 @@ def failure_backoff_s(failures: int, *, base_s: float = 5.0, cap_s: float = 600.
     return random.uniform(ceiling / 2, ceiling)
 
 
-async def fail_claim(conn: asyncpg.Connection, claim: Claim, error: str, *, max_failures: int) -> bool:
+async def fail_claim(conn: Connection, claim: Claim, error: str, *, max_failures: int) -> bool:
     """Record a crashed attempt: retry later with backoff, or park the ticket after `max_failures`.
 
     Returns True when the ticket was parked. Fenced: a lost lease records nothing, and neither does a claim
@@ -173,7 +176,7 @@ async def fail_claim(conn: asyncpg.Connection, claim: Claim, error: str, *, max_
         return bool(parked)
 
 
-async def release_claim(conn: asyncpg.Connection, claim: Claim) -> None:
+async def release_claim(conn: Connection, claim: Claim) -> None:
     """Give the ticket back untouched (graceful shutdown): due again at once for another worker.
 
     Only a claim still held is given back: when the attempt's completing transaction committed just before the
@@ -188,6 +191,6 @@ async def release_claim(conn: asyncpg.Connection, claim: Claim) -> None:
     )
 
 
-async def notify_work(conn: asyncpg.Connection) -> None:
+async def notify_work(conn: Connection) -> None:
     """Wake idle workers (delivered on commit when called inside a transaction)."""
     await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

@@ -15,9 +15,8 @@ import math
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from app.customers import TIERS
+from app.db import Connection
 from app.errors import NotFound
 from app.metrics import Metrics
 
@@ -84,7 +83,7 @@ GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
-async def customer_support_health(conn: asyncpg.Connection, customer_id: UUID) -> dict[str, Any]:
+async def customer_support_health(conn: Connection, customer_id: UUID) -> dict[str, Any]:
     """The support-health figures of one customer account; NotFound for an unknown id."""
     customer = await conn.fetchrow("SELECT id, email, tier FROM customers WHERE id = $1", customer_id)
     if customer is None:
@@ -100,7 +99,7 @@ async def customer_support_health(conn: asyncpg.Connection, customer_id: UUID) -
     }
 
 
-async def refresh_support_health_gauges(conn: asyncpg.Connection, metrics: Metrics) -> None:
+async def refresh_support_health_gauges(conn: Connection, metrics: Metrics) -> None:
     """Set the per-tier gauges from the database (called at scrape time); every tier is reported, zeros
     included.
     """

@@ -9,9 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from app.db import snapshot
+from app.db import Connection, snapshot
 from app.errors import InvalidInput, NotFound
 
 TICKET_COLUMNS = """
@@ -38,7 +36,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 
 
 async def list_tickets(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     status: str | None = None,
     category: str | None = None,
@@ -84,7 +82,7 @@ async def list_tickets(
     return rows, next_cursor
 
 
-async def get_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]:
+async def get_ticket(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
     row = await conn.fetchrow(
         f"SELECT {TICKET_COLUMNS} FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1",
         ticket_id,
@@ -94,12 +92,12 @@ async def get_ticket(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any
     return dict(row)
 
 
-async def rows(conn: asyncpg.Connection, sql: str, *args: Any) -> list[dict[str, Any]]:
+async def rows(conn: Connection, sql: str, *args: Any) -> list[dict[str, Any]]:
     """The query's rows as plain dicts."""
     return [dict(r) for r in await conn.fetch(sql, *args)]
 
 
-async def get_ticket_detail(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]:
+async def get_ticket_detail(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
     """The ticket with its messages, status history, a summary of each attempt, deliveries and reviews."""
     async with snapshot(conn):
         ticket = await get_ticket(conn, ticket_id)

@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from app.db import snapshot
+from app.db import Connection, snapshot
 from app.tickets import get_ticket, rows
 
 _ATTEMPT_COLUMNS = """
@@ -21,7 +19,7 @@ _ATTEMPT_COLUMNS = """
 """
 
 
-async def get_trace(conn: asyncpg.Connection, ticket_id: UUID) -> dict[str, Any]:
+async def get_trace(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
     """Everything the agent did with a ticket, oldest attempt first. Raises NotFound for an unknown ticket.
 
     Shape: {"ticket": {...}, "status_history": [...], "messages": [...], "attempts": [{...attempt columns,

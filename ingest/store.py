@@ -16,6 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from app import lifecycle
+from app.db import Connection
 from app.errors import Conflict, InvalidInput
 from app.queue import NOTIFY_CHANNEL, notify_work
 from ingest.schemas import NormalizedTicket
@@ -53,7 +54,7 @@ def base_subject(subject: str) -> str:
     return _REPLY_PREFIX.sub("", subject).strip().lower()
 
 
-async def ingest(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+async def ingest(conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
     """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
     if _may_follow_up(ticket):
         replay = await _replay_of(conn, ticket)
@@ -131,7 +132,7 @@ FROM ticket
 
 
 async def _ingest_new_ticket(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
+    conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
 ) -> IngestResult:
     ticket_id = uuid.uuid4()
     # Twice at most: the first try fails when a concurrent request created the same customer meanwhile.
@@ -174,7 +175,7 @@ class _LostRace(Exception):
     """Internal: a concurrent request committed the same external_id first."""
 
 
-async def ingest_once(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+async def ingest_once(conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
     try:
         return await ingest(conn, ticket, raw_payload)
     except _LostRace:
@@ -184,7 +185,7 @@ async def ingest_once(conn: asyncpg.Connection, ticket: NormalizedTicket, raw_pa
         return replay
 
 
-async def _replay_of(conn: asyncpg.Connection, ticket: NormalizedTicket) -> IngestResult | None:
+async def _replay_of(conn: Connection, ticket: NormalizedTicket) -> IngestResult | None:
     row = await conn.fetchrow(
         """SELECT k.content_hash, k.ticket_id, k.message_id, k.created_at, t.status
            FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id WHERE k.external_id = $1""",
@@ -208,7 +209,7 @@ async def _replay_of(conn: asyncpg.Connection, ticket: NormalizedTicket) -> Inge
     )
 
 
-async def _thread_parent(conn: asyncpg.Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
+async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
     """The earlier ticket this message follows up on, by thread_ref, email headers, or reply subject."""
     if ticket.thread_ref:
         parent = await conn.fetchrow(
@@ -266,7 +267,7 @@ def _is_uuid(value: str) -> bool:
 
 
 async def _insert_message(
-    conn: asyncpg.Connection, ticket_id: UUID, ticket: NormalizedTicket, *, raw_payload: dict[str, Any] | None
+    conn: Connection, ticket_id: UUID, ticket: NormalizedTicket, *, raw_payload: dict[str, Any] | None
 ) -> UUID:
     message_id = uuid.uuid4()
     await conn.execute(
@@ -286,7 +287,7 @@ async def _insert_message(
 
 
 async def _append_followup(
-    conn: asyncpg.Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], parent_id: UUID
+    conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], parent_id: UUID
 ) -> IngestResult | None:
     claimed = await conn.fetchval(
         """INSERT INTO ingest_keys (external_id, content_hash, ticket_id)
@@ -313,6 +314,7 @@ async def _append_followup(
            WHERE id = $1 RETURNING status, created_at""",
         parent_id,
     )
+    assert row is not None  # locked FOR UPDATE above: it still exists
     return IngestResult(
         parent_id, row["status"], row["created_at"], duplicate=False, followup=True, message_id=message_id
     )

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
+from app.db import Connection
 from app.delivery.model import Delivery, SendOutcome
 from app.errors import NotFound
 from app.tickets import decode_cursor, encode_cursor
@@ -27,7 +26,7 @@ async def send_in_app(delivery: Delivery) -> SendOutcome:
     return SendOutcome.sent("stored for the in-app inbox")
 
 
-async def ensure_stored(conn: asyncpg.Connection, delivery: Delivery) -> UUID:
+async def ensure_stored(conn: Connection, delivery: Delivery) -> UUID:
     """The delivery's message row, written now if the row was queued without one (in the sent tx)."""
     if delivery.message_id is not None:
         exists = await conn.fetchval("SELECT 1 FROM ticket_messages WHERE id = $1", delivery.message_id)
@@ -46,13 +45,13 @@ async def ensure_stored(conn: asyncpg.Connection, delivery: Delivery) -> UUID:
     return message_id
 
 
-async def _require_customer(conn: asyncpg.Connection, customer_id: UUID) -> None:
+async def _require_customer(conn: Connection, customer_id: UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM customers WHERE id = $1", customer_id):
         raise NotFound(f"customer {customer_id} does not exist")
 
 
 async def list_messages(
-    conn: asyncpg.Connection,
+    conn: Connection,
     customer_id: UUID,
     *,
     unread: bool | None = None,
@@ -88,7 +87,7 @@ async def list_messages(
     return items, next_cursor
 
 
-async def mark_read(conn: asyncpg.Connection, customer_id: UUID, message_ids: list[UUID] | None) -> int:
+async def mark_read(conn: Connection, customer_id: UUID, message_ids: list[UUID] | None) -> int:
     """Mark the given visible messages of this customer read (all of them when `message_ids` is None).
 
     Ids of other customers' messages, or unknown ids, are ignored. Returns how many became read.
@@ -105,7 +104,7 @@ async def mark_read(conn: asyncpg.Connection, customer_id: UUID, message_ids: li
     return int(status.split()[-1])
 
 
-async def unread_count(conn: asyncpg.Connection, customer_id: UUID) -> int:
+async def unread_count(conn: Connection, customer_id: UUID) -> int:
     count: int = await conn.fetchval(
         f"""SELECT count(*) FROM ticket_messages m JOIN tickets t ON t.id = m.ticket_id
             WHERE t.customer_id = $1 AND {_VISIBLE} AND m.read_at IS NULL""",

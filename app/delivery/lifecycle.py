@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import asyncpg
-
+from app.db import Connection
 from app.lifecycle import transition
 from app.settings import Settings
 
@@ -41,7 +40,7 @@ FOR UPDATE OF t SKIP LOCKED
 
 
 async def close_quiet_tickets(
-    conn: asyncpg.Connection, settings: Settings, *, now: datetime | None = None
+    conn: Connection, settings: Settings, *, now: datetime | None = None
 ) -> int:
     """Close resolved tickets quiet for `settings.close_after_s`; returns how many closed.
 

@@ -21,6 +21,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import Connection
 from app.delivery import in_app, mail, webhook
 from app.delivery.model import Delivery, SendOutcome
 from app.metrics import Metrics
@@ -59,7 +60,7 @@ def delivery_lease_s(settings: Settings) -> float:
 
 
 async def enqueue_reply(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     ticket_id: UUID,
     channel: str,
@@ -141,7 +142,7 @@ WHERE t.id = ANY($1::uuid[])
 
 
 async def claim_due_deliveries(
-    conn: asyncpg.Connection, worker_id: str, *, lease_s: float, limit: int, now: datetime | None = None
+    conn: Connection, worker_id: str, *, lease_s: float, limit: int, now: datetime | None = None
 ) -> list[Delivery]:
     """Lease up to `limit` due pending deliveries (oldest due first) and load their ticket context."""
     rows = await conn.fetch(_CLAIM_SQL, worker_id, lease_s, now, limit)
@@ -280,7 +281,7 @@ async def record_outcome(
     return True
 
 
-async def flag_undelivered(conn: asyncpg.Connection, ticket_id: UUID, reason: str) -> None:
+async def flag_undelivered(conn: Connection, ticket_id: UUID, reason: str) -> None:
     """The customer did not get the reply: the ticket goes back to a reviewer, with the reason on record."""
     await conn.execute(
         "UPDATE tickets SET needs_review = true, last_error = $2, updated_at = now() WHERE id = $1",

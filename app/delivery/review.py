@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import numpy as np
 
+from app.db import Connection
 from app.delivery.mail import reply_subject
 from app.delivery.outbox import enqueue_reply, reply_idempotency_key
 from app.errors import Conflict, InvalidInput, NotFound
@@ -77,7 +78,7 @@ def review_reason(row: dict[str, Any]) -> str:
 
 
 async def review_queue(
-    conn: asyncpg.Connection, *, cursor: str | None = None, limit: int = 50
+    conn: Connection, *, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Tickets waiting for a reviewer, oldest first, each with its latest attempt's draft and verdict."""
     args: list[Any] = []
@@ -185,7 +186,7 @@ FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1
 """
 
 
-async def _latest_attempt(conn: asyncpg.Connection, ticket_id: UUID) -> asyncpg.Record | None:
+async def _latest_attempt(conn: Connection, ticket_id: UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         """SELECT id, draft, decision, category, priority, confidence FROM resolution_attempts
            WHERE ticket_id = $1 AND state NOT IN ('running', 'abandoned')
@@ -195,7 +196,7 @@ async def _latest_attempt(conn: asyncpg.Connection, ticket_id: UUID) -> asyncpg.
     return row
 
 
-async def _cancel_unsent(conn: asyncpg.Connection, attempt_id: UUID, reason: str) -> UUID | None:
+async def _cancel_unsent(conn: Connection, attempt_id: UUID, reason: str) -> UUID | None:
     """Cancel the agent's reply to `attempt_id` if it is still queued and no sender holds it right now."""
     cancelled: UUID | None = await conn.fetchval(
         """UPDATE deliveries SET status = 'cancelled', last_error = $2, updated_at = now()
@@ -350,7 +351,7 @@ async def submit_review(
 
 
 async def close_ticket(
-    conn: asyncpg.Connection, ticket_id: UUID, *, reason: str = "closed by a reviewer"
+    conn: Connection, ticket_id: UUID, *, reason: str = "closed by a reviewer"
 ) -> str:
     """Close a ticket (409 when illegal); it leaves the review queue and the agent's queue."""
     async with conn.transaction():

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
+from app.db import Connection
 
 STATUSES = ("open", "in_progress", "pending_customer", "resolved", "closed")
 CATEGORIES = ("billing", "technical", "onboarding", "general")
 PRIORITIES = ("low", "normal", "high", "urgent")
 
 
-async def ticket_counts(conn: asyncpg.Connection) -> dict[str, Any]:
+async def ticket_counts(conn: Connection) -> dict[str, Any]:
     """Counts by status, category and priority (zeros included) and the queue at a glance."""
     rows = await conn.fetch(
         """SELECT 'status' AS dimension, status AS value, count(*) AS n FROM tickets GROUP BY status

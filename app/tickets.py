@@ -97,17 +97,22 @@ async def rows(conn: Connection, sql: str, *args: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(sql, *args)]
 
 
+async def messages_of(conn: Connection, ticket_id: UUID) -> list[dict[str, Any]]:
+    """A ticket's messages, both directions, oldest first."""
+    return await rows(
+        conn,
+        """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
+                  read_at, created_at
+           FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
+        ticket_id,
+    )
+
+
 async def get_ticket_detail(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
     """The ticket with its messages, status history, a summary of each attempt, deliveries and reviews."""
     async with snapshot(conn):
         ticket = await get_ticket(conn, ticket_id)
-        ticket["messages"] = await rows(
-            conn,
-            """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
-                      read_at, created_at
-               FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
-            ticket_id,
-        )
+        ticket["messages"] = await messages_of(conn, ticket_id)
         ticket["status_history"] = await rows(
             conn,
             "SELECT from_status, to_status, reason, at FROM ticket_status_history WHERE ticket_id = $1 ORDER BY id",

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from app.db import Connection, snapshot
-from app.tickets import get_ticket, rows
+from app.tickets import get_ticket, messages_of, rows
 
 _ATTEMPT_COLUMNS = """
     id, ticket_id, attempt_no, lease_token, worker_id, state, category, priority, assigned_agent, routing, context,
@@ -34,13 +34,7 @@ async def get_trace(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
                WHERE ticket_id = $1 ORDER BY at, id""",
             ticket_id,
         )
-        messages = await rows(
-            conn,
-            """SELECT id, direction, channel, author, external_id, subject, body, email_message_id, attempt_id,
-                      read_at, created_at
-               FROM ticket_messages WHERE ticket_id = $1 ORDER BY created_at, id""",
-            ticket_id,
-        )
+        messages = await messages_of(conn, ticket_id)
         attempts = await rows(
             conn,
             f"SELECT {_ATTEMPT_COLUMNS} FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no, started_at",

@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BATCH_SIZE = 32
-# Copies of the model encoding at once: one per core up to this many (each copy holds ~90 MB for MiniLM).
+# Copies of the model encoding at once: one per core up to this many (each adds ~140 MB resident for MiniLM).
 MAX_REPLICAS = 4
 # How much padding a group of texts may add: 1.2 = the group costs at most 20 % more than its texts alone.
 PADDING_SLACK = 1.2

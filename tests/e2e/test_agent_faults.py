@@ -1,9 +1,11 @@
-"""`kill -9` of a real agent worker at every node boundary of a resolved ticket, and inside its email delivery.
+"""`kill -9` of a real agent worker at every node boundary of a resolved ticket, and inside its delivery by email
+and by signed webhook.
 
 The victims are `python -m tests.support.agent_worker --die-at POINT`: the production worker loop around the real
 graph, embedding model and fenced decision transaction, which SIGKILLs itself at POINT. The rescuers are the real
 `deskpilot worker` command. Replies go by SMTP to an aiosmtpd server in this process, which records every message
-whose data reached it. Leases are 3 s, so rescues happen within seconds; the promise checked is "within 60 s".
+whose data reached it; webhook replies go to an HTTP receiver in this process. Leases are 3 s, so rescues happen
+within seconds; the promise checked is "within 60 s".
 
 The ticket is a how-to question the agent answers on the example history (decision `deliver`), each from its own
 customer: a customer asking the same thing twice is flagged for review instead.
@@ -39,8 +41,10 @@ from app.asgi import create_app
 from app.metrics import Metrics
 from app.queue import claim_next_ticket
 from app.settings import PROJECT_ROOT, Settings
+from ingest.signatures import verify_webhook
 from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.support.agent_worker import KILL_MARK, POINTS, AgentWorkerProcess
+from tests.support.http_receiver import HttpReceiver, ReceivedRequest
 from tests.support.server import free_port
 from tests.support.workers import eventually
 
@@ -145,14 +149,20 @@ class Question:
     customer_email: str
 
 
-async def post_questions(database_url: str, data_dir: Path, count: int, tag: str) -> list[Question]:
-    """The how-to question from `count` new customers, through the real ingest endpoint (which NOTIFYs)."""
+async def post_questions(database_url: str, data_dir: Path, count: int, tag: str, **fields: Any) -> list[Question]:
+    """The how-to question from `count` new customers, through the real ingest endpoint (which NOTIFYs);
+    `fields` replace those of the example (channel, metadata)."""
     settings = Settings.from_mapping({"DESKPILOT_DATABASE_URL": database_url, "DESKPILOT_DATA_DIR": str(data_dir)})
     questions = []
     async with AsyncTestClient(app=create_app(settings, database_url=database_url)) as client:
         for n in range(count):
             address = f"{tag}-{n}-{uuid.uuid4().hex[:6]}@customers.example"
-            payload = {**QUESTION, "external_id": f"kill-{tag}-{n}-{uuid.uuid4().hex}", "customer_email": address}
+            payload = {
+                **QUESTION,
+                **fields,
+                "external_id": f"kill-{tag}-{n}-{uuid.uuid4().hex}",
+                "customer_email": address,
+            }
             response = await client.post("/api/webhooks/support/ingest", json=payload)
             assert response.status_code == 201, response.text
             questions.append(Question(UUID(response.json()["ticket_id"]), address))
@@ -402,3 +412,129 @@ async def test_a_worker_killed_inside_smtp_delivery_resends_with_the_same_messag
     )
     assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", question.ticket_id) == 1
     assert await pool.fetchval("SELECT status FROM tickets WHERE id = $1", question.ticket_id) == "resolved"
+
+
+# --- kill -9 inside the signed webhook delivery ---------------------------------------------------------------
+
+CALLBACK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CALLBACK_PATH = "/integrations/acme/replies"
+
+
+def kill_once(pid: int, seen_at: list[float]) -> Callable[[ReceivedRequest], None]:
+    """A receiver hook that SIGKILLs `pid` the first time it runs, noting when (time.time())."""
+
+    def hook(request: ReceivedRequest) -> None:
+        if not seen_at:
+            seen_at.append(time.time())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["request", "replied"],
+    ids=["killed-while-the-receiver-holds-the-request", "killed-after-the-2xx"],
+)
+async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_webhook_id(
+    history: None,
+    pool: asyncpg.Pool,
+    database_url: str,
+    embedder: Any,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    moment: str,
+) -> None:
+    """The same crash window on the webhook channel: the callback has the signed POST (held unanswered, or
+    answered 2xx), our commit has not happened. The next worker sends it again with the same `webhook-id`, so the
+    integration can drop it, and it is never a second reply. The callback URL is the ticket's own (metadata), on
+    loopback, which the SSRF guard allows only with DESKPILOT_ALLOW_PRIVATE_CALLBACKS."""
+    receiver = await HttpReceiver().start()
+    env = {
+        "DESKPILOT_DATABASE_URL": database_url,
+        "DESKPILOT_DATA_DIR": str(tmp_path),
+        "DESKPILOT_LEASE_SECONDS": str(LEASE_S),
+        "DESKPILOT_POLL_INTERVAL": "0.5",
+        "DESKPILOT_CALLBACK_SECRET": CALLBACK_SECRET,
+        "DESKPILOT_ALLOW_PRIVATE_CALLBACKS": "true",
+    }
+    killed_at: list[float] = []
+    victim: AgentWorkerProcess | None = None
+    rescuer: AgentWorkerProcess | None = None
+    try:
+        [question] = await post_questions(
+            database_url,
+            tmp_path,
+            1,
+            f"hook-{moment}",
+            channel="webhook",
+            metadata={"callback_url": receiver.url(CALLBACK_PATH)},
+        )
+        await answer_in_this_process(pool, make_settings(), embedder)
+        victim = await AgentWorkerProcess.start_cli(env, tmp_path / "victim.log", concurrency=1)
+        # Armed long before the victim can reach the receiver: it is still starting Python.
+        hook = kill_once(victim.pid, killed_at)
+        if moment == "request":
+            receiver.on_request = hook  # the request has arrived whole; the answer is not written yet
+        else:
+            receiver.on_replied = hook  # the 200 has just been written to the socket
+        assert await victim.wait_exit(within_s=60) == -signal.SIGKILL, victim.log()[-3000:]
+        [first_copy] = receiver.requests
+
+        delivery = await pool.fetchrow(
+            """SELECT id, channel, idempotency_key, body, status, tries, lease_owner FROM deliveries
+               WHERE ticket_id = $1""",
+            question.ticket_id,
+        )
+        assert delivery is not None
+        assert delivery["channel"] == "webhook"
+        assert delivery["status"] == "pending"  # received, but not recorded: the victim died first
+        assert delivery["tries"] == 1
+        assert f":{victim.pid}:" in delivery["lease_owner"]
+        assert first_copy.headers["webhook-id"] == delivery["idempotency_key"]
+
+        # The dead sender's lease on the delivery runs out; the next worker takes the send over.
+        rescuer = await AgentWorkerProcess.start_cli(env, tmp_path / "rescuer.log", concurrency=1)
+        with rescuer.log_on_failure():
+            await eventually(deliveries_sent(pool, [question.ticket_id]), within_s=RESCUE_LIMIT_S, what="re-sent")
+        await asyncio.sleep(1.0)  # room for a third copy to show up, if there were one
+    finally:
+        for process in [p for p in (victim, rescuer) if p is not None]:
+            await process.stop()
+        await receiver.stop()
+
+    # Two copies of one reply: same webhook-id (the deliveries row's key), each validly signed, same content.
+    copies = list(receiver.requests)
+    assert len(copies) == 2
+    key = delivery["idempotency_key"]
+    assert [c.headers["webhook-id"] for c in copies] == [key, key]
+    assert [verify_webhook(CALLBACK_SECRET, c.headers, c.body) for c in copies] == [key, key]
+    assert [(c.method, c.path) for c in copies] == [("POST", CALLBACK_PATH)] * 2
+    payloads = [json.loads(c.body) for c in copies]
+    # `sent_at` (like the signature's timestamp, and an email's Date) is the time of each send.
+    assert payloads[0] | {"sent_at": None} == payloads[1] | {"sent_at": None}
+    assert payloads[0]["ticket_id"] == str(question.ticket_id)
+    assert payloads[0]["customer_email"] == question.customer_email
+    assert payloads[0]["body"] == delivery["body"]
+
+    row = await pool.fetchrow("SELECT status, tries, attempt_id, sent_at FROM deliveries WHERE id = $1", delivery["id"])
+    assert row is not None
+    assert row["status"] == "sent"
+    assert row["tries"] == 2
+    assert row["sent_at"].timestamp() - killed_at[0] < RESCUE_LIMIT_S
+    assert key == str(row["attempt_id"]) == payloads[0]["attempt_id"]
+    attempts = await pool.fetch(
+        "SELECT state, decision FROM resolution_attempts WHERE ticket_id = $1", question.ticket_id
+    )
+    assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", question.ticket_id
+        )
+        == 1
+    )
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", question.ticket_id) == 1
+    ticket = await pool.fetchrow("SELECT status, channel FROM tickets WHERE id = $1", question.ticket_id)
+    assert ticket is not None
+    assert (ticket["status"], ticket["channel"]) == ("resolved", "webhook")

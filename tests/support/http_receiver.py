@@ -1,9 +1,14 @@
-"""A tiny scripted HTTP/1.1 receiver on asyncio streams: records every request, answers from a script."""
+"""A tiny scripted HTTP/1.1 receiver on asyncio streams: records every request, answers from a script.
+
+`on_request` runs once a request has fully arrived (recorded, not answered yet); `on_replied` runs right after its
+answer was written. Fault tests use them to kill the sender at those two moments.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -30,6 +35,8 @@ class HttpReceiver:
         self.host = host
         self.requests: list[ReceivedRequest] = []
         self.script: list[Reply] = []
+        self.on_request: Callable[[ReceivedRequest], None] | None = None
+        self.on_replied: Callable[[ReceivedRequest], None] | None = None
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -59,7 +66,10 @@ class HttpReceiver:
                     name, value = line.split(":", 1)
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.requests.append(ReceivedRequest(method, path, headers, body))
+            request = ReceivedRequest(method, path, headers, body)
+            self.requests.append(request)
+            if self.on_request is not None:
+                self.on_request(request)
             reply = self.script.pop(0) if self.script else Reply()
             if reply.delay_s:
                 await asyncio.sleep(reply.delay_s)
@@ -67,6 +77,8 @@ class HttpReceiver:
             head_out = f"HTTP/1.1 {reply.status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
             writer.write((head_out + "\r\n").encode("latin-1") + reply.body)
             await writer.drain()
+            if self.on_replied is not None:
+                self.on_replied(request)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

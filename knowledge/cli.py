@@ -76,7 +76,9 @@ def kb() -> None:
 def load(paths: tuple[Path, ...], kind: LoadKind, prune: bool, category: str | None, max_bytes: int) -> None:
     """Load Markdown/HTML/text files, or CSV/JSONL records, into the knowledge base.
 
-    Re-running on unchanged input changes nothing; a bad file is reported and the rest still load.
+    Re-running on unchanged input changes nothing; a bad file or record is reported and the rest still load.
+    Exits 1 when anything was reported as an error (after loading the rest), 0 otherwise; records skipped for
+    having nothing to load are warnings.
     """
     from app import db
     from app.cli import database_url_or_exit, load_settings, migrate_or_exit
@@ -112,6 +114,8 @@ def load(paths: tuple[Path, ...], kind: LoadKind, prune: bool, category: str | N
         report = asyncio.run(run())
     except EmbeddingDimensionError as exc:
         raise click.ClickException(str(exc)) from None
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     click.echo(report.summary())

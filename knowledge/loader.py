@@ -9,6 +9,7 @@ import asyncio
 import csv
 import io
 import json
+import math
 import os
 import re
 import time
@@ -61,6 +62,25 @@ RESOLUTION_FIELDS = frozenset(
     }
 )
 PRIORITY_ALIASES = {"medium": "normal", "critical": "urgent"}
+# Record fields read as text: a string, a number or null. Anything else (a list, an object, true/false) is a
+# mistake in the export, reported rather than read as a missing field.
+TEXT_FIELDS = (
+    "id",
+    "subject",
+    "title",
+    "body",
+    "text",
+    "answer",
+    "resolution",
+    "category",
+    "priority",
+    "intent",
+    "orig_intent",
+    "language",
+)
+# What PostgreSQL text and jsonb cannot hold; JSON can spell both (\u0000, \ud800).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+CSV_ERROR = "not valid CSV"
 
 
 class LoadProgress(Protocol):
@@ -92,6 +112,8 @@ class LoadReport:
     ignored: int = 0
     embedded: int = 0
     errors: list[LoadError] = field(default_factory=list)
+    # Not errors: records skipped because they have nothing to load (the contract of `skipped`), one per file.
+    warnings: list[LoadError] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -379,24 +401,93 @@ def normalize_priority(value: Any) -> str | None:
 
 
 def iter_records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line number, record) for each record, or (line number, reason) for one that cannot be parsed."""
+    """(line number, record) for each record, or (line number, reason) for one that cannot be parsed.
+
+    A CSV error other than a short or long row ends the file (the parser cannot tell where the next record
+    starts); its reason starts with `CSV_ERROR`.
+    """
     if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # strict: an unterminated quote is an error, not a field that swallows the rest of the file.
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         try:
             for row in reader:
-                yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k is not None}
+                width = len(reader.fieldnames or ())
+                if None in row:  # restkey: more fields than the header
+                    yield reader.line_num, f"{width + len(row[None])} fields, the header has {width}"
+                elif any(value is None for value in row.values()):  # restval: fewer fields than the header
+                    count = sum(1 for value in row.values() if value is not None)
+                    yield reader.line_num, f"{count} fields, the header has {width}"
+                else:
+                    yield reader.line_num, {k.strip().lower(): v for k, v in row.items()}
         except csv.Error as exc:
-            yield reader.line_num, f"not valid CSV: {exc}"
+            # DictReader.line_num is the last good record's end: the bad one starts on the next line.
+            start, end = reader.line_num + 1, reader.reader.line_num
+            where = f" in the record starting here (read to line {end})" if end > start else ""
+            yield start, f"{CSV_ERROR}: {exc}{where}; the rest of the file was not read"
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only: str.splitlines would also split inside a JSON string at U+2028, \x1c and the like.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
         except json.JSONDecodeError as exc:
             yield number, f"not JSON: {exc.msg}"
             continue
-        yield number, value if isinstance(value, dict) else "a record must be a JSON object"
+        except ValueError as exc:  # NaN, Infinity, 1e999, an integer of thousands of digits
+            yield number, f"not JSON: {exc}"
+            continue
+        except RecursionError:
+            yield number, "not JSON: nested too deeply"
+            continue
+        if not isinstance(value, dict):
+            yield number, "a record must be a JSON object"
+        elif _unstorable(value):
+            yield number, "contains a NUL character or an unpaired surrogate (\\u0000, \\ud800-\\udfff)"
+        else:
+            yield number, value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:40]} is out of range")
+    return value
+
+
+def _unstorable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
+def check_field_types(record: dict[str, Any]) -> None:
+    """`RecordError` naming the first field of a type the loader cannot read."""
+    for name in TEXT_FIELDS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+            raise RecordError(f"field {name!r} must be text, a number or null, not {_json_type(value)}")
+    tags = record.get("tags")
+    if tags is not None and not isinstance(tags, str | list):
+        raise RecordError(f"field 'tags' must be a list or comma-separated text, not {_json_type(tags)}")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 def _text(record: dict[str, Any], *names: str) -> str | None:
@@ -572,16 +663,21 @@ class _Loader:
     async def _load_records(self, file: SourceFile, text: str) -> None:
         articles: list[PendingArticle] = []
         resolutions: list[PendingResolution] = []
+        skipped: list[int] = []
         for line, record in iter_records(text, file.format):
             where = f"{file.path}:{line}"
             if isinstance(record, str):
                 self.report.errors.append(LoadError(where, record))
+                if record.startswith(CSV_ERROR):
+                    # The rest of the file was not read: --prune must keep what it loaded before.
+                    self.failed_sources.add(file.source)
                 continue
             try:
+                check_field_types(record)
                 if self.kind == "resolution":
                     row = resolution_from_record(record, file_source=file.source, line=line, category=self.category)
                     if row is None:
-                        self.report.skipped += 1
+                        skipped.append(line)
                     else:
                         resolutions.append(PendingResolution(row=row, file=file.source))
                     continue
@@ -590,7 +686,7 @@ class _Loader:
                 self.report.errors.append(LoadError(where, str(exc)))
                 continue
             if article is None:
-                self.report.skipped += 1
+                skipped.append(line)
             elif not self._claim(article.source, where):
                 self.report.errors.append(
                     LoadError(
@@ -600,6 +696,13 @@ class _Loader:
                 )
             else:
                 articles.append(article)
+        if skipped:
+            self.report.skipped += len(skipped)
+            needs = "ticket text (subject or body) and an answer" if self.kind == "resolution" else "text"
+            lines = ", ".join(str(n) for n in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+            self.report.warnings.append(
+                LoadError(str(file.path), f"{len(skipped)} record(s) skipped without {needs} (line {lines})")
+            )
         if articles:
             stored = await store.document_hashes(self.conn, [a.source for a in articles])
             for article in articles:

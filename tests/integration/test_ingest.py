@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 
-from ingest.signatures import sign_webhook
+from ingest import signatures
+from ingest.signatures import DEFAULT_TOLERANCE_S, sign_webhook
 
 URL = "/api/webhooks/support/ingest"
 
@@ -304,8 +306,8 @@ class TestSignatures:
         body = json.dumps(ticket("sig-bad")).encode()
         now = int(time.time())
         headers = {
-            "too-old": self.signed(body, ts=now - 301),
-            "too-new": self.signed(body, ts=now + 301),
+            "too-old": self.signed(body, ts=now - DEFAULT_TOLERANCE_S - 1),
+            "too-new": self.signed(body, ts=now + DEFAULT_TOLERANCE_S + 1),
             "wrong-secret": self.signed(body, secret="whsec_" + "d3Jvbmctc2VjcmV0LWtleS1mb3ItdGVzdHM="),
         }.get(tamper, self.signed(body))
         sent = body
@@ -320,6 +322,40 @@ class TestSignatures:
         assert_problem(await post(signed_client, sent, **headers), 401)
         assert await count(clean_db, "tickets") == 0
         assert await count(clean_db, "customers") == 0
+
+    @pytest.mark.parametrize(
+        ("offset", "accepted"),
+        [
+            (-DEFAULT_TOLERANCE_S, True),
+            (DEFAULT_TOLERANCE_S, True),
+            (-DEFAULT_TOLERANCE_S - 1, False),
+            (DEFAULT_TOLERANCE_S + 1, False),
+        ],
+        ids=["exactly-tolerance-old", "exactly-tolerance-ahead", "one-second-too-old", "one-second-too-far-ahead"],
+    )
+    async def test_the_timestamp_tolerance_is_inclusive_to_the_second(
+        self,
+        signed_client: Any,
+        clean_db: asyncpg.Pool,
+        monkeypatch: pytest.MonkeyPatch,
+        offset: int,
+        accepted: bool,
+    ) -> None:
+        # The verifier's clock stopped on a whole second: a timestamp exactly DEFAULT_TOLERANCE_S (300 s) away is
+        # then exactly that far, not a few milliseconds further by the time the request is checked.
+        now = int(time.time())
+        monkeypatch.setattr(signatures, "time", SimpleNamespace(time=lambda: float(now)))
+        body = json.dumps(ticket(f"sig-edge-{offset}")).encode()
+
+        response = await post(signed_client, body, **self.signed(body, ts=now + offset))
+
+        if accepted:
+            assert response.status_code == 201, response.text
+            assert await count(clean_db, "tickets") == 1
+        else:
+            assert_problem(response, 401)
+            assert await count(clean_db, "tickets") == 0
+            assert await count(clean_db, "customers") == 0
 
     async def test_replayed_signed_request_is_a_duplicate_not_a_second_ticket(
         self, signed_client: Any, clean_db: asyncpg.Pool

@@ -499,3 +499,182 @@ async def test_many_small_batches_store_the_same_rows_and_report_every_file(
     assert progress.total == 6
     assert progress.advanced == 6
     assert min((await chunk_counts(clean_db)).values()) >= 1  # every document kept its chunks
+
+
+def hostile_records(root: Path) -> tuple[list[str], list[str]]:
+    """Malformed JSONL and CSV beside a good article: the expected error and warning lines, in report order."""
+    root.mkdir()
+    (root / "good.md").write_text("# Good article\n\nThis one loads.\n", encoding="utf-8")
+    lines = [
+        json.dumps({"id": "ok-1", "subject": "Dark mode", "body": "Where is it?", "answer": "Profile → Theme."}),
+        '{"id": "broken", "body": "no closing brace"',
+        '["a", "list", "not an object"]',
+        '"just a string"',
+        json.dumps({"id": "nothing", "category": "billing"}),  # no text at all: skipped, with a warning
+        json.dumps({"id": "list-body", "subject": "S", "body": ["a", "b"], "answer": "x"}),
+        json.dumps({"id": "object-answer", "body": "b", "answer": {"text": "x"}}),
+        json.dumps({"id": "bool-subject", "subject": True, "body": "b"}),
+        json.dumps({"id": "dict-tags", "body": "b", "tags": {"a": 1}}),
+        json.dumps({"id": "number-category", "body": "b", "answer": "a", "category": 5}),
+        '{"id": "nan", "body": "b", "answer": NaN}',
+        '{"id": "huge", "body": "b", "score": 1e999}',
+        '{"id": "nul", "body": "before\\u0000after"}',
+        '{"id": "surrogate", "body": "lone \\ud800 half"}',
+        '{"id": "nul-key", "body": "b", "x\\u0000": "y"}',
+        '{"a": ' * 5000 + "1" + "}" * 5000,
+        # A raw U+2028 inside a string is valid JSON and does not end the line.
+        json.dumps(
+            {"id": "ok-2", "body": "Line\u2028separator inside", "answer": "Still one record."}, ensure_ascii=False
+        ),
+    ]
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "rows.csv").write_text(
+        "id,subject,body,answer\n"
+        "r1,Invoices,Where are my invoices?,Settings → Billing.\n"
+        "r2,Short row\n"
+        "r3,Long,row,has,two,extra\n"
+        "r4,Timer,My timer stops,Update the app.\n",
+        encoding="utf-8",
+    )
+    (root / "unterminated.csv").write_text(
+        'id,subject,body,answer\nu1,Fine,"quoted, fine",Yes\nu2,Broken,"never closed,answer\nu3,Lost,body,answer\n',
+        encoding="utf-8",
+    )
+    (root / "nul.csv").write_bytes(b"id,body\nn1,before\x00after\n")
+    jsonl_file, rows, unterminated = root / "records.jsonl", root / "rows.csv", root / "unterminated.csv"
+    errors = [
+        f"{root / 'nul.csv'}: binary file (contains NUL bytes)",
+        f"{jsonl_file}:2: not JSON: Expecting ',' delimiter",
+        f"{jsonl_file}:3: a record must be a JSON object",
+        f"{jsonl_file}:4: a record must be a JSON object",
+        f"{jsonl_file}:6: field 'body' must be text, a number or null, not a list",
+        f"{jsonl_file}:7: field 'answer' must be text, a number or null, not an object",
+        f"{jsonl_file}:8: field 'subject' must be text, a number or null, not true/false",
+        f"{jsonl_file}:9: field 'tags' must be a list or comma-separated text, not an object",
+        f"{jsonl_file}:10: category 5 is not one of billing, technical, onboarding, general",
+        f"{jsonl_file}:11: not JSON: NaN is not a JSON number",
+        f"{jsonl_file}:12: not JSON: 1e999 is out of range",
+        f"{jsonl_file}:13: contains a NUL character or an unpaired surrogate (\\u0000, \\ud800-\\udfff)",
+        f"{jsonl_file}:14: contains a NUL character or an unpaired surrogate (\\u0000, \\ud800-\\udfff)",
+        f"{jsonl_file}:15: contains a NUL character or an unpaired surrogate (\\u0000, \\ud800-\\udfff)",
+        f"{jsonl_file}:16: not JSON: nested too deeply",
+        f"{rows}:3: 2 fields, the header has 4",
+        f"{rows}:4: 6 fields, the header has 4",
+        f"{unterminated}:3: not valid CSV: unexpected end of data in the record starting here (read to line 4); "
+        "the rest of the file was not read",
+    ]
+    warnings = [f"{jsonl_file}: 1 record(s) skipped without text (line 5)"]
+    return errors, warnings
+
+
+HOSTILE_SOURCES = [
+    "kb/good.md",
+    "kb/records.jsonl#ok-1",
+    "kb/records.jsonl#ok-2",
+    "kb/rows.csv#r1",
+    "kb/rows.csv#r4",
+    "kb/unterminated.csv#u1",
+]
+
+
+async def test_malformed_records_are_reported_by_file_and_line_while_good_ones_load(
+    clean_db: asyncpg.Pool, database_url: str, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = tmp_path / "kb"
+    errors, warnings = hostile_records(root)
+
+    result = await asyncio.to_thread(run_cli, database_url, "kb", "load", str(root))
+
+    # The documented contract (`deskpilot kb load --help`): errors are reported, the rest loads, exit 1.
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    reported = [line for line in result.stderr.splitlines() if line.startswith(("error: ", "warning: "))]
+    assert sorted(reported) == sorted([f"error: {e}" for e in errors] + [f"warning: {w}" for w in warnings])
+    assert "files: 4, documents: 6" in result.stdout
+    assert f"errors: {len(errors)}" in result.stdout
+    assert sorted(await chunk_counts(clean_db)) == HOSTILE_SOURCES
+    u1 = await clean_db.fetchval(
+        "SELECT c.content FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+        "WHERE d.source = 'kb/unterminated.csv#u1'"
+    )
+    assert "quoted, fine" in u1
+    ok2 = await clean_db.fetchval(
+        "SELECT c.content FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id "
+        "WHERE d.source = 'kb/records.jsonl#ok-2'"
+    )
+    assert "Still one record." in ok2
+
+    # Again with the bad files still there (and --prune): the same report, nothing changed, nothing embedded.
+    snapshot = await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source")
+    chunk_ids = await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id")
+    version = await store.knowledge_version(clean_db)
+    counting = CountingEmbedder(memo)
+    again = await load(clean_db, [root], counting, prune=True)
+    assert [str(e) for e in again.errors] == errors
+    assert [str(w) for w in again.warnings] == warnings
+    assert (counting.calls, again.embedded, again.documents, again.pruned) == (0, 0, 0, 0)
+    assert again.unchanged == len(HOSTILE_SOURCES)
+    assert await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source") == (
+        snapshot
+    )
+    assert await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id") == chunk_ids
+    assert await store.knowledge_version(clean_db) == version
+
+
+async def test_malformed_records_loaded_as_resolutions_are_reported_and_written_nowhere(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = tmp_path / "kb"
+    errors, _ = hostile_records(root)
+    jsonl_file = root / "records.jsonl"
+    # A resolution needs ticket text and an answer: the same file skips more records, the errors are the same.
+    expected = [e for e in errors if e.startswith(f"{jsonl_file}:")]
+
+    report = await load(clean_db, [jsonl_file], memo, kind="resolution")
+
+    assert [str(e) for e in report.errors] == expected
+    assert [str(w) for w in report.warnings] == [
+        f"{jsonl_file}: 1 record(s) skipped without ticket text (subject or body) and an answer (line 5)"
+    ]
+    refs = [row["source_ref"] for row in await clean_db.fetch("SELECT source_ref FROM past_resolutions ORDER BY 1")]
+    assert refs == ["records.jsonl#ok-1", "records.jsonl#ok-2"]
+
+    counting = CountingEmbedder(memo)
+    again = await load(clean_db, [jsonl_file], counting, kind="resolution")
+    assert [str(e) for e in again.errors] == expected
+    assert (counting.calls, again.embedded, again.resolutions, again.unchanged) == (0, 0, 0, 2)
+    assert await clean_db.fetchval("SELECT count(*) FROM past_resolutions") == 2
+
+
+async def test_a_csv_cut_short_by_a_parse_error_keeps_what_it_loaded_before_under_prune(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    faq = root / "faq.csv"
+    faq.write_text(
+        "id,subject,body,answer\n"
+        "f1,One,First question,First answer.\n"
+        "f2,Two,Second question,Second answer.\n"
+        "f3,Three,Third question,Third answer.\n",
+        encoding="utf-8",
+    )
+    await load(clean_db, [root], memo)
+    assert sorted(await chunk_counts(clean_db)) == ["kb/faq.csv#f1", "kb/faq.csv#f2", "kb/faq.csv#f3"]
+
+    # A stray quote in f2 hides f2 and f3 from the parser: they are not gone, so --prune must not delete them.
+    faq.write_text(
+        "id,subject,body,answer\n"
+        "f1,One,First question,First answer.\n"
+        'f2,Two,"Second question,Second answer.\n'
+        "f3,Three,Third question,Third answer.\n",
+        encoding="utf-8",
+    )
+    report = await load(clean_db, [root], memo, prune=True)
+
+    assert [str(e) for e in report.errors] == [
+        f"{faq}:3: not valid CSV: unexpected end of data in the record starting here (read to line 4); "
+        "the rest of the file was not read"
+    ]
+    assert report.pruned == 0
+    assert sorted(await chunk_counts(clean_db)) == ["kb/faq.csv#f1", "kb/faq.csv#f2", "kb/faq.csv#f3"]

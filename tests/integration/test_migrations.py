@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -26,9 +27,7 @@ async def test_fresh_then_rerun(pg_admin_url: str) -> None:
     assert await db.migrate(url) == []
     conn = await asyncpg.connect(url)
     try:
-        versions = [
-            r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
-        ]
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
         assert versions == [m.version for m in db.discover_migrations()]
         assert await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     finally:
@@ -67,3 +66,56 @@ def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
     (tmp_path / "1_short.sql").write_text("SELECT 1;")
     with pytest.raises(db.MigrationError, match=r"0001_name\.sql"):
         db.discover_migrations(tmp_path)
+
+
+OUT_OF_LINE = """
+    SELECT count(pg_column_toast_chunk_id(embedding)) AS embedding, count(pg_column_toast_chunk_id(tsv)) AS tsv
+    FROM {table}
+"""
+
+
+async def test_search_columns_live_in_the_row_for_new_and_migrated_rows(pg_admin_url: str, tmp_path: Path) -> None:
+    """Every search reads `embedding` and `tsv`: out of line in TOAST they cost a fetch per row scanned."""
+    url = fresh_database(pg_admin_url)
+    inline = next(m for m in db.discover_migrations() if m.name == "0008_inline_search_columns.sql")
+    for migration in db.discover_migrations():
+        if migration.version < inline.version:
+            (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    # A ticket-length text of distinct words (what compresses well stays inline anyway): with a 384-d vector the
+    # row crosses the 2 kB TOAST threshold.
+    words = " ".join(hashlib.sha1(str(i).encode()).hexdigest()[:10] for i in range(90))
+    vector = "[" + ",".join(["0.05"] * 384) + "]"
+
+    async def add_rows(conn: asyncpg.Connection, tag: str) -> None:
+        await conn.execute(
+            """INSERT INTO past_resolutions (source, content_hash, ticket_text, resolution, embedding)
+               VALUES ('history', $1, $2, $3, $4::vector)""",
+            tag,
+            f"{tag} {words}",
+            words,
+            vector,
+        )
+        document = await conn.fetchval(
+            "INSERT INTO kb_documents (source, content_hash) VALUES ($1, $1) RETURNING id", tag
+        )
+        await conn.execute(
+            "INSERT INTO kb_chunks (document_id, seq, content, embedding) VALUES ($1, 0, $2, $3::vector)",
+            document,
+            f"{tag} {words}",
+            vector,
+        )
+
+    conn = await asyncpg.connect(url)
+    try:
+        await db.apply_migrations(conn, tmp_path)
+        await add_rows(conn, "before")
+        # Without the migration both columns of the row written above went out of line.
+        for table in ("past_resolutions", "kb_chunks"):
+            assert dict(await conn.fetchrow(OUT_OF_LINE.format(table=table))) == {"embedding": 1, "tsv": 1}
+        assert await db.apply_migrations(conn) == [inline.name]
+        await add_rows(conn, "after")
+        for table in ("past_resolutions", "kb_chunks"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 2
+            assert dict(await conn.fetchrow(OUT_OF_LINE.format(table=table))) == {"embedding": 0, "tsv": 0}
+    finally:
+        await conn.close()

@@ -14,7 +14,7 @@ import numpy as np
 from agent.audit import json_text
 from agent.state import AgentState
 from app.db import Connection
-from app.delivery.outbox import enqueue_reply, reply_idempotency_key
+from app.delivery.outbox import enqueue_reply, reply_idempotency_key, reply_recipient
 from app.lifecycle import transition
 from app.queue import Claim, assert_lease, finish_claim, notify_work
 from app.settings import Settings
@@ -109,12 +109,13 @@ async def commit_reply(
     ticket = state["ticket"]
     flagged = decision == "flag_for_review"
     channel = ticket.get("channel") or "email"
-    if channel == "email":
-        recipient = ticket.get("customer_email") or ""
-    elif channel == "in_app":
-        recipient = str(ticket.get("customer_id") or "")
-    else:
-        recipient = settings.callback_url or ""
+    recipient = reply_recipient(
+        channel,
+        customer_email=ticket.get("customer_email"),
+        customer_id=ticket.get("customer_id"),
+        ticket_metadata=ticket.get("metadata"),
+        settings=settings,
+    )
     text = state["drafted"]["draft"]
     scoring = state["scoring"]
     async with pool.acquire() as conn, conn.transaction():

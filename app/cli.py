@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -51,6 +52,28 @@ def configure_logging(level: str = "INFO") -> None:
     )
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a hostname or a wildcard (0.0.0.0, ::) may be reachable from anywhere
+
+
+def require_admin_token_off_loopback(host: str, settings: Settings) -> None:
+    """The admin API and console are open without DESKPILOT_ADMIN_TOKEN; that is allowed on loopback only."""
+    if settings.admin_token or is_loopback_host(host):
+        return
+    raise click.ClickException(
+        f"refusing to serve on {host} without DESKPILOT_ADMIN_TOKEN: the admin API and the console would be "
+        "open to anyone who can reach this port. Set DESKPILOT_ADMIN_TOKEN (a long random string; clients send "
+        "`Authorization: Bearer <token>`), or bind to 127.0.0.1."
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def main(log_level: str) -> None:
@@ -73,7 +96,10 @@ def main(log_level: str) -> None:
     help="API processes sharing the port (with --no-worker).",
 )
 def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> None:
-    """Migrate, then run the API with an in-process worker."""
+    """Migrate, then run the API with an in-process worker.
+
+    Off loopback (e.g. --host 0.0.0.0) DESKPILOT_ADMIN_TOKEN is required: without it the command refuses to start.
+    """
     import uvicorn
 
     from app.asgi import create_app
@@ -81,6 +107,8 @@ def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> 
     if processes > 1 and not no_worker:
         raise click.UsageError("--processes needs --no-worker: run the ticket workers with `deskpilot worker`")
     settings = load_settings()
+    # Before anything is started or bound: an open admin API is acceptable on this machine only.
+    require_admin_token_off_loopback(host, settings)
     url = database_url_or_exit(settings)
     applied = migrate_or_exit(url)
     if applied:
@@ -95,8 +123,8 @@ def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> 
         )
     if not settings.admin_token:
         click.secho(
-            "WARNING: DESKPILOT_ADMIN_TOKEN is not set: the admin API and console are open to anyone who can "
-            "reach this port.",
+            "WARNING: DESKPILOT_ADMIN_TOKEN is not set: the admin API and console are open to anyone on this "
+            "machine (serving on a non-loopback address needs it).",
             fg="yellow",
             bold=True,
             err=True,

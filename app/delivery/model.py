@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -26,6 +27,8 @@ class Delivery:
     lease_token: int
     attempt_id: UUID | None
     message_id: UUID | None
+    # When the reply was queued (the row's created_at): fixed for the row, unlike the time of a send.
+    created_at: datetime
     headers: dict[str, Any] = field(default_factory=dict)
     # Ticket context
     ticket_subject: str = ""

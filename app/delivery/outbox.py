@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -38,6 +39,24 @@ MAX_CONCURRENT_SENDS = 4
 def reply_idempotency_key(channel: str, ref: str) -> str:
     """The idempotency key of one reply: a Message-ID for email, the bare reference for the other channels."""
     return f"<{ref}@deskpilot>" if channel == "email" else ref
+
+
+def reply_recipient(
+    channel: str,
+    *,
+    customer_email: str | None,
+    customer_id: Any,
+    ticket_metadata: Mapping[str, Any] | None,
+    settings: Settings,
+) -> str:
+    """The `recipient` a reply's delivery row records: where its channel's sender will send it. Email: the
+    customer's address; in-app: the customer's id; webhook: the ticket's callback URL by the sender's own rule
+    (`webhook.ticket_callback_url`), empty when there is none (the send then fails visibly)."""
+    if channel == "email":
+        return customer_email or ""
+    if channel == "in_app":
+        return str(customer_id or "")
+    return webhook.ticket_callback_url(ticket_metadata, settings) or ""
 
 
 def delivery_backoff_s(tries: int, retry_after_s: float | None = None) -> float:
@@ -125,7 +144,7 @@ UPDATE deliveries d SET
 FROM due WHERE d.id = due.id
 RETURNING d.id, d.ticket_id, d.attempt_id, d.message_id, d.review_id, d.channel, d.idempotency_key,
           d.recipient,
-          d.subject, d.body, d.headers, d.origin, d.tries, d.lease_token
+          d.subject, d.body, d.headers, d.origin, d.tries, d.lease_token, d.created_at
 """
 
 _CONTEXT_SQL = """
@@ -173,6 +192,7 @@ async def claim_due_deliveries(
                 lease_token=row["lease_token"],
                 attempt_id=row["attempt_id"] or review_attempts.get(row["review_id"]),
                 message_id=row["message_id"],
+                created_at=row["created_at"],
                 headers=_as_dict(row["headers"]),
                 ticket_subject=ticket["subject"] if ticket else "",
                 ticket_external_id=ticket["external_id"] if ticket else "",

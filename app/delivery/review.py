@@ -19,7 +19,7 @@ import numpy as np
 
 from app.db import Connection
 from app.delivery.mail import reply_subject
-from app.delivery.outbox import enqueue_reply, reply_idempotency_key
+from app.delivery.outbox import enqueue_reply, reply_idempotency_key, reply_recipient
 from app.errors import Conflict, InvalidInput, NotFound
 from app.lifecycle import transition
 from app.queue import notify_work
@@ -181,7 +181,7 @@ def ticket_text(subject: str, body: str) -> str:
 
 _TICKET_FOR_REVIEW = """
 SELECT t.id, t.status, t.channel, t.subject, t.body, t.category, t.priority, t.flagged, t.needs_review,
-       c.email AS customer_email
+       t.customer_id, t.metadata, c.email AS customer_email
 FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1
 """
 
@@ -314,7 +314,13 @@ async def submit_review(
                 conn,
                 ticket_id=ticket_id,
                 channel=ticket["channel"],
-                recipient=ticket["customer_email"],
+                recipient=reply_recipient(
+                    ticket["channel"],
+                    customer_email=ticket["customer_email"],
+                    customer_id=ticket["customer_id"],
+                    ticket_metadata=ticket["metadata"],
+                    settings=settings,
+                ),
                 subject=reply_subject(ticket["subject"]),
                 body=sent_text,
                 idempotency_key=reply_idempotency_key(ticket["channel"], f"review-{review_id}"),

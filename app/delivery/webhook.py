@@ -1,13 +1,23 @@
 """The webhook channel: a Standard Webhooks-signed JSON POST of the reply to the integration's callback URL.
 
-`webhook-id` is the idempotency key, so a re-send after a crash can be dropped by the receiver. The URL passes
-the SSRF guard and the request goes to the address that was checked; redirects are never followed.
+`webhook-id` is the idempotency key, so a re-send after a crash can be dropped by the receiver. The body is
+built only from stored values (the delivery row and its ticket), so every send of one reply (a retry, or the
+re-send after a crash between the receiver's 2xx and our commit) is byte-identical: a receiver that refuses a
+reused key with a different payload (IETF Idempotency-Key) still accepts it. Only the `webhook-timestamp` header
+(and so the signature over `id.timestamp.body`) is the time of each send, as Standard Webhooks requires.
+
+The body (`type` "ticket.reply"): `ticket_id`, `external_id`, `customer_email`, `subject`, `body` (the reply
+text), `attempt_id` (the agent attempt that wrote it, or the one a reviewer answered; null when none), and
+`created_at` (RFC 3339, UTC: when the reply was queued, not when this copy was sent).
+
+The URL passes the SSRF guard and the request goes to the address that was checked; redirects are never followed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,15 +36,22 @@ EVENT_TYPE = "ticket.reply"
 USER_AGENT = "DeskPilot-Webhooks/1.0"
 
 
-def callback_url_for(delivery: Delivery, settings: Settings) -> str | None:
-    """The ticket's own callback URL (set by its source integration), else the configured default."""
-    own = delivery.ticket_metadata.get("callback_url") if isinstance(delivery.ticket_metadata, dict) else None
+def ticket_callback_url(ticket_metadata: Mapping[str, Any] | None, settings: Settings) -> str | None:
+    """The one rule for where a ticket's webhook replies go: its own `metadata.callback_url` (set by its source
+    integration) when that is an http(s) URL, else the configured default `DESKPILOT_CALLBACK_URL`."""
+    own = ticket_metadata.get("callback_url") if isinstance(ticket_metadata, Mapping) else None
     if isinstance(own, str) and own.strip().lower().startswith(("https://", "http://")):
         return own.strip()
     return settings.callback_url
 
 
-def webhook_payload(delivery: Delivery, sent_at: datetime) -> bytes:
+def callback_url_for(delivery: Delivery, settings: Settings) -> str | None:
+    """Where this delivery is POSTed (`ticket_callback_url` of its ticket)."""
+    return ticket_callback_url(delivery.ticket_metadata, settings)
+
+
+def webhook_payload(delivery: Delivery) -> bytes:
+    """The JSON body: only stored values, so every send of the delivery is byte-identical."""
     payload: dict[str, Any] = {
         "type": EVENT_TYPE,
         "ticket_id": str(delivery.ticket_id),
@@ -43,7 +60,7 @@ def webhook_payload(delivery: Delivery, sent_at: datetime) -> bytes:
         "subject": delivery.subject or delivery.ticket_subject,
         "body": delivery.body,
         "attempt_id": str(delivery.attempt_id) if delivery.attempt_id else None,
-        "sent_at": sent_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "created_at": delivery.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -100,8 +117,8 @@ async def post_pinned(target: CheckedTarget, body: bytes, headers: dict[str, str
 async def send_webhook(delivery: Delivery, settings: Settings) -> SendOutcome:
     """Sign and POST one reply; the outcome says whether it was accepted, should be retried, or is dead.
 
-    Times on the wire (the signature timestamp, `sent_at`) are the wall clock: the receiver checks them
-    against its own.
+    The body is the same on every send; the `webhook-timestamp` header is the wall clock of this send (the
+    receiver checks it against its own), and the signature covers both.
     """
     url = callback_url_for(delivery, settings)
     if not url:
@@ -113,7 +130,7 @@ async def send_webhook(delivery: Delivery, settings: Settings) -> SendOutcome:
     except UnsafeCallback as exc:
         return SendOutcome.failed(f"callback refused: {exc}")
     sent_at = datetime.now(UTC)
-    body = webhook_payload(delivery, sent_at)
+    body = webhook_payload(delivery)
     headers = {"content-type": "application/json", "user-agent": USER_AGENT}
     secret = settings.callback_secret or settings.webhook_secret
     if secret:

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 
+from app.cli import is_loopback_host, require_admin_token_off_loopback
+from app.settings import Settings
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +36,8 @@ def test_serve_embedded_ingests_over_http_and_shuts_down_cleanly(
     try:
         server.wait_ready()
         assert "UNSIGNED" in server.log()  # the loud start-up warning without a webhook secret
+        # No admin token: open, with a warning, which loopback allows.
+        assert "DESKPILOT_ADMIN_TOKEN is not set" in server.log()
         with httpx.Client(base_url=server.base_url, timeout=10) as http:
             created = http.post("/api/webhooks/support/ingest", json=EXPORT_QUESTION)
             assert created.status_code == 201, created.text
@@ -65,6 +70,52 @@ def test_several_api_processes_need_the_worker_elsewhere(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "--processes needs --no-worker" in result.stderr
     assert not (tmp_path / "unused").exists()  # refused before any database was started
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_serving_off_loopback_without_an_admin_token_is_refused(tmp_path: Path, host: str) -> None:
+    """Without DESKPILOT_ADMIN_TOKEN the admin API and console are open: acceptable on loopback (`make run`),
+    refused on an address others can reach, before a database is started or a port bound."""
+    env = {k: v for k, v in os.environ.items() if k != "DESKPILOT_ADMIN_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--host", host, "--port", "0"],
+        cwd=tmp_path,  # no stray .env with a token
+        env={**env, "DESKPILOT_DATA_DIR": str(tmp_path / "unused")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"refusing to serve on {host} without DESKPILOT_ADMIN_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "unused").exists()  # refused before any database was started
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("deskpilot.example", False),
+        ("", False),
+    ],
+)
+def test_only_loopback_may_serve_without_an_admin_token(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+    open_admin = Settings.from_mapping({})
+    if loopback:
+        require_admin_token_off_loopback(host, open_admin)
+    else:
+        with pytest.raises(click.ClickException, match="DESKPILOT_ADMIN_TOKEN"):
+            require_admin_token_off_loopback(host, open_admin)
+    require_admin_token_off_loopback(host, Settings.from_mapping({"DESKPILOT_ADMIN_TOKEN": "s3cret-admin-token"}))
 
 
 def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:

@@ -19,6 +19,7 @@ from agent.context import MemoryRecorder
 from agent.drafting import Draft, DraftRequest, OfflineDrafter
 from agent.runner import TicketProcessor, requeue_on_knowledge_change, run_graph_offline
 from agent.state import TicketInput
+from app.delivery import webhook
 from app.metrics import Metrics
 from app.queue import Claim, LeaseLost
 from app.settings import PROJECT_ROOT, Settings
@@ -111,6 +112,7 @@ async def new_ticket(
     tier: str = "pro",
     channel: str = "email",
     cycle_count: int = 0,
+    metadata: dict[str, Any] | None = None,
 ) -> UUID:
     async with pool.acquire() as conn, conn.transaction():
         customer_id = await conn.fetchval(
@@ -122,14 +124,15 @@ async def new_ticket(
         )
         ticket_id: UUID = await conn.fetchval(
             """INSERT INTO tickets (external_id, customer_id, channel, subject, body, customer_name, raw_payload,
-                                    next_attempt_at, cycle_count)
-               VALUES ('t-' || gen_random_uuid(), $1, $2, $3, $4, $5, '{}'::jsonb, now(), $6) RETURNING id""",
+                                    next_attempt_at, cycle_count, metadata)
+               VALUES ('t-' || gen_random_uuid(), $1, $2, $3, $4, $5, '{}'::jsonb, now(), $6, $7) RETURNING id""",
             customer_id,
             channel,
             subject,
             body,
             name,
             cycle_count,
+            metadata or {},
         )
         await conn.execute(
             """INSERT INTO ticket_messages (ticket_id, direction, channel, author, subject, body)
@@ -248,6 +251,41 @@ async def test_middle_confidence_is_sent_and_flagged(
     assert delivery["idempotency_key"] == str(attempt_id)
     assert delivery["recipient"] == str(ticket["customer_id"])
     assert [s["node"] for s in await steps_of(pool, ticket_id)][-1] == "flag_for_review"
+
+
+async def test_a_webhook_reply_records_the_callback_url_it_will_be_sent_to(
+    pool: asyncpg.Pool, processor_for: Callable[..., TicketProcessor]
+) -> None:
+    """The delivery's recipient is the URL the webhook sender will POST to: the ticket's own
+    `metadata.callback_url` when it has one, else DESKPILOT_CALLBACK_URL (not always the default)."""
+    default_url = "https://hooks.default.example/replies"
+    processor = processor_for(confidence=0.7, DESKPILOT_CALLBACK_URL=default_url)
+    own_url = "https://partner.example/integrations/acme/replies"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"callback_url": own_url}, own_url),
+        ({}, default_url),
+        # Not an http(s) URL: the sender ignores it and uses the default, and so does the record.
+        ({"callback_url": "file:///etc/passwd"}, default_url),
+    ]
+    for metadata, expected in cases:
+        ticket_id = await new_ticket(
+            pool,
+            subject="Invite a teammate",
+            body="How do I invite my colleague to our workspace?",
+            channel="webhook",
+            email="hooks@example.com",
+            metadata=metadata,
+        )
+        assert await processor(await claim(pool, ticket_id)) == "flag_for_review"
+        delivery = await pool.fetchrow(
+            "SELECT d.*, t.metadata FROM deliveries d JOIN tickets t ON t.id = d.ticket_id WHERE d.ticket_id = $1",
+            ticket_id,
+        )
+        assert delivery["channel"] == "webhook"
+        assert delivery["recipient"] == expected
+        # The same rule as the sender's, by construction: the sender resolves the stored ticket to this URL.
+        sender_url = webhook.ticket_callback_url(delivery["metadata"], processor.settings)
+        assert delivery["recipient"] == sender_url
 
 
 async def test_low_confidence_escalates_and_cycles_with_backoff(

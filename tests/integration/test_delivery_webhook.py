@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +35,17 @@ def hook_settings(make_settings: Callable[..., Settings], receiver: HttpReceiver
         return make_settings(**{**base, **env})
 
     return build
+
+
+def frozen_clock(moment: datetime) -> type[datetime]:
+    """A stand-in for the `datetime` class whose `now()` is `moment`."""
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return moment.astimezone(tz) if tz is not None else moment
+
+    return Clock
 
 
 async def queued_webhook_reply(
@@ -74,18 +85,24 @@ async def test_signed_post_verifiable_by_the_receiver(
         "subject": "Re: API returns 500",
         "body": "Rotate your API key and retry.",
         "attempt_id": str(attempt_id),
-        "sent_at": payload["sent_at"],
+        "created_at": payload["created_at"],
     }
-    assert datetime.fromisoformat(payload["sent_at"].replace("Z", "+00:00")).tzinfo is not None
     row = await delivery_row(clean_db, delivery_id)
+    # When the reply was queued (the row's own time), not when this copy went out.
+    assert datetime.fromisoformat(payload["created_at"].replace("Z", "+00:00")) == row["created_at"]
     assert row["status"] == "sent"
     assert await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1") == 0
     assert len(receiver.requests) == 1
 
 
 async def test_500_is_retried_with_the_same_webhook_id(
-    clean_db: asyncpg.Pool, hook_settings: Callable[..., Settings], receiver: HttpReceiver
+    clean_db: asyncpg.Pool,
+    hook_settings: Callable[..., Settings],
+    receiver: HttpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The retry is the same request: same `webhook-id`, byte-identical body (a receiver following the IETF
+    Idempotency-Key draft refuses a reused key with another payload); only the signature timestamp is new."""
     receiver.script = [Reply(500)]
     _ticket_id, attempt_id, delivery_id = await queued_webhook_reply(clean_db)
     start = datetime.now(UTC)
@@ -93,10 +110,19 @@ async def test_500_is_retried_with_the_same_webhook_id(
     row = await delivery_row(clean_db, delivery_id)
     assert row["status"] == "pending"
     assert row["last_error"] == "HTTP 500"
+    # The retry is sent at a later wall-clock time (whole seconds, as the header carries them).
+    monkeypatch.setattr(webhook, "datetime", frozen_clock(datetime.now(UTC) + timedelta(seconds=7)))
     assert (
         await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(hours=1)) == 1
     )
-    assert [r.headers["webhook-id"] for r in receiver.requests] == [str(attempt_id)] * 2
+    first, second = receiver.requests
+    assert [first.headers["webhook-id"], second.headers["webhook-id"]] == [str(attempt_id)] * 2
+    assert second.body == first.body
+    assert int(second.headers["webhook-timestamp"]) >= int(first.headers["webhook-timestamp"]) + 6
+    assert second.headers["webhook-signature"] != first.headers["webhook-signature"]
+    for request in (first, second):
+        sent_at = int(request.headers["webhook-timestamp"])
+        assert verify_webhook(SECRET, request.headers, request.body, now=sent_at) == str(attempt_id)
     assert (await delivery_row(clean_db, delivery_id))["status"] == "sent"
 
 

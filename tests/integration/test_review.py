@@ -186,6 +186,21 @@ async def test_edit_sends_the_reviewers_text_with_a_diff(client: Any, clean_db: 
     )
 
 
+async def test_a_reviewer_webhook_reply_records_the_tickets_callback_url(
+    client: Any, clean_db: asyncpg.Pool
+) -> None:
+    """The reviewer's reply on the webhook channel records the URL the sender will POST to (the ticket's own
+    `metadata.callback_url`), not the customer's email address."""
+    own_url = "https://partner.example/integrations/acme/replies"
+    ticket_id, _ = await escalated_ticket(clean_db, channel="webhook", metadata={"callback_url": own_url})
+    response = await review(client, ticket_id, action="approve", close=False)
+    assert response.status_code == 200, response.text
+    delivery = await clean_db.fetchrow(
+        "SELECT channel, recipient, origin FROM deliveries WHERE ticket_id = $1", ticket_id
+    )
+    assert (delivery["channel"], delivery["recipient"], delivery["origin"]) == ("webhook", own_url, "reviewer")
+
+
 async def test_reject_sends_nothing(client: Any, clean_db: asyncpg.Pool) -> None:
     ticket_id, _ = await escalated_ticket(clean_db)
     await clean_db.execute(

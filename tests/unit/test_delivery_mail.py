@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
@@ -33,6 +34,7 @@ def delivery(**overrides: object) -> Delivery:
         "lease_token": 1,
         "attempt_id": None,
         "message_id": None,
+        "created_at": datetime(2026, 1, 5, 9, 30, tzinfo=UTC),
         "ticket_subject": "Invoice missing",
     }
     values.update(overrides)

@@ -503,7 +503,9 @@ class Worker:
         try:
             if healthy:
                 async with asyncio.timeout(RELEASE_TIMEOUT_S):
-                    await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+                    await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)  # UNLISTEN
+                    # Pooled connections come back without session state (`db.keep_session`).
+                    await conn.execute("RESET application_name")
                     await self.pool.release(conn)
                 released = True
         except Exception:

@@ -307,6 +307,30 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
         await eventually(tickets_done(worker_pool, ids), within_s=5, what="woken by NOTIFY after reconnecting")
 
 
+async def test_connections_come_back_to_the_pool_without_the_listeners_session_state(
+    clean_db: asyncpg.Pool, database_url: str, worker_settings: Callable[..., Settings]
+) -> None:
+    """The pool skips asyncpg's reset query (`db.keep_session`), so the LISTEN connection must undo its LISTEN
+    and its name itself: the next borrower of that connection must not get notifications or look like it."""
+    settings = worker_settings(DESKPILOT_POLL_INTERVAL="30", DESKPILOT_DB_POOL_MIN="2", DESKPILOT_DB_POOL_MAX="2")
+    pool = await db.create_pool(database_url, settings)
+    try:
+        worker = make_worker(pool, settings, FakeProcessor(pool))
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.listening.wait(), 10)
+        listen_pid = await listener_pid(clean_db)
+        worker.request_stop()  # graceful: the listener hands its connection back instead of closing it
+        await asyncio.wait_for(task, 15)
+        async with pool.acquire() as first, pool.acquire() as second:  # the whole pool
+            pids = {await conn.fetchval("SELECT pg_backend_pid()"): conn for conn in (first, second)}
+            assert listen_pid in pids, "the LISTEN connection was closed, not returned to the pool"
+            listened_on = pids[listen_pid]
+            assert await listened_on.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
+            assert not (await listened_on.fetchval("SHOW application_name")).startswith("deskpilot-listen")
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
 async def test_the_worker_survives_all_its_connections_being_killed(
     worker_pool: asyncpg.Pool, clean_db: asyncpg.Pool, worker_settings: Callable[..., Settings]
 ) -> None:

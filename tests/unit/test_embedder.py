@@ -103,6 +103,53 @@ def test_concurrent_callers_get_the_same_vectors_as_one_caller(embedder: Any) ->
         np.testing.assert_allclose(results[n][0], alone[n], atol=1e-5)
 
 
+# Mixed lengths (a padded batch), a text past the model's 256-token input limit, and a single text.
+COMPILED_CHECK = [
+    *TEXTS,
+    "Our whole team cannot log in since this morning; the SSO page loops back to the start. " * 2,
+    " ".join(f"token{i}" for i in range(700)),
+]
+
+
+def eager_vectors(texts: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(packaged_model_path(), device="cpu")
+    return np.asarray(model.encode(texts, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+
+
+def test_the_compiled_model_gives_the_eager_models_vectors(embedder: Any) -> None:
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    assert embedder.compiled  # the packaged MiniLM traces: the worker relies on it for its throughput
+    expected = eager_vectors(COMPILED_CHECK)
+
+    np.testing.assert_allclose(embedder.encode(COMPILED_CHECK), expected, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(COMPILED_CHECK[-1:]), expected[-1:], atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(COMPILED_CHECK[:1]), expected[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("failure", ["the tracer raises", "the traced vectors differ"])
+def test_a_model_that_cannot_be_compiled_runs_eagerly(
+    failure: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    if failure == "the tracer raises":
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("cannot trace this model")
+
+        monkeypatch.setattr(torch.jit, "trace", refuse)
+    else:
+        monkeypatch.setattr(embedder_module, "TRACE_TOLERANCE", -1.0)  # no difference is small enough
+    with caplog.at_level("WARNING", logger="knowledge.embedder"):
+        eager = SentenceTransformerEmbedder(replicas=2)
+
+    assert not eager.compiled
+    assert "embedding model not compiled" in caplog.text
+    np.testing.assert_allclose(eager.encode(COMPILED_CHECK), eager_vectors(COMPILED_CHECK), atol=1e-5)
+
+
 def test_one_instance_per_model(embedder: Any) -> None:
     assert get_embedder() is embedder
     assert get_embedder(packaged_model_path()) is embedder

@@ -205,7 +205,7 @@ def _traced_encoder(model: Any) -> _TracedEncoder | None:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
                 compiled = torch.jit.freeze(
-                    torch.jit.trace(
+                    torch.jit.trace(  # type: ignore[no-untyped-call]
                         transformer.auto_model.eval(),
                         (example["input_ids"], example["attention_mask"]),
                         strict=False,

@@ -88,9 +88,13 @@ def fold(text: str) -> str:
     """The text as patterns see it: NFKC, format/control characters removed, lower case, no accents."""
     text = unicodedata.normalize("NFKC", text)
     # Cf covers zero-width spaces and joiners, bidi overrides and the Unicode tag block; Cc the control chars.
-    kept = [ch if unicodedata.category(ch) not in {"Cf", "Cc"} or ch in "\n\t" else "" for ch in text]
-    text = "".join(kept).translate(_APOSTROPHES).lower().translate(_HOMOGLYPHS).replace("ß", "ss")
-    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    # Each distinct character is looked at once (a ticket has a few dozen), not each of its thousands.
+    hidden = {ch for ch in set(text) if unicodedata.category(ch) in {"Cf", "Cc"} and ch not in "\n\t"}
+    text = text.translate(dict.fromkeys(map(ord, hidden))) if hidden else text
+    text = text.translate(_APOSTROPHES).lower().translate(_HOMOGLYPHS).replace("ß", "ss")
+    text = unicodedata.normalize("NFKD", text)
+    marks = {ch for ch in set(text) if unicodedata.combining(ch)}
+    text = text.translate(dict.fromkeys(map(ord, marks))) if marks else text
     # Spaces collapse but line breaks stay: a "system:" line is only an injection at the start of a line.
     return "\n".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
 

@@ -26,7 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
-# Copies of the model encoding at once: one per core up to this many (each adds ~140 MB resident for MiniLM).
+# Texts encoded at once: one per core up to this many (compiled, they share the weights; an eager replica is a
+# copy of the model, ~140 MB resident for MiniLM).
 MAX_REPLICAS = 4
 # How much padding a group of texts may add: 1.2 = the group costs at most 20 % more than its texts alone.
 PADDING_SLACK = 1.2

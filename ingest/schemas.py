@@ -105,14 +105,22 @@ def _json_string_value(lexeme: str) -> str:
     return value if isinstance(value, str) else lexeme[1:-1]
 
 
+def strict_json_loads(text: str) -> Any:
+    """`json.loads` that refuses what JSON's grammar does not have or a float cannot hold: NaN, Infinity, 1e999.
+
+    Raises ValueError (json.JSONDecodeError for malformed text) or RecursionError for nesting too deep.
+    """
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
+        raise ValueError(f"{text[:40]} is out of range")
     return value
 
 
@@ -128,7 +136,7 @@ def _decode_json(text: str) -> Any:
     # JSON's grammar allows lone UTF-16 surrogate escapes ("\ud800") and msgspec refuses them. The standard
     # library decodes them; normalization and sanitize_for_jsonb then drop them from every string kept.
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return strict_json_loads(text)
     except (ValueError, RecursionError):
         raise PayloadError(400, f"malformed JSON: {msgspec_error}") from None
 

@@ -9,7 +9,6 @@ import asyncio
 import csv
 import io
 import json
-import math
 import os
 import re
 import time
@@ -21,6 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from ingest.normalize import strip_invisible
+from ingest.schemas import strict_json_loads
 from knowledge import store
 from knowledge.chunking import Chunk, chunk_markdown, chunk_plain_text, extract_title, html_to_markdownish
 from knowledge.embedder import Embedder, check_dimension, embed
@@ -430,7 +430,7 @@ def iter_records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | st
         if not line.strip():
             continue
         try:
-            value = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+            value = strict_json_loads(line)
         except json.JSONDecodeError as exc:
             yield number, f"not JSON: {exc.msg}"
             continue
@@ -446,17 +446,6 @@ def iter_records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | st
             yield number, "contains a NUL character or an unpaired surrogate (\\u0000, \\ud800-\\udfff)"
         else:
             yield number, value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise ValueError(f"{literal[:40]} is out of range")
-    return value
 
 
 def _unstorable(value: Any) -> bool:

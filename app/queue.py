@@ -173,6 +173,14 @@ async def fail_claim(conn: Connection, claim: Claim, error: str, *, max_failures
             parked,
             failure_backoff_s(failures),
         )
+        if parked:
+            # No later attempt will supersede them: attempts whose workers died mid-graph end here, in the trace too.
+            await conn.execute(
+                """UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
+                          error = COALESCE(error, 'its worker stopped before finishing; the ticket was parked')
+                   WHERE ticket_id = $1 AND state = 'running'""",
+                claim.ticket_id,
+            )
         return bool(parked)
 
 

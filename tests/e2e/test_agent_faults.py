@@ -7,6 +7,9 @@ graph, embedding model and fenced decision transaction, which SIGKILLs itself at
 whose data reached it; webhook replies go to an HTTP receiver in this process. Leases are 3 s, so rescues happen
 within seconds; the promise checked is "within 60 s".
 
+The same victims also stop themselves (`--pause-at`: SIGSTOP past the lease, then SIGCONT after a rescue) and die
+on one ticket only (`--ticket`: a poison ticket, parked after DESKPILOT_MAX_ATTEMPTS deaths).
+
 The ticket is a how-to question the agent answers on the example history (decision `deliver`), each from its own
 customer: a customer asking the same thing twice is flagged for review instead.
 """
@@ -43,10 +46,10 @@ from app.queue import claim_next_ticket
 from app.settings import PROJECT_ROOT, Settings
 from ingest.signatures import verify_webhook
 from tests.conftest import empty_data_tables, load_example_resolutions
-from tests.support.agent_worker import KILL_MARK, POINTS, AgentWorkerProcess
+from tests.support.agent_worker import KILL_MARK, PAUSE_MARK, POINTS, AgentWorkerProcess
 from tests.support.http_receiver import HttpReceiver, ReceivedRequest
 from tests.support.server import free_port
-from tests.support.workers import eventually
+from tests.support.workers import eventually, truthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -541,3 +544,253 @@ async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_web
     ticket = await pool.fetchrow("SELECT status, channel FROM tickets WHERE id = $1", question.ticket_id)
     assert ticket is not None
     assert (ticket["status"], ticket["channel"]) == ("resolved", "webhook")
+
+
+# --- SIGSTOP past the lease -----------------------------------------------------------------------------------
+
+PAUSE_POINT = "after:draft"
+
+
+async def test_a_real_agent_worker_paused_past_its_lease_sends_nothing_after_it_resumes(
+    history: None, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """A real agent worker stops itself (SIGSTOP, heartbeats and all) once `draft` is done, before its decision.
+    Its lease runs out; `deskpilot worker` takes the ticket over and answers it. Resumed, the paused worker runs
+    on from its next node, and meets the fence: its decision transaction is refused (lease token superseded), or
+    its heartbeat finds the token superseded first and cancels its processing. Nothing it does afterwards reaches
+    the database's decision tables or the mail server."""
+    with smtp_sink() as sink:
+        env = worker_env(database_url, sink, tmp_path)
+        paused = await AgentWorkerProcess.start(
+            database_url, {**env, **ONE_THREAD}, tmp_path / "paused.log", pause_at=PAUSE_POINT
+        )
+        rescuer: AgentWorkerProcess | None = None
+        try:
+            await paused.wait_listening(within_s=120)
+            [question] = await post_questions(database_url, tmp_path, 1, "paused")
+            ticket_id = question.ticket_id
+            await paused.wait_log(f"{PAUSE_MARK} {PAUSE_POINT} (ticket {ticket_id})", within_s=60)
+            await eventually(lambda: truthy(paused.stopped()), within_s=10, what="the worker stopped")
+
+            rescuer = await AgentWorkerProcess.start_cli(env, tmp_path / "rescuer.log", concurrency=1)
+            with rescuer.log_on_failure():
+                await eventually(deliveries_sent(pool, [ticket_id]), within_s=RESCUE_LIMIT_S, what="rescued")
+            assert paused.stopped()  # paused all along: the rescue did not wait for it
+            [first, second] = await pool.fetch(
+                "SELECT lease_token FROM resolution_attempts WHERE ticket_id = $1 ORDER BY attempt_no", ticket_id
+            )
+            paused_token, rescuer_token = first["lease_token"], second["lease_token"]
+            assert rescuer_token > paused_token
+
+            paused.signal(signal.SIGCONT)
+            refusal = (
+                f"ticket {ticket_id}: lease lost, completion refused: "
+                f"ticket {ticket_id}: lease token {paused_token} superseded by {rescuer_token}"
+            )
+            cancelling = (
+                f"ticket {ticket_id}: lease lost (token {paused_token} superseded by {rescuer_token}); "
+                "cancelling its processing"
+            )
+            with paused.log_on_failure():
+                await eventually(
+                    lambda: truthy(refusal in paused.log() or cancelling in paused.log()),
+                    within_s=30,
+                    what="the resumed worker fenced out",
+                )
+                await asyncio.sleep(3.0)  # room for anything it might still write or send
+                assert paused.process.returncode is None  # alive, and working on
+        finally:
+            for process in [paused, *([rescuer] if rescuer else [])]:
+                await process.stop()
+        received = list(sink.received)
+
+    assert f"ticket {ticket_id} attempt" not in paused.log()  # the worker's line for a completed attempt
+
+    # Two attempts: the paused one superseded when the rescuer started its own, which alone has a decision.
+    attempts = await pool.fetch(
+        """SELECT id, state, decision, error, worker_id, finished_at FROM resolution_attempts
+           WHERE ticket_id = $1 ORDER BY attempt_no""",
+        ticket_id,
+    )
+    assert [(a["state"], a["decision"]) for a in attempts] == [("abandoned", None), ("completed", "deliver")]
+    stale, completed = attempts
+    assert stale["error"] == "superseded by attempt 2"
+    assert f":{paused.pid}:" in stale["worker_id"]
+    assert rescuer is not None and f":{rescuer.pid}:" in completed["worker_id"]
+    # The paused attempt's trace: every node up to the pause; whatever it ran after it resumed is trace only,
+    # and a decision node it reached failed on the fence.
+    steps = await pool.fetch("SELECT node, error FROM attempt_steps WHERE attempt_id = $1 ORDER BY seq", stale["id"])
+    ran = nodes_run(PAUSE_POINT)
+    assert [s["node"] for s in steps][: len(ran)] == ran
+    for step in steps[len(ran) :]:
+        if step["node"] not in PIPELINE:
+            assert step["error"].startswith("LeaseLost: "), step
+
+    ticket = await pool.fetchrow(
+        """SELECT status, attempt_count, failure_count, last_error, next_attempt_at, lease_owner, parked_at,
+                  needs_review
+           FROM tickets WHERE id = $1""",
+        ticket_id,
+    )
+    assert ticket is not None
+    assert ticket["status"] == "resolved"
+    assert ticket["attempt_count"] == 2
+    assert ticket["failure_count"] == 1  # the rescuer's claim counted the holder that stopped
+    assert ticket["last_error"] is None  # the rescuer's completion cleared it; the refusal recorded nothing
+    assert ticket["next_attempt_at"] is None
+    assert ticket["lease_owner"] is None
+    assert ticket["parked_at"] is None
+    assert ticket["needs_review"] is False
+
+    # One reply: one outbound message and one delivery, the completed attempt's, sent once.
+    outbound = await pool.fetch(
+        "SELECT id, attempt_id FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
+    )
+    assert [m["attempt_id"] for m in outbound] == [completed["id"]]
+    [delivery] = await pool.fetch(
+        "SELECT attempt_id, message_id, idempotency_key, status, tries FROM deliveries WHERE ticket_id = $1",
+        ticket_id,
+    )
+    assert (delivery["status"], delivery["tries"]) == ("sent", 1)
+    assert delivery["attempt_id"] == completed["id"]
+    assert delivery["message_id"] == outbound[0]["id"]
+    assert delivery["idempotency_key"] == f"<{completed['id']}@deskpilot>"
+    assert [(m.to, m.message_id) for m in received] == [(question.customer_email, delivery["idempotency_key"])]
+
+
+# --- a ticket that kills every worker that takes it -----------------------------------------------------------
+
+MAX_ATTEMPTS = 2
+POISON_POINT = "after:classify"
+
+
+def lease_run_out(pool: asyncpg.Pool, ticket_id: UUID) -> Callable[[], Awaitable[bool]]:
+    """For `eventually`: nobody holds a live lease on the ticket."""
+
+    async def check() -> bool:
+        free: bool = await pool.fetchval(
+            "SELECT lease_expires_at IS NULL OR lease_expires_at < now() FROM tickets WHERE id = $1", ticket_id
+        )
+        return free
+
+    return check
+
+
+async def test_a_ticket_that_kills_every_worker_is_parked_and_the_rest_flow(
+    history: None, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """Every worker that runs one ticket dies on it (SIGKILL once `classify` is done with it), as a ticket that
+    crashes the interpreter or exhausts memory would; a normal ticket is posted alongside. As a supervisor
+    would, the test starts a new worker after each death, each armed the same way. With
+    DESKPILOT_MAX_ATTEMPTS=2, two workers die; the third claims the ticket, counts the two holders that vanished,
+    and parks it without running it; it answers the other ticket, once."""
+    with smtp_sink() as sink:
+        env = {**worker_env(database_url, sink, tmp_path), **ONE_THREAD, "DESKPILOT_MAX_ATTEMPTS": str(MAX_ATTEMPTS)}
+        [poison] = await post_questions(database_url, tmp_path, 1, "poison")
+        [good] = await post_questions(database_url, tmp_path, 1, "good")  # queued behind the poison ticket
+
+        async def parked() -> bool:
+            return bool(
+                await pool.fetchval("SELECT parked_at IS NOT NULL FROM tickets WHERE id = $1", poison.ticket_id)
+            )
+
+        workers: list[AgentWorkerProcess] = []
+        try:
+            for n in range(MAX_ATTEMPTS + 2):  # room for one death too many, if parking did not stop it
+                if await parked():
+                    break
+                # Each replacement starts once the dead worker's lease ran out, so that the poison ticket (the
+                # older one) is the first it claims: a worker that answered the good ticket and then died on the
+                # poison one could die while sending that reply (the tolerated duplicate, tested above).
+                await eventually(lease_run_out(pool, poison.ticket_id), within_s=2 * LEASE_S, what="lease run out")
+                worker = await AgentWorkerProcess.start(
+                    database_url, env, tmp_path / f"worker-{n}.log", die_at=POISON_POINT, ticket=poison.ticket_id
+                )
+                workers.append(worker)
+
+                async def died_or_parked(worker: AgentWorkerProcess = worker) -> bool:
+                    return worker.process.returncode is not None or await parked()
+
+                with worker.log_on_failure():
+                    await worker.wait_listening(within_s=120)
+                    await eventually(died_or_parked, within_s=60, what=f"worker {n} died, or the ticket was parked")
+            survivor = workers[-1]
+            with survivor.log_on_failure():
+                await eventually(deliveries_sent(pool, [good.ticket_id]), within_s=RESCUE_LIMIT_S, what="answered")
+                await asyncio.sleep(2.0)  # four poll intervals: a parked ticket is not claimed again
+                assert survivor.process.returncode is None
+        finally:
+            for process in workers:
+                await process.stop()
+        received = list(sink.received)
+
+    # Exactly MAX_ATTEMPTS deaths, each on the poison ticket after `classify`; the next worker lived.
+    exits = [w.process.returncode for w in workers]
+    assert exits == [-signal.SIGKILL] * MAX_ATTEMPTS + [0], exits  # the survivor exited on SIGTERM
+    for worker in workers[:MAX_ATTEMPTS]:
+        assert f"{KILL_MARK} {POISON_POINT} (ticket {poison.ticket_id})" in worker.log()
+    survivor_log = survivor.log()
+    assert KILL_MARK not in survivor_log
+    assert (
+        f"ticket {poison.ticket_id} parked after {MAX_ATTEMPTS} failed attempts; last error: "
+        f"app.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing"
+    ) in survivor_log
+
+    # Parked with its error, out of the queue, left for review; never dispatched, nothing written for it.
+    ticket = await pool.fetchrow(
+        """SELECT status, attempt_count, failure_count, last_error, lease_owner, lease_expires_at, parked_at,
+                  needs_review
+           FROM tickets WHERE id = $1""",
+        poison.ticket_id,
+    )
+    assert ticket is not None
+    assert ticket["parked_at"] is not None
+    assert ticket["needs_review"] is True
+    assert ticket["last_error"].startswith(
+        f"app.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing "
+        "(worker killed, out of memory or cut off)"
+    )
+    assert ticket["status"] == "open"
+    assert ticket["attempt_count"] == MAX_ATTEMPTS + 1  # the claims: one per death, and the one that parked it
+    assert ticket["failure_count"] == MAX_ATTEMPTS + 1  # the holders that vanished, and the parking itself
+    assert ticket["lease_owner"] is None
+    assert ticket["lease_expires_at"] is None
+    # One attempt per death, each with the one step it finished; none has a decision, and the parking claim ran
+    # no attempt at all.
+    attempts = await pool.fetch(
+        """SELECT id, state, decision, worker_id, error, finished_at FROM resolution_attempts
+           WHERE ticket_id = $1 ORDER BY attempt_no""",
+        poison.ticket_id,
+    )
+    assert len(attempts) == MAX_ATTEMPTS
+    for attempt, worker in zip(attempts, workers, strict=False):
+        assert f":{worker.pid}:" in attempt["worker_id"]
+    assert [a["decision"] for a in attempts] == [None] * MAX_ATTEMPTS
+    # Each attempt ended (the first superseded by the second, the last when the ticket was parked): none is left
+    # "running" in the trace of a ticket nobody will run again.
+    assert [a["state"] for a in attempts] == ["abandoned"] * MAX_ATTEMPTS
+    assert all(a["finished_at"] is not None for a in attempts)
+    assert attempts[-1]["error"] == "its worker stopped before finishing; the ticket was parked"
+    for attempt in attempts:
+        steps = await pool.fetch("SELECT node FROM attempt_steps WHERE attempt_id = $1 ORDER BY seq", attempt["id"])
+        assert [s["node"] for s in steps] == nodes_run(POISON_POINT)
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", poison.ticket_id) == 0
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", poison.ticket_id
+        )
+        == 0
+    )
+
+    # The other ticket flowed: answered by the survivor, one attempt, one reply sent once.
+    attempts = await pool.fetch(
+        "SELECT id, state, decision, worker_id FROM resolution_attempts WHERE ticket_id = $1", good.ticket_id
+    )
+    assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
+    assert f":{survivor.pid}:" in attempts[0]["worker_id"]
+    [delivery] = await pool.fetch(
+        "SELECT attempt_id, idempotency_key, status, tries FROM deliveries WHERE ticket_id = $1", good.ticket_id
+    )
+    assert (delivery["attempt_id"], delivery["status"], delivery["tries"]) == (attempts[0]["id"], "sent", 1)
+    assert await pool.fetchval("SELECT status FROM tickets WHERE id = $1", good.ticket_id) == "resolved"
+    assert [(m.to, m.message_id) for m in received] == [(good.customer_email, delivery["idempotency_key"])]

@@ -397,24 +397,24 @@ async def test_a_worker_killed_inside_smtp_delivery_resends_with_the_same_messag
     assert len(copies) == 2
     assert {c.message_id for c in copies} == {delivery["idempotency_key"]}
     assert copies[0].body == copies[1].body
-    row = await pool.fetchrow("SELECT status, tries, attempt_id, sent_at FROM deliveries WHERE id = $1", delivery["id"])
-    assert row is not None
-    assert row["status"] == "sent"
-    assert row["tries"] == 2
+    row = await answered_once_by_a_resend(pool, question.ticket_id, delivery["id"])
     assert row["sent_at"].timestamp() - first_copy.received_at < RESCUE_LIMIT_S  # the kill came after the copy
     assert delivery["idempotency_key"] == f"<{row['attempt_id']}@deskpilot>"
-    attempts = await pool.fetch(
-        "SELECT state, decision FROM resolution_attempts WHERE ticket_id = $1", question.ticket_id
-    )
+
+
+async def answered_once_by_a_resend(pool: asyncpg.Pool, ticket_id: UUID, delivery_id: UUID) -> asyncpg.Record:
+    """The ticket's one reply, sent twice by the crash window: one attempt, one message, one delivery, which
+    ended `sent` on its second try; the ticket resolved. Returns the delivery row."""
+    row = await pool.fetchrow("SELECT status, tries, attempt_id, sent_at FROM deliveries WHERE id = $1", delivery_id)
+    assert row is not None
+    assert (row["status"], row["tries"]) == ("sent", 2)
+    attempts = await pool.fetch("SELECT state, decision FROM resolution_attempts WHERE ticket_id = $1", ticket_id)
     assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", question.ticket_id
-        )
-        == 1
-    )
-    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", question.ticket_id) == 1
-    assert await pool.fetchval("SELECT status FROM tickets WHERE id = $1", question.ticket_id) == "resolved"
+    outbound = "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'"
+    assert await pool.fetchval(outbound, ticket_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", ticket_id) == 1
+    assert await pool.fetchval("SELECT status FROM tickets WHERE id = $1", ticket_id) == "resolved"
+    return row
 
 
 # --- kill -9 inside the signed webhook delivery ---------------------------------------------------------------
@@ -524,26 +524,10 @@ async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_web
     assert payloads[0]["customer_email"] == question.customer_email
     assert payloads[0]["body"] == delivery["body"]
 
-    row = await pool.fetchrow("SELECT status, tries, attempt_id, sent_at FROM deliveries WHERE id = $1", delivery["id"])
-    assert row is not None
-    assert row["status"] == "sent"
-    assert row["tries"] == 2
+    row = await answered_once_by_a_resend(pool, question.ticket_id, delivery["id"])
     assert row["sent_at"].timestamp() - killed_at[0] < RESCUE_LIMIT_S
     assert key == str(row["attempt_id"]) == payloads[0]["attempt_id"]
-    attempts = await pool.fetch(
-        "SELECT state, decision FROM resolution_attempts WHERE ticket_id = $1", question.ticket_id
-    )
-    assert [(a["state"], a["decision"]) for a in attempts] == [("completed", "deliver")]
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", question.ticket_id
-        )
-        == 1
-    )
-    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE ticket_id = $1", question.ticket_id) == 1
-    ticket = await pool.fetchrow("SELECT status, channel FROM tickets WHERE id = $1", question.ticket_id)
-    assert ticket is not None
-    assert (ticket["status"], ticket["channel"]) == ("resolved", "webhook")
+    assert await pool.fetchval("SELECT channel FROM tickets WHERE id = $1", question.ticket_id) == "webhook"
 
 
 # --- SIGSTOP past the lease -----------------------------------------------------------------------------------

@@ -114,6 +114,14 @@ def expected_chunks(text: str, *, title: str, markdown: bool) -> int:
     return len(chunker(text, title=title, max_chars=CHUNK_MAX_CHARS, overlap_chars=CHUNK_OVERLAP_CHARS))
 
 
+async def kb_state(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record], int]:
+    """What a load that changes nothing leaves as it was: documents (with their hashes and update times), chunk
+    ids, and the knowledge version."""
+    documents = await pool.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source")
+    chunks = await pool.fetch("SELECT id FROM kb_chunks ORDER BY id")
+    return documents, chunks, await store.knowledge_version(pool)
+
+
 async def test_every_format_loads_with_its_chunks_titles_and_categories(
     clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
 ) -> None:
@@ -179,9 +187,7 @@ async def test_rerun_on_unchanged_input_changes_nothing_and_embeds_nothing(
 ) -> None:
     root = write_kb(tmp_path / "helpdesk")
     first = await load(clean_db, [root], memo)
-    snapshot = await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source")
-    chunk_ids = await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id")
-    version = await store.knowledge_version(clean_db)
+    before = await kb_state(clean_db)
 
     counting = CountingEmbedder(memo)
     again = await load(clean_db, [root], counting)
@@ -193,11 +199,7 @@ async def test_rerun_on_unchanged_input_changes_nothing_and_embeds_nothing(
     assert again.documents == 0
     assert again.chunks == 0
     assert again.unchanged == 7
-    assert await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source") == (
-        snapshot
-    )
-    assert await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id") == chunk_ids
-    assert await store.knowledge_version(clean_db) == version
+    assert await kb_state(clean_db) == before
 
 
 async def test_a_changed_file_replaces_its_chunks_only(
@@ -605,20 +607,14 @@ async def test_malformed_records_are_reported_by_file_and_line_while_good_ones_l
     assert "Still one record." in ok2
 
     # Again with the bad files still there (and --prune): the same report, nothing changed, nothing embedded.
-    snapshot = await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source")
-    chunk_ids = await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id")
-    version = await store.knowledge_version(clean_db)
+    before = await kb_state(clean_db)
     counting = CountingEmbedder(memo)
     again = await load(clean_db, [root], counting, prune=True)
     assert [str(e) for e in again.errors] == errors
     assert [str(w) for w in again.warnings] == warnings
     assert (counting.calls, again.embedded, again.documents, again.pruned) == (0, 0, 0, 0)
     assert again.unchanged == len(HOSTILE_SOURCES)
-    assert await clean_db.fetch("SELECT id, source, content_hash, updated_at FROM kb_documents ORDER BY source") == (
-        snapshot
-    )
-    assert await clean_db.fetch("SELECT id FROM kb_chunks ORDER BY id") == chunk_ids
-    assert await store.knowledge_version(clean_db) == version
+    assert await kb_state(clean_db) == before
 
 
 async def test_malformed_records_loaded_as_resolutions_are_reported_and_written_nowhere(

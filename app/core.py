@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -98,25 +100,55 @@ def runtime_of_state(state: State) -> Runtime:
 # --- guards -------------------------------------------------------------------------------------------------
 
 
-def presented_admin_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    cookie = connection.cookies.get(ADMIN_COOKIE)
-    return cookie or None
+# How long a console sign-in lasts: the cookie carries its expiry, signed.
+SESSION_MAX_AGE_S = 12 * 3600
 
 
 def admin_token_valid(settings: Settings, presented: str | None) -> bool:
+    """`presented` is the admin token itself (a bearer header, the login form), or none is configured."""
     if not settings.admin_token:
         return True
     return presented is not None and hmac.compare_digest(presented.encode(), settings.admin_token.encode())
 
 
+def session_cookie_value(settings: Settings, *, now: float | None = None) -> str:
+    """The console's session cookie: `<expiry>.<HMAC of it keyed by the admin token>`, never the token itself,
+    so the cookie (and the Set-Cookie header carrying it) cannot be replayed as a bearer token, expires by itself
+    and stops working everywhere when the token is rotated."""
+    expires = int((time.time() if now is None else now) + SESSION_MAX_AGE_S)
+    return f"{expires}.{_session_signature(settings, expires)}"
+
+
+def session_cookie_valid(settings: Settings, value: str | None, *, now: float | None = None) -> bool:
+    if not settings.admin_token:
+        return True
+    expires_text, _, signature = (value or "").partition(".")
+    if not expires_text.isdigit() or len(expires_text) > 12:
+        return False
+    expires = int(expires_text)
+    if expires <= (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(signature.encode(), _session_signature(settings, expires).encode())
+
+
+def _session_signature(settings: Settings, expires: int) -> str:
+    key = (settings.admin_token or "").encode()
+    return hmac.new(key, f"deskpilot-session:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def admin_authenticated(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """A bearer header with the admin token, or the console's signed session cookie (or no token configured)."""
+    settings = runtime_of_state(connection.app.state).settings
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return admin_token_valid(settings, token.strip())
+    return session_cookie_valid(settings, connection.cookies.get(ADMIN_COOKIE))
+
+
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Admin endpoints need the admin bearer token when one is configured."""
-    settings = runtime_of_state(connection.app.state).settings
-    if not admin_token_valid(settings, presented_admin_token(connection)):
+    if not admin_authenticated(connection):
         raise Unauthorized(
             "a valid admin token is required (Authorization: Bearer <DESKPILOT_ADMIN_TOKEN>)",
             headers={"WWW-Authenticate": "Bearer"},
@@ -156,9 +188,7 @@ class DeskPilotPlugin(InitPluginProtocol):
             path="/schema",
             components=Components(
                 security_schemes={
-                    "AdminToken": SecurityScheme(
-                        type="http", scheme="bearer", description="DESKPILOT_ADMIN_TOKEN"
-                    ),
+                    "AdminToken": SecurityScheme(type="http", scheme="bearer", description="DESKPILOT_ADMIN_TOKEN"),
                 }
             ),
         )

@@ -19,7 +19,7 @@ from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
 from app import tickets, trace
-from app.core import ADMIN_COOKIE, admin_token_valid, presented_admin_token
+from app.core import ADMIN_COOKIE, admin_authenticated, admin_token_valid
 from app.delivery import review
 from app.errors import DeskPilotError, InvalidInput, NotFound
 from app.web import STATIC_DIR, console
@@ -70,7 +70,7 @@ def render(
         cookies.append(fresh)
     base = {
         "admin_auth": bool(settings.admin_token),
-        "signed_in": bool(settings.admin_token) and admin_token_valid(settings, presented_admin_token(request)),
+        "signed_in": bool(settings.admin_token) and admin_authenticated(request),
         "csrf_field": CSRF_FIELD,
         "csrf_token": csrf_form_token(settings, csrf_cookie),
         "section": section,
@@ -247,7 +247,7 @@ class SessionController(Controller):
     async def login_form(self, request: Request[Any, Any, Any], next: str | None = None) -> Template | Redirect:
         settings = settings_of(request)
         target = safe_next(next)
-        if not settings.admin_token or admin_token_valid(settings, presented_admin_token(request)):
+        if not settings.admin_token or admin_authenticated(request):
             return Redirect(target, status_code=303)  # nothing to sign in to, or signed in already
         return render(request, "login.html", {"next_path": target, "error": None})
 
@@ -272,7 +272,7 @@ class SessionController(Controller):
         return Redirect(
             target,
             status_code=303,
-            cookies=[admin_cookie(data.token.strip(), secure=request.url.scheme == "https")],
+            cookies=[admin_cookie(settings, secure=request.url.scheme == "https")],
         )
 
     @get("/logout", name="logout-link")

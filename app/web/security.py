@@ -19,12 +19,11 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core import ADMIN_COOKIE, admin_token_valid, presented_admin_token, runtime_of_state
+from app.core import ADMIN_COOKIE, SESSION_MAX_AGE_S, admin_authenticated, runtime_of_state, session_cookie_value
 from app.settings import Settings
 
 CSRF_COOKIE = "deskpilot_csrf"
 CSRF_FIELD = "csrf_token"
-SESSION_MAX_AGE_S = 12 * 3600
 
 # No script at all, styles and images only from this origin, forms only back to it, never framed.
 CONTENT_SECURITY_POLICY = (
@@ -78,8 +77,8 @@ def settings_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Settings:
 
 
 def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Pages need the admin token (cookie from /login, or a bearer header) when one is configured."""
-    if not admin_token_valid(settings_of(connection), presented_admin_token(connection)):
+    """Pages need the admin token (a bearer header, or the session cookie from /login) when one is configured."""
+    if not admin_authenticated(connection):
         target = connection.url.path
         if connection.url.query:
             target += "?" + connection.url.query
@@ -99,10 +98,11 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def admin_cookie(token: str, *, secure: bool) -> Cookie:
+def admin_cookie(settings: Settings, *, secure: bool) -> Cookie:
+    """The signed-in console's session (`session_cookie_value`: an expiry and its signature, not the token)."""
     return Cookie(
         key=ADMIN_COOKIE,
-        value=token,
+        value=session_cookie_value(settings),
         path="/",
         httponly=True,
         samesite="strict",

@@ -14,6 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from app.core import session_cookie_value
+from app.settings import Settings
 from tests.support.server import REPO, ServerProcess
 from tests.support.trace_fixtures import HOSTILE_BODY, SeededTraces, seed_traces
 
@@ -95,7 +97,7 @@ async def page(browser: Any, server: ServerProcess) -> AsyncIterator[Any]:
         [
             {
                 "name": "deskpilot_admin",
-                "value": TOKEN,
+                "value": session_cookie_value(Settings(admin_token=TOKEN)),
                 "url": server.base_url,
                 "httpOnly": True,
                 "sameSite": "Strict",

@@ -18,7 +18,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from app.core import ADMIN_COOKIE, admin_guard
+from app.core import ADMIN_COOKIE, admin_guard, session_cookie_value
 from app.errors import PROBLEM_JSON
 from app.settings import Settings
 from app.web.security import page_guard
@@ -26,6 +26,8 @@ from ingest.signatures import sign_webhook
 
 ADMIN_TOKEN = "admin-token-for-auth-tests-3f9a"
 WEBHOOK_SECRET = "webhook-secret-for-auth-tests-b71c"
+ADMIN_SETTINGS = Settings(admin_token=ADMIN_TOKEN)
+SESSION = session_cookie_value(ADMIN_SETTINGS)
 INGEST = "/api/webhooks/support/ingest"
 
 # Public on purpose: liveness and metrics for probes and scrapers, the schema, the webhook (it has its own
@@ -136,6 +138,16 @@ WRONG_CREDENTIALS = {
     "webhook secret as bearer": ({"Authorization": f"Bearer {WEBHOOK_SECRET}"}, {}),
     "webhook secret as cookie": ({}, {ADMIN_COOKIE: WEBHOOK_SECRET}),
     "wrong cookie": ({}, {ADMIN_COOKIE: "not-the-admin-token"}),
+    # The session cookie is a signed expiry, never the token: the token itself is no cookie, and a session
+    # cookie is no bearer token.
+    "admin token as cookie": ({}, {ADMIN_COOKIE: ADMIN_TOKEN}),
+    "session cookie as bearer": ({"Authorization": f"Bearer {SESSION}"}, {}),
+    "expired session": ({}, {ADMIN_COOKIE: session_cookie_value(ADMIN_SETTINGS, now=time.time() - 13 * 3600)}),
+    "session with a forged expiry": ({}, {ADMIN_COOKIE: f"{int(time.time()) + 10**6}.{SESSION.partition('.')[2]}"}),
+    "session signed with another token": (
+        {},
+        {ADMIN_COOKIE: session_cookie_value(Settings(admin_token=WEBHOOK_SECRET))},
+    ),
 }
 
 
@@ -157,7 +169,7 @@ async def test_protected_route_opens_with_the_admin_token(guarded_client: Any, e
     for label, (headers, cookies) in {
         "bearer": ({"Authorization": f"Bearer {ADMIN_TOKEN}"}, {}),
         "lower-case scheme": ({"Authorization": f"bearer {ADMIN_TOKEN}"}, {}),
-        "session cookie": ({}, {ADMIN_COOKIE: ADMIN_TOKEN}),
+        "session cookie": ({}, {ADMIN_COOKIE: SESSION}),
     }.items():
         response = await call(guarded_client, endpoint, headers=headers, cookies=cookies)
         # Past the guard: whatever the handler says about the (empty) input, it is not "who are you?".

@@ -248,6 +248,7 @@ async def test_admin_token_login_cookie_and_logout(make_client: Callable[..., An
         assert ok.status_code == 303
         assert ok.headers["location"] == page
         assert TOKEN not in ok.headers["location"]
+        assert TOKEN not in ok.headers["set-cookie"]  # a signed session, not the token
         cookie = ok.headers["set-cookie"].lower()
         assert "deskpilot_admin=" in cookie
         assert "httponly" in cookie

@@ -63,21 +63,9 @@ RESOLUTION_FIELDS = frozenset(
 )
 PRIORITY_ALIASES = {"medium": "normal", "critical": "urgent"}
 # Record fields read as text: a string, a number or null. Anything else (a list, an object, true/false) is a
-# mistake in the export, reported rather than read as a missing field.
-TEXT_FIELDS = (
-    "id",
-    "subject",
-    "title",
-    "body",
-    "text",
-    "answer",
-    "resolution",
-    "category",
-    "priority",
-    "intent",
-    "orig_intent",
-    "language",
-)
+# mistake in the export, reported rather than read as a missing field. Checked in a fixed order, so a record with
+# several such fields is always reported for the same one.
+TEXT_FIELDS = tuple(sorted((RESOLUTION_FIELDS - {"tags"}) | {"title", "text"}))
 # What PostgreSQL text and jsonb cannot hold; JSON can spell both (\u0000, \ud800).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 CSV_ERROR = "not valid CSV"

@@ -45,11 +45,6 @@ def ticket_callback_url(ticket_metadata: Mapping[str, Any] | None, settings: Set
     return settings.callback_url
 
 
-def callback_url_for(delivery: Delivery, settings: Settings) -> str | None:
-    """Where this delivery is POSTed (`ticket_callback_url` of its ticket)."""
-    return ticket_callback_url(delivery.ticket_metadata, settings)
-
-
 def webhook_payload(delivery: Delivery) -> bytes:
     """The JSON body: only stored values, so every send of the delivery is byte-identical."""
     payload: dict[str, Any] = {
@@ -120,7 +115,7 @@ async def send_webhook(delivery: Delivery, settings: Settings) -> SendOutcome:
     The body is the same on every send; the `webhook-timestamp` header is the wall clock of this send (the
     receiver checks it against its own), and the signature covers both.
     """
-    url = callback_url_for(delivery, settings)
+    url = ticket_callback_url(delivery.ticket_metadata, settings)
     if not url:
         return SendOutcome.failed(
             "no callback URL: set DESKPILOT_CALLBACK_URL or the ticket's metadata.callback_url"

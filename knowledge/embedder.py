@@ -167,8 +167,7 @@ class _TracedEncoder:
         with torch.inference_mode():
             output = self._compiled(features["input_ids"], features["attention_mask"])
             hidden = output["last_hidden_state"] if isinstance(output, dict) else output[0]
-            state = {"input_ids": features["input_ids"], "attention_mask": features["attention_mask"]}
-            state["token_embeddings"] = hidden
+            state = {"attention_mask": features["attention_mask"], "token_embeddings": hidden}
             for module in self._after:
                 state = module(state)
             vectors = torch.nn.functional.normalize(state["sentence_embedding"], p=2, dim=1)

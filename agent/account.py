@@ -4,19 +4,20 @@ similar they are to this one (repeated contact).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
 from typing import Any
 from uuid import UUID
 
 import numpy as np
 
 from agent.state import TicketInput
-from app.customers import recent_events
 from app.db import Connection
 
 # Earlier tickets at least this similar (cosine of the query embeddings) are "the same problem again".
 REPEAT_SIMILARITY = 0.8
 REPEAT_WINDOW_DAYS = 30
+# How far back the account's events and earlier tickets are read.
+ACCOUNT_WINDOW_DAYS = 90
 
 
 async def load_ticket(conn: Connection, ticket_id: UUID) -> TicketInput | None:
@@ -57,66 +58,70 @@ def _raw_text(payload: Any) -> str:
 async def load_account(conn: Connection, ticket: TicketInput, embedding: np.ndarray) -> dict[str, Any]:
     """The account snapshot routing and the specialists read: {tier, name, customer_since, events,
     prior_tickets [{id, subject, category, priority, status, created_at, resolution, similarity}],
-    earlier_replies, repeated_contact}."""
+    earlier_replies, repeated_contact}. One statement (a row even if the customer is gone)."""
     customer_id = UUID(str(ticket["customer_id"]))
     ticket_id = UUID(str(ticket["ticket_id"]))
-    customer = await conn.fetchrow(
-        """SELECT name, tier, created_at, metadata, now() AS now,
-                  (SELECT count(*) FROM ticket_messages WHERE ticket_id = $2 AND direction = 'outbound')
-                      AS earlier_replies
-           FROM customers WHERE id = $1""",
-        customer_id,
-        ticket_id,
-    )
-    events = await recent_events(conn, customer_id, days=90)
-    priors = await conn.fetch(
+    row = await conn.fetchrow(
         """
-        SELECT t.id, t.subject, t.category, t.priority, t.status, t.created_at, t.resolution,
-               (SELECT 1 - (a.query_embedding <=> $3)
-                  FROM resolution_attempts a
-                 WHERE a.ticket_id = t.id AND a.query_embedding IS NOT NULL
-                 ORDER BY a.attempt_no DESC LIMIT 1) AS similarity
-        FROM tickets t
-        WHERE t.customer_id = $1 AND t.id <> $2 AND t.created_at > now() - interval '90 days'
-        ORDER BY t.created_at DESC LIMIT 10
+        SELECT c.name, c.tier, c.created_at, c.metadata, now() AS now,
+               (SELECT count(*) FROM ticket_messages WHERE ticket_id = $2 AND direction = 'outbound')
+                   AS earlier_replies,
+               ARRAY(SELECT ROW(e.kind, e.occurred_at, e.data::text)
+                       FROM customer_events e
+                      WHERE e.customer_id = $1 AND e.occurred_at > now() - make_interval(days => $4)
+                      ORDER BY e.occurred_at DESC LIMIT 50) AS events,
+               ARRAY(SELECT ROW(t.id, t.subject, t.category, t.priority, t.status, t.created_at, t.resolution,
+                                (SELECT 1 - (a.query_embedding <=> $3)
+                                   FROM resolution_attempts a
+                                  WHERE a.ticket_id = t.id AND a.query_embedding IS NOT NULL
+                                  ORDER BY a.attempt_no DESC LIMIT 1))
+                       FROM tickets t
+                      WHERE t.customer_id = $1 AND t.id <> $2 AND t.created_at > now() - make_interval(days => $4)
+                      ORDER BY t.created_at DESC LIMIT 10) AS priors
+        FROM (VALUES (1)) AS one (n) LEFT JOIN customers c ON c.id = $1
         """,
         customer_id,
         ticket_id,
         np.asarray(embedding, dtype=np.float32),
+        ACCOUNT_WINDOW_DAYS,
     )
-    earlier_replies = customer["earlier_replies"] if customer else 0
+    assert row is not None  # the outer join always gives one
+    now = row["now"]
     prior_tickets = [
         {
-            "id": str(r["id"]),
-            "subject": r["subject"],
-            "category": r["category"],
-            "priority": r["priority"],
-            "status": r["status"],
-            "created_at": r["created_at"].isoformat(),
-            "resolution": (r["resolution"] or "")[:400] or None,
-            "similarity": round(float(r["similarity"]), 4) if r["similarity"] is not None else None,
-            "age_days": None,
+            "id": str(prior_id),
+            "subject": subject,
+            "category": category,
+            "priority": priority,
+            "status": status,
+            "created_at": created_at.isoformat(),
+            "resolution": (resolution or "")[:400] or None,
+            "similarity": round(float(similarity), 4) if similarity is not None else None,
+            "age_days": round((now - created_at).total_seconds() / 86400, 1),
         }
-        for r in priors
+        for prior_id, subject, category, priority, status, created_at, resolution, similarity in row["priors"]
     ]
-    now = customer["now"] if customer else datetime.now(UTC)
-    for prior, row in zip(prior_tickets, priors, strict=True):
-        prior["age_days"] = round((now - row["created_at"]).total_seconds() / 86400, 1)
     repeated_from = [
         p["id"]
         for p in prior_tickets
         if p["similarity"] is not None and p["similarity"] >= REPEAT_SIMILARITY and p["age_days"] <= REPEAT_WINDOW_DAYS
     ]
+    earlier_replies = int(row["earlier_replies"] or 0)
     # The customer wrote again after our reply on this very ticket: the reply did not solve it.
     follow_up_after_reply = bool(earlier_replies) and bool(ticket.get("follow_ups"))
     return {
-        "tier": customer["tier"] if customer else None,
-        "name": customer["name"] if customer else None,
-        "customer_since": customer["created_at"].isoformat() if customer else None,
-        "metadata": dict(customer["metadata"] or {}) if customer else {},
-        "events": [{"kind": e["kind"], "occurred_at": e["occurred_at"].isoformat(), "data": e["data"]} for e in events],
+        "tier": row["tier"],
+        "name": row["name"],
+        # customers.created_at is NOT NULL: None means the customer row is gone.
+        "customer_since": row["created_at"].isoformat() if row["created_at"] is not None else None,
+        "metadata": dict(row["metadata"] or {}),
+        # Nested rows arrive as tuples, decoded without the pool's jsonb codec: the data comes as text.
+        "events": [
+            {"kind": kind, "occurred_at": occurred_at.isoformat(), "data": json.loads(data) if data else None}
+            for kind, occurred_at, data in row["events"]
+        ],
         "prior_tickets": prior_tickets,
-        "earlier_replies": int(earlier_replies or 0),
+        "earlier_replies": earlier_replies,
         "repeated_contact": bool(repeated_from) or follow_up_after_reply,
         "repeated_from": repeated_from,
     }

@@ -29,12 +29,12 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-async def start_attempt(conn: Connection, claim: Claim) -> UUID:
+async def start_attempt(conn: Connection, claim: Claim) -> tuple[UUID, int]:
     """Insert the attempt row (state running, at the current knowledge version); earlier running attempts of the
-    ticket are abandoned. One statement, committed without waiting for the WAL flush: losing this row in a crash
-    loses the steps written after it too (WAL order), and the ticket is claimed and attempted again; only the
-    decision transaction must be durable."""
-    attempt_id: UUID = await conn.fetchval(
+    ticket are abandoned. Returns its id and knowledge version. One statement, committed without waiting for the
+    WAL flush: losing this row in a crash loses the steps written after it too (WAL order), and the ticket is
+    claimed and attempted again; only the decision transaction must be durable."""
+    row = await conn.fetchrow(
         """WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
            superseded AS (
                UPDATE resolution_attempts SET state = 'abandoned', finished_at = now(),
@@ -46,13 +46,14 @@ async def start_attempt(conn: Connection, claim: Claim) -> UUID:
            ON CONFLICT (ticket_id, attempt_no) DO UPDATE SET
                state = 'running', lease_token = EXCLUDED.lease_token, worker_id = EXCLUDED.worker_id,
                knowledge_version = EXCLUDED.knowledge_version, started_at = now(), finished_at = NULL, error = NULL
-           RETURNING id""",
+           RETURNING id, knowledge_version""",
         claim.ticket_id,
         claim.attempt_no,
         claim.token,
         claim.worker_id,
     )
-    return attempt_id
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE always returns the row
+    return row["id"], int(row["knowledge_version"])
 
 
 class DatabaseRecorder:

@@ -298,9 +298,11 @@ class RoutingModelCache:
     def current(self) -> RoutingModels | None:
         return self._models
 
-    async def get(self, pool: Any, *, block: bool = False) -> RoutingModels:
-        async with pool.acquire() as conn:
-            version = int(await conn.fetchval("SELECT version FROM knowledge_version") or 0)
+    async def get(self, pool: Any, *, block: bool = False, version: int | None = None) -> RoutingModels:
+        """The models for knowledge `version` (read from the database when not given)."""
+        if version is None:
+            async with pool.acquire() as conn:
+                version = int(await conn.fetchval("SELECT version FROM knowledge_version") or 0)
         models = self._models
         if models is not None and models.version == version:
             return models

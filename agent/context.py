@@ -65,6 +65,8 @@ class Context:
     attempt_id: UUID | None = None
     # Offline runs fit the models once up front and must not race a background refit.
     block_on_refit: bool = False
+    # The knowledge version the attempt started at (recorded on its row); None: read it when the models are needed.
+    knowledge_version: int | None = None
     # The LLM drafter's fallback when it fails: the offline drafter.
     fallback_drafter: Drafter | None = None
 
@@ -73,4 +75,4 @@ class Context:
         return self.claim is not None
 
     async def routing_models(self) -> RoutingModels:
-        return await self.models.get(self.pool, block=self.block_on_refit)
+        return await self.models.get(self.pool, block=self.block_on_refit, version=self.knowledge_version)

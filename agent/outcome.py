@@ -25,9 +25,8 @@ async def mark_in_progress(
 ) -> str:
     """Record the routing and move the ticket to in_progress (from open or pending_customer)."""
     async with pool.acquire() as conn, conn.transaction():
-        locked = await assert_lease(conn, claim)
         # No fsync wait: a status change lost in a crash is redone when the ticket is claimed again.
-        await conn.execute("SET LOCAL synchronous_commit = off")
+        locked = await assert_lease(conn, claim, durable=False)
         return await transition(
             conn,
             claim.ticket_id,

@@ -110,9 +110,10 @@ class TicketProcessor:
                 # Nothing to answer (e.g. requeued after a reviewer already resolved it).
                 await finish_without_work(self.pool, claim)
                 return "skipped"
-            attempt_id = await start_attempt(conn, claim)
+            attempt_id, knowledge_version = await start_attempt(conn, claim)
         recorder = DatabaseRecorder(self.pool, attempt_id)
         ctx = self.context(claim=claim, attempt_id=attempt_id, recorder=recorder, embeddings=embeddings)
+        ctx.knowledge_version = knowledge_version
         try:
             final = cast(AgentState, await self.graph.ainvoke(AgentState(ticket=ticket), context=ctx))
         except LeaseLost as exc:

@@ -70,14 +70,3 @@ async def get_customer(conn: Connection, customer_id: UUID) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"customer {customer_id} does not exist")
     return dict(row)
-
-
-async def recent_events(conn: Connection, customer_id: UUID, days: int = 90) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        """SELECT kind, occurred_at, data FROM customer_events
-           WHERE customer_id = $1 AND occurred_at > now() - make_interval(days => $2)
-           ORDER BY occurred_at DESC LIMIT 50""",
-        customer_id,
-        days,
-    )
-    return [dict(r) for r in rows]

@@ -96,13 +96,17 @@ async def heartbeat(conn: Connection, claim: Claim, lease_s: float) -> bool:
     return status == "UPDATE 1"
 
 
-async def assert_lease(conn: Connection, claim: Claim) -> asyncpg.Record:
+async def assert_lease(conn: Connection, claim: Claim, *, durable: bool = True) -> asyncpg.Record:
     """Lock the ticket row and check the fencing token. Call first inside every completing transaction.
 
     Returns the locked row's `status` and `cycle_count`, which stay current until the transaction ends.
+    `durable=False` commits the transaction without waiting for the WAL flush (for writes a crash may lose
+    because they are redone), set by the same statement.
     """
+    async_commit = "" if durable else ", set_config('synchronous_commit', 'off', true)"
     row = await conn.fetchrow(
-        "SELECT lease_token, status, cycle_count FROM tickets WHERE id = $1 FOR UPDATE", claim.ticket_id
+        f"SELECT lease_token, status, cycle_count{async_commit} FROM tickets WHERE id = $1 FOR UPDATE",
+        claim.ticket_id,
     )
     token = row["lease_token"] if row is not None else None
     if token != claim.token:

@@ -192,13 +192,13 @@ def _text_arm(kind: Kind, p: _Params, category: str | None) -> str:
             join = "JOIN kb_documents d ON d.id = c.document_id"
             filter_ = f"AND (d.category = {p('category', category)} OR d.category IS NULL)"
         return (
-            f"(SELECT 'kb_chunk'::text AS kind, c.id, ts_rank_cd(c.tsv, q.query, 1) AS rank "
+            f"(SELECT 'kb_chunk'::text AS kind, c.id, ts_rank(c.tsv, q.query, 1) AS rank "
             f"FROM kb_chunks c {join} CROSS JOIN {_selective_tsquery('kb_chunks', p)} AS q(query) "
             f"WHERE c.tsv @@ q.query {filter_} ORDER BY rank DESC, c.id LIMIT {cand})"
         )
     filter_ = f"AND r.category = {p('category', category)}" if category is not None else ""
     return (
-        f"(SELECT 'resolution'::text AS kind, r.id, ts_rank_cd(r.tsv, q.query, 1) AS rank "
+        f"(SELECT 'resolution'::text AS kind, r.id, ts_rank(r.tsv, q.query, 1) AS rank "
         f"FROM past_resolutions r CROSS JOIN {_selective_tsquery('past_resolutions', p)} AS q(query) "
         f"WHERE r.tsv @@ q.query {filter_} ORDER BY rank DESC, r.id LIMIT {cand})"
     )

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+import asyncpg
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 ResolutionSource = Literal["history", "resolved_ticket", "reviewer_approved"]
 RESOLUTION_SOURCES: tuple[str, ...] = ("history", "resolved_ticket", "reviewer_approved")
@@ -284,10 +288,20 @@ BULK_ROWS = 100
 
 
 async def refresh_statistics(conn: Any) -> None:
-    """ANALYZE the searchable tables after a bulk load. The text arm of `knowledge.retrieval.search` picks its
-    terms by the planner's lexeme statistics; until autovacuum gathers them, every term of a query is searched and
-    ranked, several times slower on a large table."""
+    """ANALYZE the searchable tables after a bulk load and merge their full-text indexes' pending entries. The
+    text arm of `knowledge.retrieval.search` picks its terms by the planner's lexeme statistics; until autovacuum
+    gathers them, every term of a query is searched and ranked, several times slower on a large table. And every
+    search reads a GIN index's pending list in full (migration 0009)."""
     await conn.execute("ANALYZE kb_chunks, past_resolutions")
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT gin_clean_pending_list('past_resolutions_tsv_idx'::regclass),"
+                " gin_clean_pending_list('kb_chunks_tsv_idx'::regclass)"
+            )
+    except asyncpg.InsufficientPrivilegeError:
+        # A role that does not own the indexes leaves the merge to autovacuum (and the 64 kB limit).
+        log.info("not the owner of the full-text indexes: their pending entries are merged by autovacuum")
 
 
 def _vector(vector: np.ndarray) -> np.ndarray:

@@ -112,10 +112,52 @@ async def test_search_columns_live_in_the_row_for_new_and_migrated_rows(pg_admin
         # Without the migration both columns of the row written above went out of line.
         for table in ("past_resolutions", "kb_chunks"):
             assert dict(await conn.fetchrow(OUT_OF_LINE.format(table=table))) == {"embedding": 1, "tsv": 1}
-        assert await db.apply_migrations(conn) == [inline.name]
+        assert (await db.apply_migrations(conn))[0] == inline.name
         await add_rows(conn, "after")
         for table in ("past_resolutions", "kb_chunks"):
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 2
             assert dict(await conn.fetchrow(OUT_OF_LINE.format(table=table))) == {"embedding": 0, "tsv": 0}
+    finally:
+        await conn.close()
+
+
+PENDING = "SELECT n_pending_pages, n_pending_tuples FROM gin_metapage_info(get_raw_page($1, 0))"
+
+
+async def test_full_text_indexes_keep_a_small_pending_list_and_bulk_loads_merge_it(pg_admin_url: str) -> None:
+    """Every search reads a GIN index's whole pending list: it stays within 64 kB, and a bulk load leaves none."""
+    from knowledge.store import refresh_statistics
+
+    url = fresh_database(pg_admin_url)
+    await db.migrate(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        for index in ("past_resolutions_tsv_idx", "kb_chunks_tsv_idx"):
+            options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = $1", index)
+            assert options == ["gin_pending_list_limit=64"], index
+        vector = "[" + ",".join(["0.05"] * 384) + "]"
+        pending_pages = []
+        for i in range(200):
+            # Ticket-length rows of distinct words, one statement each: what a trickle of resolved tickets adds.
+            words = " ".join(hashlib.sha1(f"{i}-{j}".encode()).hexdigest()[:9] for j in range(80))
+            await conn.execute(
+                """INSERT INTO past_resolutions (source, content_hash, ticket_text, resolution, embedding)
+                   VALUES ('history', $1, $2, 'answer', $3::vector)""",
+                str(i),
+                words,
+                vector,
+            )
+            pending_pages.append((await conn.fetchrow(PENDING, "past_resolutions_tsv_idx"))["n_pending_pages"])
+        # The list is used (inserts stay cheap) and merged whenever it passes 64 kB (8 pages), never growing
+        # to the 4 MB default: 200 such rows are ~1.5 MB of entries.
+        assert max(pending_pages) > 0
+        assert max(pending_pages) <= 9
+        assert pending_pages.count(0) < len(pending_pages) // 2
+        await refresh_statistics(conn)
+        assert dict(await conn.fetchrow(PENDING, "past_resolutions_tsv_idx")) == {
+            "n_pending_pages": 0,
+            "n_pending_tuples": 0,
+        }
     finally:
         await conn.close()

@@ -1,5 +1,5 @@
 """Periodic housekeeping that one worker at a time runs: another look at escalated tickets after the knowledge
-base changed, and closing tickets that stayed quiet after their resolution.
+base changed, closing tickets that stayed quiet after their resolution, and copying fresh search statistics.
 
 The hooks live with the code they belong to (`agent.runner`, `app.delivery.lifecycle`); a hook whose module is
 not there is skipped, so a worker runs whatever part of the pipeline is installed.
@@ -63,11 +63,27 @@ def quiet_tickets_hook() -> Hook | None:
     return hook
 
 
+def term_stats_hook() -> Hook | None:
+    """`knowledge.store.refresh_term_stats`: searches pick their words by statistics copied after each ANALYZE."""
+    try:
+        from knowledge.store import refresh_term_stats
+    except ImportError as exc:
+        if _missing(exc, "knowledge", "knowledge.store"):
+            return None
+        raise
+
+    async def hook(conn: Connection, settings: Settings) -> object:
+        return await refresh_term_stats(conn)
+
+    return hook
+
+
 def maintenance_hooks() -> dict[str, Hook]:
     """The hooks available in this installation, by name."""
     found = {
         "requeue_on_knowledge_change": knowledge_requeue_hook(),
         "close_quiet_tickets": quiet_tickets_hook(),
+        "refresh_term_stats": term_stats_hook(),
     }
     return {name: hook for name, hook in found.items() if hook is not None}
 

@@ -94,17 +94,11 @@ def text_search_terms(query_text: str) -> str:
 
 # Lexemes come from to_tsvector of word characters only; the quoting is belt and braces.
 _SELECTIVE_TSQUERY = """(
-    WITH stats AS (
-        SELECT e.lexeme, e.freq
-        FROM pg_stats s,
-             unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, freq)
-        WHERE s.schemaname = current_schema() AND s.tablename = '{table}' AND s.attname = 'tsv'
-    ),
-    query_terms AS (
+    WITH query_terms AS (
         SELECT DISTINCT t.lexeme,
-               coalesce(s.freq, (SELECT min(freq) FROM stats WHERE lexeme IS NOT NULL), 0) AS freq
+               coalesce(s.freq, (SELECT min(freq) FROM search_term_stats WHERE table_name = '{table}'), 0) AS freq
         FROM unnest(tsvector_to_array(to_tsvector('english', {terms}::text))) AS t(lexeme)
-        LEFT JOIN stats s ON s.lexeme = t.lexeme
+        LEFT JOIN search_term_stats s ON s.table_name = '{table}' AND s.lexeme = t.lexeme
     ),
     chosen AS (
         SELECT lexeme,
@@ -122,9 +116,9 @@ def _selective_tsquery(table: str, p: _Params) -> str:
 
     websearch-style AND makes a whole ticket body match nothing, and OR over every word lets a common one
     ("account", "order") match a large part of a big table, which costs hundreds of milliseconds to rank. So
-    terms are taken rarest first by the planner's lexeme frequencies (pg_stats of the tsv column) while the
-    expected number of matching rows stays within the budget; lexemes missing from the statistics are rarer
-    than any listed one. A small or never-analysed table keeps every term.
+    terms are taken rarest first by the planner's lexeme frequencies (pg_stats of the tsv column, as copied to
+    `search_term_stats`) while the expected number of matching rows stays within the budget; lexemes missing
+    from the statistics are rarer than any listed one. A small or never-analysed table keeps every term.
     """
     return _SELECTIVE_TSQUERY.format(table=table, terms=p("terms", None), budget=p("text_budget", None))
 

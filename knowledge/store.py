@@ -288,20 +288,49 @@ BULK_ROWS = 100
 
 
 async def refresh_statistics(conn: Any) -> None:
-    """ANALYZE the searchable tables after a bulk load and merge their full-text indexes' pending entries. The
-    text arm of `knowledge.retrieval.search` picks its terms by the planner's lexeme statistics; until autovacuum
-    gathers them, every term of a query is searched and ranked, several times slower on a large table. And every
-    search reads a GIN index's pending list in full (migration 0009)."""
+    """ANALYZE the searchable tables after a bulk load, copy their lexeme statistics, and merge their full-text
+    indexes' pending entries. The text arm of `knowledge.retrieval.search` picks its terms by those statistics;
+    until they are gathered, every term of a query is searched and ranked, several times slower on a large
+    table. And every search reads a GIN index's pending list in full (migration 0009)."""
     await conn.execute("ANALYZE kb_chunks, past_resolutions")
+    await refresh_term_stats(conn, force=True)
+    await _as_owner(
+        conn,
+        "SELECT gin_clean_pending_list('past_resolutions_tsv_idx'::regclass),"
+        " gin_clean_pending_list('kb_chunks_tsv_idx'::regclass)",
+    )
+
+
+_TERM_STATS_BEHIND = """
+    WITH analyzed AS (
+        SELECT max(greatest(last_analyze, last_autoanalyze)) AS at FROM pg_stat_user_tables
+        WHERE relid IN ('kb_chunks'::regclass, 'past_resolutions'::regclass)
+    ), copied AS (SELECT max(analyzed_at) AS at FROM search_term_stats)
+    SELECT analyzed.at IS NOT NULL AND (copied.at IS NULL OR analyzed.at > copied.at) FROM analyzed, copied
+"""
+
+
+async def refresh_term_stats(conn: Any, *, force: bool = False) -> int:
+    """Copy the planner's lexeme statistics of the searchable tables to `search_term_stats` (migration 0010) when
+    ANALYZE ran since the last copy (or `force`). Returns the number of lexemes copied, 0 when nothing was due.
+    Readers are not blocked; the worker's maintenance calls it, as do bulk loads."""
+    if not force and not await conn.fetchval(_TERM_STATS_BEHIND):
+        return 0
+    if not await _as_owner(conn, "REFRESH MATERIALIZED VIEW CONCURRENTLY search_term_stats"):
+        return 0
+    return int(await conn.fetchval("SELECT count(*) FROM search_term_stats"))
+
+
+async def _as_owner(conn: Any, sql: str) -> bool:
+    """Run upkeep only the tables' owner may run; a role that is not the owner leaves it to autovacuum and the
+    defaults (a savepoint keeps the caller's transaction usable). Returns whether it ran."""
     try:
         async with conn.transaction():
-            await conn.execute(
-                "SELECT gin_clean_pending_list('past_resolutions_tsv_idx'::regclass),"
-                " gin_clean_pending_list('kb_chunks_tsv_idx'::regclass)"
-            )
+            await conn.execute(sql)
     except asyncpg.InsufficientPrivilegeError:
-        # A role that does not own the indexes leaves the merge to autovacuum (and the 64 kB limit).
-        log.info("not the owner of the full-text indexes: their pending entries are merged by autovacuum")
+        log.info("not the owner of the knowledge tables, skipped: %s", sql)
+        return False
+    return True
 
 
 def _vector(vector: np.ndarray) -> np.ndarray:

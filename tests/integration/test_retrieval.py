@@ -181,6 +181,39 @@ async def test_text_arm_drops_the_commonest_terms_on_a_large_table(clean_db: asy
     assert next(item for item in wide if item.text_rank == 1).text == rare[0]  # both terms rank it first
 
 
+TERM_STATS = "SELECT lexeme, freq FROM search_term_stats WHERE table_name = 'past_resolutions' ORDER BY lexeme"
+PG_STATS = """
+    SELECT e.lexeme, e.freq
+    FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, freq)
+    WHERE s.schemaname = current_schema() AND s.tablename = 'past_resolutions' AND s.attname = 'tsv'
+      AND e.lexeme IS NOT NULL
+    ORDER BY e.lexeme
+"""
+
+
+async def test_search_statistics_are_copied_once_analyze_has_run(clean_db: asyncpg.Pool, memo: MemoEmbedder) -> None:
+    """The text arm reads `search_term_stats`, the worker's maintenance keeps it equal to the planner's figures."""
+    from app.maintenance import maintenance_hooks
+
+    assert "refresh_term_stats" in maintenance_hooks()
+    vector = memo.encode(["airship"])[0]
+    async with clean_db.acquire() as conn:
+        # One at a time, as resolved tickets arrive: no bulk-load refresh.
+        for i in range(60):
+            words = "zeppelin arrival" if i % 2 else "zeppelin delay"
+            await store.upsert_resolution(
+                conn, ticket_text=f"{words} {i}", resolution="It lands soon.", source="history", embedding=vector
+            )
+        await conn.execute("ANALYZE past_resolutions")
+        assert await store.refresh_term_stats(conn) > 0
+        copied = [tuple(r) for r in await conn.fetch(TERM_STATS)]
+        assert copied == [tuple(r) for r in await conn.fetch(PG_STATS)]
+        assert dict(copied)["zeppelin"] == pytest.approx(1.0)
+        assert dict(copied)["delay"] == pytest.approx(0.5)
+        # Nothing new since: no refresh.
+        assert await store.refresh_term_stats(conn) == 0
+
+
 async def test_text_only_hits_still_report_their_cosine_similarity(demo_kb: asyncpg.Pool, memo: MemoEmbedder) -> None:
     query = "invoice currency euros"
     # The vector points elsewhere, so the invoice passages are found by full-text search alone.

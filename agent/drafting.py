@@ -4,6 +4,7 @@ best past resolution and knowledge-base passages, personalised and citing its so
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -79,12 +80,20 @@ def allowed_addresses(request: DraftRequest) -> tuple[set[str], set[str]]:
     for item in sources:
         if item is None:
             continue
-        body = item.resolution if item.kind == "resolution" and item.resolution else item.text
-        urls.update(find_urls(body))
-        emails.update(find_emails(body))
+        found_urls, found_emails = _addresses(
+            item.resolution if item.kind == "resolution" and item.resolution else item.text
+        )
+        urls.update(found_urls)
+        emails.update(found_emails)
     if request.support_email:
         emails.add(request.support_email)
     return urls, emails
+
+
+# The same past resolutions and KB passages come back for ticket after ticket.
+@functools.lru_cache(maxsize=4096)
+def _addresses(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(find_urls(text)), tuple(find_emails(text))
 
 
 _GREETING = re.compile(

@@ -152,9 +152,7 @@ async def fail_claim(conn: Connection, claim: Claim, error: str, *, max_failures
     """
     async with conn.transaction():
         await assert_lease(conn, claim)
-        held = await conn.fetchval(
-            "SELECT lease_expires_at IS NOT NULL FROM tickets WHERE id = $1", claim.ticket_id
-        )
+        held = await conn.fetchval("SELECT lease_expires_at IS NOT NULL FROM tickets WHERE id = $1", claim.ticket_id)
         if not held:
             raise LeaseLost(f"ticket {claim.ticket_id}: claim {claim.token} was already finished or released")
         failures = await conn.fetchval(

@@ -95,31 +95,30 @@ async def enqueue_reply(
 
     Returns (message_id, delivery_id).
     """
-    message_id: UUID = await conn.fetchval(
-        """INSERT INTO ticket_messages (ticket_id, direction, channel, author, subject, body, attempt_id)
-           VALUES ($1, 'outbound', $2, $3, $4, $5, $6) RETURNING id""",
+    # One statement: the message, then its outbox row pointing at it.
+    row = await conn.fetchrow(
+        """WITH message AS (
+               INSERT INTO ticket_messages (ticket_id, direction, channel, author, subject, body, attempt_id)
+               VALUES ($1, 'outbound', $2, $3, $4, $5, $6) RETURNING id
+           )
+           INSERT INTO deliveries (ticket_id, attempt_id, message_id, channel, idempotency_key, recipient,
+                                   subject, body, origin, review_id)
+           SELECT $1, $6, message.id, $2, $7, $8, $4, $5, $9, $10 FROM message
+           RETURNING message_id, id""",
         ticket_id,
         channel,
         "reviewer" if origin == "reviewer" else "agent",
         subject,
         body,
         attempt_id,
-    )
-    delivery_id: UUID = await conn.fetchval(
-        """INSERT INTO deliveries (ticket_id, attempt_id, message_id, channel, idempotency_key, recipient,
-                                   subject, body, origin, review_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-        ticket_id,
-        attempt_id,
-        message_id,
-        channel,
         idempotency_key,
         recipient,
-        subject,
-        body,
         origin,
         review_id,
     )
+    assert row is not None  # the message CTE always inserts one row
+    message_id: UUID = row["message_id"]
+    delivery_id: UUID = row["id"]
     return message_id, delivery_id
 
 

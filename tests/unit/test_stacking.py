@@ -9,16 +9,17 @@ import pytest
 
 from agent.stacking import TextFeatures
 
-WORDS = (
+VOCABULARY = (
     "invoice refund password login export csv api token webhook billing plan upgrade cancel charged twice "
     "error timeout slow dashboard team invite seat rechnung passwort zurücksetzen facture problème naïve café"
-).split()
+)
 
 
 def texts(seed: int, n: int) -> list[str]:
     rng = random.Random(seed)
+    words = VOCABULARY.split()
     return [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))).capitalize() + rng.choice([".", "?", "!"])
+        " ".join(rng.choice(words) for _ in range(rng.randint(3, 60))).capitalize() + rng.choice([".", "?", "!"])
         for _ in range(n)
     ]
 

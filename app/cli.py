@@ -85,9 +85,7 @@ def main(log_level: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run `deskpilot worker` separately.")
-@click.option(
-    "--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database."
-)
+@click.option("--demo", is_flag=True, help="Load the demo knowledge base and customers into an empty database.")
 @click.option(
     "--processes",
     default=1,
@@ -172,12 +170,12 @@ def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> 
 @click.option("--concurrency", default=None, type=click.IntRange(1, 256), help="Tickets processed at once.")
 def worker(concurrency: int | None) -> None:
     """Run workers only (no HTTP API)."""
-    from app.worker import run_worker_process
+    from app.worker import run_on_event_loop, run_worker_process
 
     settings = load_settings()
     url = database_url_or_exit(settings)
     migrate_when_reachable(url)
-    asyncio.run(run_worker_process(settings, url, concurrency=concurrency or settings.worker_concurrency))
+    run_on_event_loop(run_worker_process(settings, url, concurrency=concurrency or settings.worker_concurrency))
 
 
 def migrate_when_reachable(url: str) -> None:
@@ -234,9 +232,7 @@ def customers_load(file: Path) -> None:
     url = database_url_or_exit(settings)
     migrate_or_exit(url)
     report = asyncio.run(load_customers_file(url, settings, file))
-    click.echo(
-        f"customers: {report.customers} loaded, events: {report.events} added, errors: {len(report.errors)}"
-    )
+    click.echo(f"customers: {report.customers} loaded, events: {report.events} added, errors: {len(report.errors)}")
     for error in report.errors:
         click.echo(f"  {error}", err=True)
     if report.errors:

@@ -46,7 +46,7 @@ from agent.runner import TicketProcessor
 from app import worker as worker_module
 from app.metrics import Metrics
 from app.settings import PROJECT_ROOT, Settings
-from app.worker import Processor, ProcessorFactory, run_worker_process
+from app.worker import Processor, ProcessorFactory, run_on_event_loop, run_worker_process
 from knowledge.embedder import get_embedder
 from tests.support.workers import log_to_stderr
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     get_embedder(settings.embedding_model)  # warm: the processor's first `embeddings()` finds it loaded
     if args.no_outbox:
         worker_module.load_outbox_drain = lambda: None
-    asyncio.run(
+    run_on_event_loop(
         run_worker_process(
             settings,
             args.url,

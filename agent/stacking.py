@@ -107,7 +107,8 @@ class _Tfidf:
     """A fitted `TfidfVectorizer`'s transform (l2 norm, optionally sublinear tf) for a few texts at a time.
 
     The same rows as `vectorizer.transform`, which spends more on validating its input and building the matrix
-    than on the counting when it gets one ticket at a time (measured: 2.6 of a classification's 5 ms)."""
+    than on the counting when it gets one ticket at a time (both vectorizers, a ticket-length text: 2.1 ms there,
+    0.9 ms here)."""
 
     analyze: Callable[[str], list[str]]
     vocabulary: dict[str, int]

@@ -301,12 +301,15 @@ async def refresh_statistics(conn: Any) -> None:
     )
 
 
+# A searchable table whose lexeme statistics are newer than their copy (tables without any are never copied).
 _TERM_STATS_BEHIND = """
-    WITH analyzed AS (
-        SELECT max(greatest(last_analyze, last_autoanalyze)) AS at FROM pg_stat_user_tables
-        WHERE relid IN ('kb_chunks'::regclass, 'past_resolutions'::regclass)
-    ), copied AS (SELECT max(analyzed_at) AS at FROM search_term_stats)
-    SELECT analyzed.at IS NOT NULL AND (copied.at IS NULL OR analyzed.at > copied.at) FROM analyzed, copied
+    SELECT EXISTS (
+        SELECT 1 FROM pg_stats s JOIN pg_stat_user_tables u ON u.schemaname = s.schemaname AND u.relname = s.tablename
+        WHERE u.relid IN ('kb_chunks'::regclass, 'past_resolutions'::regclass) AND s.attname = 'tsv'
+          AND NOT s.inherited AND s.most_common_elems IS NOT NULL
+          AND greatest(u.last_analyze, u.last_autoanalyze) > coalesce(
+                (SELECT max(c.analyzed_at) FROM search_term_stats c WHERE c.table_name = s.tablename), '-infinity')
+    )
 """
 
 

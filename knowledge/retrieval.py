@@ -94,11 +94,23 @@ def text_search_terms(query_text: str) -> str:
 
 # Lexemes come from to_tsvector of word characters only; the quoting is belt and braces.
 _SELECTIVE_TSQUERY = """(
-    WITH query_terms AS (
+    WITH uncopied AS (
+        -- Read only while `search_term_stats` has nothing for the table (no worker has copied the figures yet).
+        SELECT e.lexeme, e.freq
+        FROM pg_stats s,
+             unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, freq)
+        WHERE NOT EXISTS (SELECT FROM search_term_stats WHERE table_name = '{table}')
+          AND s.schemaname = current_schema() AND s.tablename = '{table}' AND s.attname = 'tsv'
+          AND e.lexeme IS NOT NULL
+    ),
+    query_terms AS (
         SELECT DISTINCT t.lexeme,
-               coalesce(s.freq, (SELECT min(freq) FROM search_term_stats WHERE table_name = '{table}'), 0) AS freq
+               coalesce(s.freq, u.freq,
+                        (SELECT min(freq) FROM search_term_stats WHERE table_name = '{table}'),
+                        (SELECT min(freq) FROM uncopied), 0) AS freq
         FROM unnest(tsvector_to_array(to_tsvector('english', {terms}::text))) AS t(lexeme)
         LEFT JOIN search_term_stats s ON s.table_name = '{table}' AND s.lexeme = t.lexeme
+        LEFT JOIN uncopied u ON u.lexeme = t.lexeme
     ),
     chosen AS (
         SELECT lexeme,
@@ -117,8 +129,9 @@ def _selective_tsquery(table: str, p: _Params) -> str:
     websearch-style AND makes a whole ticket body match nothing, and OR over every word lets a common one
     ("account", "order") match a large part of a big table, which costs hundreds of milliseconds to rank. So
     terms are taken rarest first by the planner's lexeme frequencies (pg_stats of the tsv column, as copied to
-    `search_term_stats`) while the expected number of matching rows stays within the budget; lexemes missing
-    from the statistics are rarer than any listed one. A small or never-analysed table keeps every term.
+    `search_term_stats`; from pg_stats itself while there is no copy) while the expected number of matching rows
+    stays within the budget; lexemes missing from the statistics are rarer than any listed one. A small or
+    never-analysed table keeps every term.
     """
     return _SELECTIVE_TSQUERY.format(table=table, terms=p("terms", None), budget=p("text_budget", None))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -10,6 +11,7 @@ import asyncpg
 import numpy as np
 import pytest
 
+from app import db
 from app.settings import Settings
 from knowledge import store
 from knowledge.loader import load_paths
@@ -150,10 +152,13 @@ def test_text_terms_are_distinct_words_without_operators() -> None:
     assert len(text_search_terms(" ".join(f"w{i}" for i in range(500))).split()) == 32
 
 
+COMMON = [f"Where is my order number {i}?" for i in range(600)]
+RARE = ["My order of the zeppelin model never arrived"]
+
+
 async def test_text_arm_drops_the_commonest_terms_on_a_large_table(clean_db: asyncpg.Pool, memo: MemoEmbedder) -> None:
     vector = memo.encode(["order status"])[0]
-    common = [f"Where is my order number {i}?" for i in range(600)]
-    rare = ["My order of the zeppelin model never arrived"]
+    common, rare = COMMON, RARE
     rows = [
         store.ResolutionRow(ticket_text=text, resolution="Tracking is under Orders.", embedding=vector)
         for text in common + rare
@@ -179,6 +184,37 @@ async def test_text_arm_drops_the_commonest_terms_on_a_large_table(clean_db: asy
     assert [item.text for item in narrow if item.text_rank is not None] == rare
     assert len([item for item in wide if item.text_rank is not None]) > 1
     assert next(item for item in wide if item.text_rank == 1).text == rare[0]  # both terms rank it first
+
+
+async def test_text_arm_reads_pg_stats_while_no_statistics_were_copied(pg_admin_url: str, memo: MemoEmbedder) -> None:
+    """Rows written without the loader and analysed by autovacuum before any worker copied the figures (or with
+    no worker at all): the commonest terms are still left out."""
+    name = f"deskpilot_stats_{uuid.uuid4().hex[:8]}"
+    db._ensure_database(pg_admin_url, name)
+    url = pg_admin_url.replace("/postgres?", f"/{name}?")
+    await db.migrate(url)
+    pool = await db.create_pool(url, Settings(db_pool_min=1, db_pool_max=2))
+    vector = memo.encode(["order status"])[0]
+    try:
+        async with pool.acquire() as conn:
+            await conn.executemany(
+                """INSERT INTO past_resolutions (source, content_hash, ticket_text, resolution, embedding)
+                   VALUES ('history', $1, $2, 'Tracking is under Orders.', $3)""",
+                [(str(i), text, vector) for i, text in enumerate(COMMON + RARE)],
+            )
+            await conn.execute("ANALYZE past_resolutions")
+            assert await conn.fetchval("SELECT count(*) FROM search_term_stats") == 0
+            narrow = await search(
+                conn, query_embedding=vector, query_text="order zeppelin", kinds=("resolution",), text_budget=100
+            )
+            # The worker's maintenance copies them; analysing a table that has no lexeme statistics (the KB,
+            # never written to) is not a reason to copy again on every run.
+            assert await store.refresh_term_stats(conn) > 0
+            await conn.execute("ANALYZE kb_chunks")
+            assert await store.refresh_term_stats(conn) == 0
+    finally:
+        await pool.close()
+    assert [item.text for item in narrow if item.text_rank is not None] == RARE
 
 
 TERM_STATS = "SELECT lexeme, freq FROM search_term_stats WHERE table_name = 'past_resolutions' ORDER BY lexeme"
@@ -210,10 +246,10 @@ async def test_search_statistics_are_copied_once_analyze_has_run(clean_db: async
         assert copied == [tuple(r) for r in await conn.fetch(PG_STATS)]
         assert dict(copied)["zeppelin"] == pytest.approx(1.0)
         assert dict(copied)["delay"] == pytest.approx(0.5)
-        # Nothing new since, not even after the empty KB table is analysed (it has no lexeme statistics): no
-        # refresh every maintenance run.
-        await conn.execute("ANALYZE kb_chunks")
+        # Nothing new since: no refresh. The next ANALYZE: one again.
         assert await store.refresh_term_stats(conn) == 0
+        await conn.execute("ANALYZE past_resolutions")
+        assert await store.refresh_term_stats(conn) > 0
 
 
 async def test_text_only_hits_still_report_their_cosine_similarity(demo_kb: asyncpg.Pool, memo: MemoEmbedder) -> None:

@@ -197,6 +197,9 @@ async def test_text_arm_reads_pg_stats_while_no_statistics_were_copied(pg_admin_
     vector = memo.encode(["order status"])[0]
     try:
         async with pool.acquire() as conn:
+            # Only the ANALYZEs below, none of autovacuum's between the checks.
+            await conn.execute("ALTER TABLE past_resolutions SET (autovacuum_enabled = off)")
+            await conn.execute("ALTER TABLE kb_chunks SET (autovacuum_enabled = off)")
             await conn.executemany(
                 """INSERT INTO past_resolutions (source, content_hash, ticket_text, resolution, embedding)
                    VALUES ('history', $1, $2, 'Tracking is under Orders.', $3)""",
@@ -234,22 +237,34 @@ async def test_search_statistics_are_copied_once_analyze_has_run(clean_db: async
     assert "refresh_term_stats" in maintenance_hooks()
     vector = memo.encode(["airship"])[0]
     async with clean_db.acquire() as conn:
-        # One at a time, as resolved tickets arrive: no bulk-load refresh.
-        for i in range(60):
-            words = "zeppelin arrival" if i % 2 else "zeppelin delay"
-            await store.upsert_resolution(
-                conn, ticket_text=f"{words} {i}", resolution="It lands soon.", source="history", embedding=vector
-            )
-        await conn.execute("ANALYZE past_resolutions")
-        assert await store.refresh_term_stats(conn) > 0
-        copied = [tuple(r) for r in await conn.fetch(TERM_STATS)]
-        assert copied == [tuple(r) for r in await conn.fetch(PG_STATS)]
-        assert dict(copied)["zeppelin"] == pytest.approx(1.0)
-        assert dict(copied)["delay"] == pytest.approx(0.5)
-        # Nothing new since: no refresh. The next ANALYZE: one again.
-        assert await store.refresh_term_stats(conn) == 0
-        await conn.execute("ANALYZE past_resolutions")
-        assert await store.refresh_term_stats(conn) > 0
+        # Only the ANALYZEs below, none of autovacuum's between the checks.
+        await conn.execute("ALTER TABLE past_resolutions SET (autovacuum_enabled = off)")
+        await conn.execute("ALTER TABLE kb_chunks SET (autovacuum_enabled = off)")
+        try:
+            await copy_after_each_analyze(conn, vector)
+        finally:
+            await conn.execute("ALTER TABLE past_resolutions RESET (autovacuum_enabled)")
+            await conn.execute("ALTER TABLE kb_chunks RESET (autovacuum_enabled)")
+
+
+async def copy_after_each_analyze(conn: db.Connection, vector: np.ndarray) -> None:
+    """Copied after each ANALYZE, equal to pg_stats, and not again while nothing changed."""
+    # One at a time, as resolved tickets arrive: no bulk-load refresh.
+    for i in range(60):
+        words = "zeppelin arrival" if i % 2 else "zeppelin delay"
+        await store.upsert_resolution(
+            conn, ticket_text=f"{words} {i}", resolution="It lands soon.", source="history", embedding=vector
+        )
+    await conn.execute("ANALYZE past_resolutions")
+    assert await store.refresh_term_stats(conn) > 0
+    copied = [tuple(r) for r in await conn.fetch(TERM_STATS)]
+    assert copied == [tuple(r) for r in await conn.fetch(PG_STATS)]
+    assert dict(copied)["zeppelin"] == pytest.approx(1.0)
+    assert dict(copied)["delay"] == pytest.approx(0.5)
+    # Nothing new since: no refresh. The next ANALYZE: one again.
+    assert await store.refresh_term_stats(conn) == 0
+    await conn.execute("ANALYZE past_resolutions")
+    assert await store.refresh_term_stats(conn) > 0
 
 
 async def test_text_only_hits_still_report_their_cosine_similarity(demo_kb: asyncpg.Pool, memo: MemoEmbedder) -> None:

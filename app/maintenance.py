@@ -7,8 +7,10 @@ not there is skipped, so a worker runs whatever part of the pipeline is installe
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -25,55 +27,24 @@ MAINTENANCE_LOCK_KEY = 0x6465736B6D6E74  # "deskmnt"
 Hook = Callable[[Connection, Settings], Awaitable[object]]
 
 
-def _missing(exc: ImportError, *modules: str) -> bool:
-    """True when the import failed because one of `modules` (or the name asked of it) does not exist yet.
+def _installed(module: str, function: str, *, with_settings: bool = False) -> Hook | None:
+    """`module.function` as a hook, or None when that module is not installed. `function` takes the connection
+    (and the settings when `with_settings`).
 
-    Any other import error is a bug in a module that does exist, and must not be mistaken for "not installed".
+    Only a missing package or module means "not installed": any other import error is a bug in a module that
+    does exist, and is raised.
     """
-    return exc.name in modules
-
-
-def knowledge_requeue_hook() -> Hook | None:
-    """`agent.runner.requeue_on_knowledge_change`: escalated tickets get another look when the KB changed."""
     try:
-        from agent.runner import requeue_on_knowledge_change
+        found: Any = getattr(importlib.import_module(module), function)
     except ImportError as exc:
-        if _missing(exc, "agent", "agent.runner"):
+        parts = module.split(".")
+        if exc.name in {".".join(parts[:n]) for n in range(1, len(parts) + 1)}:
             return None
         raise
 
     async def hook(conn: Connection, settings: Settings) -> object:
-        return await requeue_on_knowledge_change(conn)
-
-    return hook
-
-
-def quiet_tickets_hook() -> Hook | None:
-    """`app.delivery.lifecycle.close_quiet_tickets`: resolved tickets close after the quiet period."""
-    try:
-        from app.delivery.lifecycle import close_quiet_tickets
-    except ImportError as exc:
-        if _missing(exc, "app.delivery", "app.delivery.lifecycle"):
-            return None
-        raise
-
-    async def hook(conn: Connection, settings: Settings) -> object:
-        return await close_quiet_tickets(conn, settings)
-
-    return hook
-
-
-def term_stats_hook() -> Hook | None:
-    """`knowledge.store.refresh_term_stats`: searches pick their words by statistics copied after each ANALYZE."""
-    try:
-        from knowledge.store import refresh_term_stats
-    except ImportError as exc:
-        if _missing(exc, "knowledge", "knowledge.store"):
-            return None
-        raise
-
-    async def hook(conn: Connection, settings: Settings) -> object:
-        return await refresh_term_stats(conn)
+        result: object = await (found(conn, settings) if with_settings else found(conn))
+        return result
 
     return hook
 
@@ -81,9 +52,12 @@ def term_stats_hook() -> Hook | None:
 def maintenance_hooks() -> dict[str, Hook]:
     """The hooks available in this installation, by name."""
     found = {
-        "requeue_on_knowledge_change": knowledge_requeue_hook(),
-        "close_quiet_tickets": quiet_tickets_hook(),
-        "refresh_term_stats": term_stats_hook(),
+        # Escalated tickets get another look when the KB changed.
+        "requeue_on_knowledge_change": _installed("agent.runner", "requeue_on_knowledge_change"),
+        # Resolved tickets close after the quiet period.
+        "close_quiet_tickets": _installed("app.delivery.lifecycle", "close_quiet_tickets", with_settings=True),
+        # Searches pick their words by statistics copied after each ANALYZE.
+        "refresh_term_stats": _installed("knowledge.store", "refresh_term_stats"),
     }
     return {name: hook for name, hook in found.items() if hook is not None}
 

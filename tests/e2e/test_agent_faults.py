@@ -252,6 +252,24 @@ def nodes_run(point: str) -> list[str]:
     return list(PIPELINE)
 
 
+async def one_sent_reply(pool: asyncpg.Pool, ticket_id: UUID, attempt_id: UUID) -> asyncpg.Record:
+    """The ticket's only outbound message and its delivery: `attempt_id`'s, sent once. Returns the delivery."""
+    outbound = await pool.fetch(
+        "SELECT id, attempt_id FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
+    )
+    assert [m["attempt_id"] for m in outbound] == [attempt_id]
+    [delivery] = await pool.fetch(
+        """SELECT attempt_id, message_id, idempotency_key, status, tries, sent_at FROM deliveries
+           WHERE ticket_id = $1""",
+        ticket_id,
+    )
+    assert (delivery["status"], delivery["tries"]) == ("sent", 1)
+    assert delivery["attempt_id"] == attempt_id
+    assert delivery["message_id"] == outbound[0]["id"]
+    assert delivery["idempotency_key"] == f"<{attempt_id}@deskpilot>"
+    return delivery
+
+
 @pytest.mark.parametrize("point", POINTS)
 async def test_a_worker_killed_at_each_point_of_the_graph_leaves_exactly_one_reply(
     node_kills: NodeKills, pool: asyncpg.Pool, point: str
@@ -303,21 +321,7 @@ async def test_a_worker_killed_at_each_point_of_the_graph_leaves_exactly_one_rep
     assert ticket["needs_review"] is False
 
     # Exactly one reply: one outbound message, one delivery, sent once, keyed by the completed attempt.
-    outbound = await pool.fetch(
-        "SELECT id, attempt_id FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
-    )
-    deliveries = await pool.fetch(
-        """SELECT attempt_id, message_id, idempotency_key, status, tries, sent_at FROM deliveries
-           WHERE ticket_id = $1""",
-        ticket_id,
-    )
-    assert [m["attempt_id"] for m in outbound] == [completed["id"]]
-    [delivery] = deliveries
-    assert delivery["status"] == "sent"
-    assert delivery["tries"] == 1
-    assert delivery["attempt_id"] == completed["id"]
-    assert delivery["message_id"] == outbound[0]["id"]
-    assert delivery["idempotency_key"] == f"<{completed['id']}@deskpilot>"
+    delivery = await one_sent_reply(pool, ticket_id, completed["id"])
     assert delivery["sent_at"].timestamp() - killed_after < RESCUE_LIMIT_S
 
     # And the mail server saw that one reply, once.
@@ -627,18 +631,7 @@ async def test_a_real_agent_worker_paused_past_its_lease_sends_nothing_after_it_
     assert ticket["needs_review"] is False
 
     # One reply: one outbound message and one delivery, the completed attempt's, sent once.
-    outbound = await pool.fetch(
-        "SELECT id, attempt_id FROM ticket_messages WHERE ticket_id = $1 AND direction = 'outbound'", ticket_id
-    )
-    assert [m["attempt_id"] for m in outbound] == [completed["id"]]
-    [delivery] = await pool.fetch(
-        "SELECT attempt_id, message_id, idempotency_key, status, tries FROM deliveries WHERE ticket_id = $1",
-        ticket_id,
-    )
-    assert (delivery["status"], delivery["tries"]) == ("sent", 1)
-    assert delivery["attempt_id"] == completed["id"]
-    assert delivery["message_id"] == outbound[0]["id"]
-    assert delivery["idempotency_key"] == f"<{completed['id']}@deskpilot>"
+    delivery = await one_sent_reply(pool, ticket_id, completed["id"])
     assert [(m.to, m.message_id) for m in received] == [(question.customer_email, delivery["idempotency_key"])]
 
 

@@ -11,10 +11,14 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY app ./app
-COPY agent ./agent
-COPY knowledge ./knowledge
+COPY core ./core
+COPY tickets ./tickets
 COPY ingest ./ingest
+COPY knowledge ./knowledge
+COPY agent ./agent
+COPY delivery ./delivery
+COPY review ./review
+COPY app ./app
 RUN pip install .
 
 FROM python:3.11-slim AS runtime

@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+PACKAGES := core tickets ingest knowledge agent delivery review app
+
 .PHONY: install install-dev run test lint bench browser clean
 
 $(PY):
@@ -46,7 +48,7 @@ test: install-dev browser
 	$(VENV)/bin/pytest
 
 lint: install-dev
-	$(VENV)/bin/ruff check app agent knowledge ingest tests bench
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench
 	$(VENV)/bin/mypy
 
 # Runs every benchmark in bench/ and writes docs/benchmarks.md, one report with each ratio against its bare limit.

@@ -11,7 +11,7 @@ from uuid import UUID
 import numpy as np
 
 from agent.state import TicketInput
-from app.db import Connection
+from core.db import Connection
 
 # Earlier tickets at least this similar (cosine of the query embeddings) are "the same problem again".
 REPEAT_SIMILARITY = 0.8

@@ -11,8 +11,8 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import Connection
-from app.queue import Claim
+from core.db import Connection
+from tickets.queue import Claim
 
 
 def json_text(value: Any) -> str:

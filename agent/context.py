@@ -13,13 +13,13 @@ from uuid import UUID
 
 import asyncpg
 
-from agent.classifier import RoutingModelCache, RoutingModels
-from agent.confidence import Calibration
-from agent.drafting import Drafter
+from agent.drafting.drafter import Drafter
 from agent.embedding import QueryEmbedder
-from app.metrics import Metrics
-from app.queue import Claim
-from app.settings import Settings
+from agent.scoring.confidence import Calibration
+from agent.triage.classifier import RoutingModelCache, RoutingModels
+from core.metrics import Metrics
+from core.settings import Settings
+from tickets.queue import Claim
 
 
 class StepRecorder(Protocol):

@@ -11,7 +11,7 @@ from langgraph.graph import END, START, StateGraph
 
 from agent import nodes
 from agent.context import Context
-from agent.routing import route_after_score
+from agent.routers import route_after_score
 from agent.state import AgentState
 
 PIPELINE = ("classify", "prioritize", "dispatch", "load_context", "retrieve", "draft", "score")

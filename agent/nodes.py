@@ -16,14 +16,14 @@ from langgraph.runtime import Runtime
 
 from agent import outcome
 from agent.account import load_account, offline_account
-from agent.classifier import RoutingPrediction
-from agent.confidence import Grounding, compute_signals, score_confidence
 from agent.context import Context
-from agent.drafting import Draft, DraftRequest
-from agent.risk import Risk, detect_risks, hidden_instructions, strongest_action
-from agent.specialists import specialist_for, wants_event
+from agent.drafting.drafter import Draft, DraftRequest
+from agent.scoring.confidence import Grounding, compute_signals, score_confidence
+from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
 from agent.state import STEP_OUTPUTS, AgentState, ticket_text
-from agent.triage import decide_category, decide_priority
+from agent.triage.classifier import RoutingPrediction
+from agent.triage.decisions import decide_category, decide_priority
+from agent.triage.specialists import specialist_for, wants_event
 from knowledge.retrieval import RetrievedItem, nearest_resolutions, search, shorten
 
 log = logging.getLogger(__name__)

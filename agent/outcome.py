@@ -13,11 +13,11 @@ import numpy as np
 
 from agent.audit import json_text
 from agent.state import AgentState
-from app.db import Connection
-from app.delivery.outbox import enqueue_reply, reply_idempotency_key, reply_recipient
-from app.lifecycle import transition
-from app.queue import Claim, assert_lease, finish_claim, notify_work
-from app.settings import Settings
+from core.db import Connection
+from core.settings import Settings
+from delivery.outbox import enqueue_reply, reply_idempotency_key, reply_recipient
+from tickets.lifecycle import transition
+from tickets.queue import Claim, assert_lease, finish_claim, notify_work
 
 
 async def mark_in_progress(

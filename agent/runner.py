@@ -16,19 +16,19 @@ from threadpoolctl import threadpool_limits
 
 from agent.account import load_ticket
 from agent.audit import DatabaseRecorder, fail_attempt, start_attempt
-from agent.classifier import RoutingModelCache
-from agent.confidence import Calibration
 from agent.context import Context, MemoryRecorder, StepRecorder
-from agent.drafting import Drafter, OfflineDrafter, default_drafter
+from agent.drafting.drafter import Drafter, OfflineDrafter, default_drafter
 from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
+from agent.scoring.confidence import Calibration
 from agent.state import AgentState, TicketInput
-from app.db import Connection
-from app.metrics import Metrics
-from app.queue import Claim, LeaseLost, notify_work
-from app.settings import Settings
+from agent.triage.classifier import RoutingModelCache
+from core.db import Connection
+from core.metrics import Metrics
+from core.settings import Settings
 from knowledge.embedder import Embedder, load_embedder
+from tickets.queue import Claim, LeaseLost, notify_work
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from litestar import Litestar
 
-from app.core import DeskPilotPlugin
-from app.settings import Settings
+from app.plugin import DeskPilotPlugin
+from core.settings import Settings
 
 
 def create_app(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app import db
-from app.customer_loader import load_customers_file
-from app.settings import PROJECT_ROOT, Settings
+from core import db
+from core.settings import PROJECT_ROOT, Settings
 from knowledge.embedder import load_embedder
 from knowledge.loader import load_paths
+from tickets.customer_loader import load_customers_file
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 # pg_advisory_lock key: two replicas started with --demo at once must not both load.

@@ -1,22 +1,22 @@
 """Periodic housekeeping that one worker at a time runs: another look at escalated tickets after the knowledge
 base changed, closing tickets that stayed quiet after their resolution, and copying fresh search statistics.
 
-The hooks live with the code they belong to (`agent.runner`, `app.delivery.lifecycle`); a hook whose module is
-not there is skipped, so a worker runs whatever part of the pipeline is installed.
+The hooks live with the code they belong to (`agent.runner`, `tickets.auto_close`, `knowledge.store`).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
-from app.db import Connection
-from app.queue import notify_work
-from app.settings import Settings
+from agent.runner import requeue_on_knowledge_change
+from core.db import Connection
+from core.settings import Settings
+from knowledge.store import refresh_term_stats
+from tickets.auto_close import close_quiet_tickets
+from tickets.queue import notify_work
 
 log = logging.getLogger(__name__)
 
@@ -27,39 +27,26 @@ MAINTENANCE_LOCK_KEY = 0x6465736B6D6E74  # "deskmnt"
 Hook = Callable[[Connection, Settings], Awaitable[object]]
 
 
-def _installed(module: str, function: str, *, with_settings: bool = False) -> Hook | None:
-    """`module.function` as a hook, or None when that module is not installed. `function` takes the connection
-    (and the settings when `with_settings`).
-
-    Only a missing package or module means "not installed": any other import error is a bug in a module that
-    does exist, and is raised.
-    """
-    try:
-        found: Any = getattr(importlib.import_module(module), function)
-    except ImportError as exc:
-        parts = module.split(".")
-        if exc.name in {".".join(parts[:n]) for n in range(1, len(parts) + 1)}:
-            return None
-        raise
-
-    async def hook(conn: Connection, settings: Settings) -> object:
-        result: object = await (found(conn, settings) if with_settings else found(conn))
-        return result
-
-    return hook
-
-
 def maintenance_hooks() -> dict[str, Hook]:
-    """The hooks available in this installation, by name."""
-    found = {
+    """The hooks, by name; each lives with the code it belongs to and takes the connection and the settings."""
+
+    async def requeue(conn: Connection, settings: Settings) -> object:
         # Escalated tickets get another look when the KB changed.
-        "requeue_on_knowledge_change": _installed("agent.runner", "requeue_on_knowledge_change"),
+        return await requeue_on_knowledge_change(conn)
+
+    async def close_quiet(conn: Connection, settings: Settings) -> object:
         # Resolved tickets close after the quiet period.
-        "close_quiet_tickets": _installed("app.delivery.lifecycle", "close_quiet_tickets", with_settings=True),
+        return await close_quiet_tickets(conn, settings)
+
+    async def refresh_stats(conn: Connection, settings: Settings) -> object:
         # Searches pick their words by statistics copied after each ANALYZE.
-        "refresh_term_stats": _installed("knowledge.store", "refresh_term_stats"),
+        return await refresh_term_stats(conn)
+
+    return {
+        "requeue_on_knowledge_change": requeue,
+        "close_quiet_tickets": close_quiet,
+        "refresh_term_stats": refresh_stats,
     }
-    return {name: hook for name, hook in found.items() if hook is not None}
 
 
 async def run_maintenance(

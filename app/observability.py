@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from app.core import Runtime
-from app.errors import DATABASE_UNAVAILABLE
-from app.lifecycle import STATUSES
-from app.support_health import refresh_support_health_gauges
+from app.plugin import Runtime
+from core.errors import DATABASE_UNAVAILABLE
+from tickets.lifecycle import STATUSES
+from tickets.support_health import refresh_support_health_gauges
 
 log = logging.getLogger(__name__)
 

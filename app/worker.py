@@ -1,7 +1,7 @@
 """Workers: claim queued tickets from Postgres, run the ticket processor under a heartbeated lease, wake on
 NOTIFY (polling as the fallback), drain the delivery outbox, run periodic maintenance, and stop gracefully.
 
-The queue itself (claim, heartbeat, fencing, failure and release) is `app.queue`; this module decides when
+The queue itself (claim, heartbeat, fencing, failure and release) is `tickets.queue`; this module decides when
 those happen. Safety does not rest on the worker behaving: every completing write is fenced by the claim's
 token, so a worker that was paused or cut off past its lease cannot complete anything afterwards.
 """
@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 
-from app import db
-from app.errors import DATABASE_UNAVAILABLE
+from agent.runner import make_ticket_processor
 from app.maintenance import MAINTENANCE_EVERY_S, run_maintenance
-from app.metrics import Metrics
-from app.queue import (
+from core import db
+from core.errors import DATABASE_UNAVAILABLE
+from core.metrics import Metrics
+from core.settings import Settings
+from delivery.outbox import drain_outbox
+from tickets.queue import (
     NOTIFY_CHANNEL,
     Claim,
     HoldersVanished,
@@ -39,10 +42,9 @@ from app.queue import (
     heartbeat,
     release_claim,
 )
-from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.core import Runtime
+    from app.plugin import Runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +56,7 @@ ProcessorFactory = Callable[[asyncpg.Pool, Settings, Metrics], Processor]
 
 
 class OutboxDrain(Protocol):
-    """`app.delivery.outbox.drain_outbox`: send due deliveries, return how many were handled."""
+    """`delivery.outbox.drain_outbox`: send due deliveries, return how many were handled."""
 
     async def __call__(
         self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics, worker_id: str, *, limit: int = ...
@@ -595,30 +597,6 @@ def _brief(exc: BaseException) -> str:
 # --- wiring: the in-process worker of `deskpilot serve` and the `deskpilot worker` process ------------------
 
 
-def load_ticket_processor() -> ProcessorFactory | None:
-    """`agent.runner.make_ticket_processor`, or None while the agent is not installed."""
-    try:
-        from agent.runner import make_ticket_processor
-    except ImportError as exc:
-        if exc.name in {"agent", "agent.runner"}:
-            return None
-        raise
-    factory: ProcessorFactory = make_ticket_processor
-    return factory
-
-
-def load_outbox_drain() -> OutboxDrain | None:
-    """`app.delivery.outbox.drain_outbox`, or None while delivery is not installed."""
-    try:
-        from app.delivery.outbox import drain_outbox
-    except ImportError as exc:
-        if exc.name in {"app.delivery", "app.delivery.outbox"}:
-            return None
-        raise
-    drain: OutboxDrain = drain_outbox
-    return drain
-
-
 def build_worker(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -628,11 +606,9 @@ def build_worker(
     concurrency: int,
     stop: asyncio.Event | None = None,
     grace_s: float = DEFAULT_GRACE_S,
+    drain: OutboxDrain | None = drain_outbox,
 ) -> Worker:
-    """The production worker: the processor, plus maintenance and the outbox drain where installed."""
-    drain = load_outbox_drain()
-    if drain is None:
-        log.warning("app.delivery.outbox is not available: this worker does not send deliveries")
+    """The production worker: the processor, plus maintenance and the outbox drain (None: sends nothing)."""
 
     async def maintenance() -> None:
         await run_maintenance(pool, settings)
@@ -650,12 +626,10 @@ def build_worker(
     )
 
 
-async def start_background_work(runtime: Runtime) -> list[asyncio.Task[None]]:
+async def start_background_work(
+    runtime: Runtime, make_processor: ProcessorFactory = make_ticket_processor
+) -> list[asyncio.Task[None]]:
     """The in-process worker of `deskpilot serve`; it stops when `runtime.stop` is set."""
-    make_processor = load_ticket_processor()
-    if make_processor is None:
-        log.warning("agent.runner is not available: no in-process worker, tickets stay queued")
-        return []
     pool = runtime.require_pool()
     settings = runtime.settings
     worker = build_worker(
@@ -703,18 +677,15 @@ async def run_worker_process(
     *,
     concurrency: int,
     grace_s: float = DEFAULT_GRACE_S,
-    make_processor: ProcessorFactory | None = None,
+    make_processor: ProcessorFactory = make_ticket_processor,
+    drain: OutboxDrain | None = drain_outbox,
 ) -> None:
     """`deskpilot worker`: workers only, on their own pool, until SIGTERM or SIGINT.
 
     The first signal stops claiming and gives in-flight tickets `grace_s` before releasing them (a second
     signal releases them at once); the process then exits 0 within 30 s. `make_processor` defaults to the
-    agent's.
+    agent's, `drain` to the outbox's (None: this process sends no deliveries).
     """
-    make_processor = make_processor or load_ticket_processor()
-    if make_processor is None:
-        log.error("agent.runner is not available: this installation cannot process tickets")
-        raise SystemExit(1)
     stop = asyncio.Event()
     workers: list[Worker] = []
 
@@ -745,6 +716,7 @@ async def run_worker_process(
                 concurrency=concurrency,
                 stop=stop,
                 grace_s=grace_s,
+                drain=drain,
             )
             workers.append(worker)
             await worker.run()

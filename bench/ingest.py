@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import asyncpg  # noqa: E402
 
-from app import db  # noqa: E402
+from core import db  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 
 

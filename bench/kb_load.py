@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 
-from app import db  # noqa: E402
+from core import db  # noqa: E402
 from knowledge.embedder import Embedder, embed, get_embedder  # noqa: E402
 from knowledge.loader import load_paths  # noqa: E402
 

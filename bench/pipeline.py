@@ -39,14 +39,14 @@ import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from agent.evaluation import LabelledTicket, load_history, read_labelled  # noqa: E402
+from agent.quality.evaluation import LabelledTicket, load_history, read_labelled  # noqa: E402
 from agent.runner import TicketProcessor  # noqa: E402
-from app import db  # noqa: E402
-from app.metrics import Metrics  # noqa: E402
-from app.queue import claim_next_ticket  # noqa: E402
-from app.settings import Settings  # noqa: E402
 from app.worker import run_on_event_loop  # noqa: E402
+from core import db  # noqa: E402
+from core.metrics import Metrics  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from knowledge.embedder import Embedder, get_embedder  # noqa: E402
+from tickets.queue import claim_next_ticket  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "tobi-bueck-tickets" / "dev.jsonl"
 EXAMPLES = REPO / "examples" / "resolutions.jsonl"

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 
-from app import db  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from core import db  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from knowledge.embedder import get_embedder  # noqa: E402
 from knowledge.retrieval import exact_nearest, nearest_resolutions, search  # noqa: E402
 

@@ -91,7 +91,7 @@ sys.path.insert(0, str(REPO))
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
-from app import db  # noqa: E402
+from core import db  # noqa: E402
 from ingest.signatures import standard_webhook_headers  # noqa: E402
 from tests.support.http_receiver import HttpReceiver  # noqa: E402
 from tests.support.pg import ThrowawayPostgres  # noqa: E402
@@ -1062,7 +1062,7 @@ def error_lines(res: Resources) -> str:
 def seed_database(url: str, which: str) -> int:
     """Load the demo knowledge base, resolutions and customers (`quick`: two articles per KB folder)."""
     from app.demo import load_demo_if_empty
-    from app.settings import Settings
+    from core.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="deskpilot-soak-examples-") as tmp:
         examples = EXAMPLES

@@ -15,11 +15,11 @@ from uuid import UUID
 
 import asyncpg
 
-from app import lifecycle
-from app.db import Connection
-from app.errors import Conflict, InvalidInput
-from app.queue import NOTIFY_CHANNEL, notify_work
+from core.db import Connection
+from core.errors import Conflict, InvalidInput
 from ingest.schemas import NormalizedTicket
+from tickets import lifecycle
+from tickets.queue import NOTIFY_CHANNEL, notify_work
 
 # "Re:", "Fwd:", "AW:", "WG:", "RE[2]:" ... prefixes a mail client puts before the subject of a reply.
 _REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw|rif|tr)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)

@@ -19,9 +19,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app import db
 from app.asgi import create_app
-from app.settings import PROJECT_ROOT, Settings
+from core import db
+from core.settings import PROJECT_ROOT, Settings
 from knowledge.loader import load_paths
 from tests.support.http_receiver import HttpReceiver
 

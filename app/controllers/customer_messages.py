@@ -11,9 +11,9 @@ from litestar import Controller, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
-from app.core import admin_guard
-from app.delivery import in_app
-from app.errors import InvalidInput, problem_responses
+from app.plugin import admin_guard
+from core.errors import InvalidInput, problem_responses
+from delivery import in_app
 
 
 class MarkReadIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -6,21 +6,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from email_validator import EmailNotValidError, validate_email
 from litestar import Controller, Response, post
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from app import customers
-from app.core import admin_guard
-from app.errors import InvalidInput, problem_responses
-from app.schemas import CustomerEventIn, CustomerIn
-
-
-def normalized_email(address: str) -> str:
-    try:
-        return validate_email(address.strip(), check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
-        raise InvalidInput(f"not a valid email address: {exc}", field="email") from None
+from app.plugin import admin_guard
+from core.errors import problem_responses
+from tickets import customers
+from tickets.schemas import CustomerEventIn, CustomerIn
 
 
 class CustomerController(Controller):
@@ -39,7 +31,7 @@ class CustomerController(Controller):
         async with pool.acquire() as conn:
             customer, created = await customers.upsert_customer(
                 conn,
-                email=normalized_email(data.email),
+                email=customers.normalized_email(data.email),
                 name=data.name,
                 tier=data.tier,
                 metadata=data.metadata,

@@ -7,10 +7,10 @@ from typing import Any
 
 from litestar import Controller, Response, get
 
-from agent.llm import describe_llm
-from app.core import Runtime
-from app.errors import problem_responses
-from app.metrics import CONTENT_TYPE
+from agent.drafting.llm import describe_llm
+from app.plugin import Runtime
+from core.errors import problem_responses
+from core.metrics import CONTENT_TYPE
 
 
 class HealthController(Controller):

@@ -14,8 +14,8 @@ from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestB
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from app.core import Runtime
-from app.errors import (
+from app.plugin import Runtime
+from core.errors import (
     DeskPilotError,
     InvalidInput,
     MalformedRequest,

@@ -7,9 +7,9 @@ from typing import Any, Literal
 import asyncpg
 from litestar import Controller, get
 
-from app.core import admin_guard
-from app.errors import InvalidInput, problem_responses
-from app.settings import Settings
+from app.plugin import admin_guard
+from core.errors import InvalidInput, problem_responses
+from core.settings import Settings
 from knowledge.embedder import load_embedder
 from knowledge.retrieval import search_query
 

@@ -13,11 +13,11 @@ from litestar import Controller, get, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
-from app import tickets
-from app.core import admin_guard
-from app.delivery import review
-from app.errors import problem_responses
-from app.settings import Settings
+from app.plugin import admin_guard
+from core.errors import problem_responses
+from core.settings import Settings
+from review import submit as review
+from tickets import reads as tickets
 
 
 class ReviewIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

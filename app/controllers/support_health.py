@@ -8,9 +8,9 @@ from uuid import UUID
 import asyncpg
 from litestar import Controller, get
 
-from app import support_health
-from app.core import admin_guard
-from app.errors import problem_responses
+from app.plugin import admin_guard
+from core.errors import problem_responses
+from tickets import support_health
 
 
 class SupportHealthController(Controller):

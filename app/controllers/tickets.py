@@ -9,9 +9,10 @@ import asyncpg
 from litestar import Controller, get
 from litestar.params import Parameter
 
-from app import tickets, trace
-from app.core import admin_guard
-from app.errors import problem_responses
+from app.plugin import admin_guard
+from core.errors import problem_responses
+from tickets import reads as tickets
+from tickets import trace
 
 StatusFilter = Literal["open", "in_progress", "pending_customer", "resolved", "closed"]
 CategoryFilter = Literal["billing", "technical", "onboarding", "general"]

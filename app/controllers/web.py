@@ -1,7 +1,7 @@
 """HTML pages: the agent trace viewer (`/traces/{id}`), the operator console, the login form, the stylesheet.
 
-Every page is rendered from the same plain async functions the JSON API uses (`app.trace.get_trace`,
-`app.tickets.list_tickets`), behind the admin token when one is configured, with a strict CSP and no script.
+Every page is rendered from the same plain async functions the JSON API uses (`tickets.trace.get_trace`,
+`tickets.reads.list_tickets`), behind the admin token when one is configured, with a strict CSP and no script.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
-from app import tickets, trace
-from app.core import ADMIN_COOKIE, admin_authenticated, admin_token_valid
-from app.delivery import review
-from app.errors import DeskPilotError, InvalidInput, NotFound
+from app.plugin import ADMIN_COOKIE, admin_authenticated, admin_token_valid
 from app.web import STATIC_DIR, console
 from app.web.security import (
     CSRF_COOKIE,
@@ -38,6 +35,10 @@ from app.web.security import (
     settings_of,
 )
 from app.web.trace_view import present_trace
+from core.errors import DeskPilotError, InvalidInput, NotFound
+from review import submit as review
+from tickets import reads as tickets
+from tickets import trace
 
 FILTERS = {"status": console.STATUSES, "category": console.CATEGORIES, "priority": console.PRIORITIES}
 PAGE_SIZE = 50

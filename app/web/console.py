@@ -1,10 +1,10 @@
-"""Queries behind the operator console overview (the review queue is `app.delivery.review.review_queue`)."""
+"""Queries behind the operator console overview (the review queue is `review.submit.review_queue`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.db import Connection
+from core.db import Connection
 
 STATUSES = ("open", "in_progress", "pending_customer", "resolved", "closed")
 CATEGORIES = ("billing", "technical", "onboarding", "general")

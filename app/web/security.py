@@ -19,8 +19,8 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core import ADMIN_COOKIE, SESSION_MAX_AGE_S, admin_authenticated, runtime_of_state, session_cookie_value
-from app.settings import Settings
+from app.plugin import ADMIN_COOKIE, SESSION_MAX_AGE_S, admin_authenticated, runtime_of_state, session_cookie_value
+from core.settings import Settings
 
 CSRF_COOKIE = "deskpilot_csrf"
 CSRF_FIELD = "csrf_token"

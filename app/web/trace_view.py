@@ -1,6 +1,6 @@
 """What the trace page needs on top of the JSON trace: timeline geometry, citation anchors, confidence view.
 
-Nothing here queries the database or changes a value: the page renders the dict `app.trace.get_trace`
+Nothing here queries the database or changes a value: the page renders the dict `tickets.trace.get_trace`
 returns (the JSON of `GET /api/tickets/{id}/trace`), and this module only derives layout from it. Node outputs
 follow the table in docs/architecture.md; a key missing from an output is shown as missing, never invented.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.settings import Settings
+from core.settings import Settings
 
 # The graph's nodes in the order they run (agent/graph.py); the last three are the alternative decisions.
 PIPELINE_NODES = ("classify", "prioritize", "dispatch", "load_context", "retrieve", "draft", "score")
@@ -31,7 +31,7 @@ def present_trace(trace: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def review_target(attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The attempt a reviewer acts on: the latest that finished (as `app.delivery.review` picks it)."""
+    """The attempt a reviewer acts on: the latest that finished (as `review.submit` picks it)."""
     for attempt in reversed(attempts):
         if attempt.get("state") not in ("running", "abandoned"):
             draft_step = next((s for s in attempt.get("steps") or [] if s["node"] == "draft"), None)

@@ -41,15 +41,15 @@ from litestar.testing import AsyncTestClient
 from agent.graph import PIPELINE
 from agent.runner import TicketProcessor
 from app.asgi import create_app
-from app.metrics import Metrics
-from app.queue import claim_next_ticket
-from app.settings import PROJECT_ROOT, Settings
+from core.metrics import Metrics
+from core.settings import PROJECT_ROOT, Settings
 from ingest.signatures import verify_webhook
 from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.support.agent_worker import KILL_MARK, PAUSE_MARK, POINTS, AgentWorkerProcess
 from tests.support.http_receiver import HttpReceiver, ReceivedRequest
 from tests.support.server import free_port
 from tests.support.workers import eventually, truthy
+from tickets.queue import claim_next_ticket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(480)]
 
@@ -710,7 +710,7 @@ async def test_a_ticket_that_kills_every_worker_is_parked_and_the_rest_flow(
     assert KILL_MARK not in survivor_log
     assert (
         f"ticket {poison.ticket_id} parked after {MAX_ATTEMPTS} failed attempts; last error: "
-        f"app.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing"
+        f"tickets.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing"
     ) in survivor_log
 
     # Parked with its error, out of the queue, left for review; never dispatched, nothing written for it.
@@ -724,7 +724,7 @@ async def test_a_ticket_that_kills_every_worker_is_parked_and_the_rest_flow(
     assert ticket["parked_at"] is not None
     assert ticket["needs_review"] is True
     assert ticket["last_error"].startswith(
-        f"app.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing "
+        f"tickets.queue.HoldersVanished: {MAX_ATTEMPTS} attempts ended without finishing "
         "(worker killed, out of memory or cut off)"
     )
     assert ticket["status"] == "open"

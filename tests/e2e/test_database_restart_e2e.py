@@ -22,8 +22,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app import db
-from app.settings import PROJECT_ROOT, Settings
+from core import db
+from core.settings import PROJECT_ROOT, Settings
 from tests.conftest import load_example_resolutions
 from tests.support.fake_openai import FakeOpenAI, reply_json, slow
 from tests.support.pg import ThrowawayPostgres

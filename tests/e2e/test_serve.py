@@ -11,8 +11,8 @@ import click
 import httpx
 import pytest
 
-from app.cli import is_loopback_host, require_admin_token_off_loopback
-from app.settings import Settings
+from app.cli.startup import is_loopback_host, require_admin_token_off_loopback
+from core.settings import Settings
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e

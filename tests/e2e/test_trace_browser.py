@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.core import session_cookie_value
-from app.settings import Settings
+from app.plugin import session_cookie_value
+from core.settings import Settings
 from tests.support.server import REPO, ServerProcess
 from tests.support.trace_fixtures import HOSTILE_BODY, SeededTraces, seed_traces
 

@@ -21,7 +21,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from tests.support.workers import TABLES_SQL, eventually, insert_queued_tickets, truthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from app.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from knowledge.embedder import Embedder
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"

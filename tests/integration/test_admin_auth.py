@@ -18,10 +18,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from app.core import ADMIN_COOKIE, admin_guard, session_cookie_value
-from app.errors import PROBLEM_JSON
-from app.settings import Settings
+from app.plugin import ADMIN_COOKIE, admin_guard, session_cookie_value
 from app.web.security import page_guard
+from core.errors import PROBLEM_JSON
+from core.settings import Settings
 from ingest.signatures import sign_webhook
 
 ADMIN_TOKEN = "admin-token-for-auth-tests-3f9a"

@@ -13,18 +13,18 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from agent.classifier import RoutingModelCache
-from agent.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, CalibrationModel
 from agent.context import MemoryRecorder
-from agent.drafting import Draft, DraftRequest, OfflineDrafter
+from agent.drafting.drafter import Draft, DraftRequest, OfflineDrafter
 from agent.runner import TicketProcessor, requeue_on_knowledge_change, run_graph_offline
+from agent.scoring.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, CalibrationModel
 from agent.state import TicketInput
-from app.delivery import webhook
-from app.metrics import Metrics
-from app.queue import Claim, LeaseLost
-from app.settings import PROJECT_ROOT, Settings
+from agent.triage.classifier import RoutingModelCache
+from core.metrics import Metrics
+from core.settings import PROJECT_ROOT, Settings
+from delivery import webhook
 from knowledge.store import ResolutionRow, insert_resolutions
 from tests.conftest import DATA_TABLES
+from tickets.queue import Claim, LeaseLost
 
 EXAMPLES = PROJECT_ROOT / "examples" / "resolutions.jsonl"
 NODES = ["classify", "prioritize", "dispatch", "load_context", "retrieve", "draft", "score"]
@@ -482,7 +482,7 @@ def test_examples_exist() -> None:
 async def test_llm_drafter_plugs_into_draft_and_score(
     pool: asyncpg.Pool, processor_for: Callable[..., TicketProcessor], embedder: Any, models: RoutingModelCache
 ) -> None:
-    from agent.drafting import default_drafter
+    from agent.drafting.drafter import default_drafter
     from tests.support.fake_openai import FakeOpenAI, reply_json, status
 
     with FakeOpenAI() as server:
@@ -516,7 +516,7 @@ async def test_llm_drafter_plugs_into_draft_and_score(
 
 
 async def test_trace_of_a_processed_ticket(pool: asyncpg.Pool, processor_for: Callable[..., TicketProcessor]) -> None:
-    from app.trace import get_trace
+    from tickets.trace import get_trace
 
     ticket_id = await new_ticket(pool, subject="Invoices", body="Where can I download last month's invoice as PDF?")
     await processor_for(confidence=0.95)(await claim(pool, ticket_id))
@@ -539,7 +539,7 @@ def test_the_worker_keeps_blas_to_one_thread_and_fits_on_every_core(
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from agent import classifier
+    from agent.triage import classifier
 
     def blas_threads() -> set[int]:
         return {int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"}

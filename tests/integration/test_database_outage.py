@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.support.pg import ThrowawayPostgres
 
 

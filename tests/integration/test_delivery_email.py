@@ -17,9 +17,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from app.delivery import outbox
-from app.metrics import Metrics
-from app.settings import Settings
+from core.metrics import Metrics
+from core.settings import Settings
+from delivery import outbox
 from tests.support.delivery import delivery_row, seed_agent_reply, seed_attempt, seed_ticket
 from tests.support.server import free_port
 

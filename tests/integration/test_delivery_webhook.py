@@ -14,9 +14,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app.delivery import outbox, ssrf, webhook
-from app.metrics import Metrics
-from app.settings import Settings
+from core.metrics import Metrics
+from core.settings import Settings
+from delivery import outbox, ssrf, webhook
 from ingest.signatures import verify_webhook
 from tests.support.delivery import delivery_row, seed_agent_reply, seed_attempt, seed_ticket
 from tests.support.http_receiver import HttpReceiver, Reply

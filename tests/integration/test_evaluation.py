@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 
 BITEXT = PROJECT_ROOT.parent / "shared" / "data" / "bitext-customer-support" / "dev.jsonl"
 EXAMPLES = PROJECT_ROOT / "examples" / "resolutions.jsonl"

@@ -25,10 +25,10 @@ from hypothesis.stateful import (
 )
 from litestar.testing import TestClient
 
-from app import db
 from app.asgi import create_app
-from app.errors import Conflict
-from app.settings import Settings
+from core import db
+from core.errors import Conflict
+from core.settings import Settings
 from ingest.schemas import normalize_payload, parse_payload
 from ingest.store import ingest_once
 

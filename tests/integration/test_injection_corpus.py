@@ -1,7 +1,7 @@
 """The prompt-injection corpus (tests/data, see its README) against the defences that exist before any model
 runs: ingest normalization (hidden HTML, quoted history and invisible characters removed) and the risk detector
-(`agent.risk.detect_risks`) on the text the agent would see. Every attack must be escalated or removed; the benign
-look-alikes must mostly be answered normally. The end-to-end run through the agent is a separate test.
+(`agent.scoring.risk.detect_risks`) on the text the agent would see. Every attack must be escalated or removed; the
+benign look-alikes must mostly be answered normally. The end-to-end run through the agent is a separate test.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.risk import detect_risks, strongest_action
+from agent.scoring.risk import detect_risks, strongest_action
 from ingest.normalize import normalize_body, normalize_subject
 from knowledge.loader import article_from_text
 

@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agent.guardrails import promise_violations
-from agent.prompts import PROMPT_CANARY
+from agent.drafting.guardrails import promise_violations
+from agent.drafting.prompts import PROMPT_CANARY
 from agent.runner import make_ticket_processor
-from app.metrics import Metrics
-from app.queue import claim_next_ticket
+from core.metrics import Metrics
 from knowledge.loader import load_paths
 from tests.support.server import REPO
+from tickets.queue import claim_next_ticket
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS = [json.loads(line) for line in (DATA / "injection_corpus.jsonl").read_text().splitlines() if line.strip()]

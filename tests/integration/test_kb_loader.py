@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from app.cli import main
-from app.settings import Settings
+from core.settings import Settings
 from knowledge import store
 from knowledge.chunking import chunk_markdown, chunk_plain_text, html_to_markdownish
 from knowledge.loader import CHUNK_MAX_CHARS, CHUNK_OVERLAP_CHARS, LoadReport, load_paths

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent.llm import DraftRequest, DraftResult, LLMDrafter, make_llm_drafter
-from app.metrics import Metrics
-from app.settings import Settings
+from agent.drafting.llm import DraftRequest, DraftResult, LLMDrafter, make_llm_drafter
+from core.metrics import Metrics
+from core.settings import Settings
 from tests.support.fake_openai import (
     FakeOpenAI,
     hang,

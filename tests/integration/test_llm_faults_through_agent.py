@@ -22,13 +22,13 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from agent.classifier import RoutingModelCache
-from agent.drafting import LLMDrafterAdapter
-from agent.llm import LLMDrafter
+from agent.drafting.drafter import LLMDrafterAdapter
+from agent.drafting.llm import LLMDrafter
 from agent.runner import TicketProcessor
-from app.delivery import outbox
-from app.metrics import Metrics
-from app.settings import Settings
+from agent.triage.classifier import RoutingModelCache
+from core.metrics import Metrics
+from core.settings import Settings
+from delivery import outbox
 from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.integration.kb_support import memo_embedder
 from tests.integration.test_agent_graph import claim, fixed_calibration, new_ticket

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app import db
+from core import db
 
 
 def fresh_database(pg_admin_url: str) -> str:

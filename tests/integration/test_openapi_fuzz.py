@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.asgi import create_app
-from app.errors import PROBLEM_JSON
-from app.settings import Settings
+from core.errors import PROBLEM_JSON
+from core.settings import Settings
 
 ADMIN_TOKEN = "fuzz-admin-token-7c1f"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

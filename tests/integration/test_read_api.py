@@ -121,8 +121,8 @@ class _CommitsAfterFirstRead:
 
 @pytest.mark.parametrize("reader", ["detail", "trace"])
 async def test_a_reader_never_sees_half_of_a_concurrent_decision(clean_db: asyncpg.Pool, reader: str) -> None:
-    from app.tickets import get_ticket_detail
-    from app.trace import get_trace
+    from tickets.reads import get_ticket_detail
+    from tickets.trace import get_trace
 
     customer_id = await clean_db.fetchval("INSERT INTO customers (email) VALUES ('s@example.com') RETURNING id")
     ticket_id = await clean_db.fetchval(

@@ -11,8 +11,8 @@ import asyncpg
 import numpy as np
 import pytest
 
-from app import db
-from app.settings import Settings
+from core import db
+from core.settings import Settings
 from knowledge import store
 from knowledge.loader import load_paths
 from knowledge.retrieval import RRF_K, exact_nearest, nearest_resolutions, search, text_search_terms

@@ -11,12 +11,12 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app.delivery import outbox
-from app.queue import Claim, LeaseLost, assert_lease
-from app.settings import Settings
+from core.settings import Settings
+from delivery import outbox
 from knowledge.embedder import embed
 from knowledge.retrieval import search
 from tests.support.delivery import delivery_row, seed_agent_reply, seed_attempt, seed_ticket
+from tickets.queue import Claim, LeaseLost, assert_lease
 
 DRAFT = "Use the 'Forgot password' link on the sign-in page, then check your spam folder for the reset mail."
 

@@ -16,14 +16,14 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from agent.classifier import RoutingModelCache
 from agent.runner import TicketProcessor
-from app import tickets
-from app.metrics import Metrics
-from app.queue import claim_next_ticket
+from agent.triage.classifier import RoutingModelCache
+from core.metrics import Metrics
 from ingest.signatures import sign_webhook
 from tests.support.fake_openai import FakeOpenAI, reply_json, reset, status
 from tests.support.trace_fixtures import seed_traces
+from tickets import reads as tickets
+from tickets.queue import claim_next_ticket
 
 INGEST = "/api/webhooks/support/ingest"
 # Each value carries a unique marker, so a partial echo ("sk-…5c1d" style masking aside) is caught as well.

@@ -12,10 +12,10 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app.delivery import outbox
-from app.delivery.lifecycle import QUIET_PERIOD_REASON, close_quiet_tickets
-from app.settings import Settings
+from core.settings import Settings
+from delivery import outbox
 from tests.support.delivery import seed_agent_reply, seed_attempt, seed_customer, seed_ticket
+from tickets.auto_close import QUIET_PERIOD_REASON, close_quiet_tickets
 
 DAY = 86400.0
 

@@ -15,11 +15,10 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from app import db
-from app.metrics import Metrics
-from app.queue import LeaseLost, assert_lease, claim_next_ticket, notify_work
-from app.settings import Settings
 from app.worker import Worker
+from core import db
+from core.metrics import Metrics
+from core.settings import Settings
 from tests.support.workers import (
     FakeProcessor,
     eventually,
@@ -28,6 +27,7 @@ from tests.support.workers import (
     tickets_done,
     truthy,
 )
+from tickets.queue import LeaseLost, assert_lease, claim_next_ticket, notify_work
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,7 +174,7 @@ async def test_a_ticket_whose_workers_keep_dying_is_parked_without_running_again
     row = await ticket(worker_pool, killer)
     assert row["needs_review"] is True
     assert row["lease_owner"] is None
-    assert row["last_error"].startswith("app.queue.HoldersVanished: 3 attempts ended without finishing")
+    assert row["last_error"].startswith("tickets.queue.HoldersVanished: 3 attempts ended without finishing")
     assert process.calls_for(killer) == []  # parked, not run a fourth time
     assert sorted(claim.ticket_id for claim in process.completed) == sorted(good)
     assert claims(worker, "parked") == 1

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from app import db
-from app.metrics import Metrics
-from app.settings import Settings
 from app.worker import Worker
+from core import db
+from core.metrics import Metrics
+from core.settings import Settings
 from tests.support.pg import ThrowawayPostgres
 from tests.support.workers import (
     FakeProcessor,

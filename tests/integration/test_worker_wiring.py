@@ -4,17 +4,18 @@ guarantees the worker leans on when a claim ends."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import asyncpg
 import pytest
 
 from app import worker as worker_module
-from app.core import Runtime
 from app.maintenance import MAINTENANCE_LOCK_KEY, Hook, run_maintenance
-from app.metrics import Metrics
-from app.queue import (
+from app.plugin import Runtime
+from core.metrics import Metrics
+from core.settings import Settings
+from tests.support.workers import eventually, insert_queued_tickets
+from tickets.queue import (
     NOTIFY_CHANNEL,
     Claim,
     LeaseLost,
@@ -25,8 +26,6 @@ from app.queue import (
     heartbeat,
     release_claim,
 )
-from app.settings import Settings
-from tests.support.workers import eventually, insert_queued_tickets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,12 +44,11 @@ def completing_processor(pool: asyncpg.Pool, settings: Settings, metrics: Metric
 
 
 async def test_background_work_processes_tickets_and_stops_with_the_runtime(
-    clean_db: asyncpg.Pool, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    clean_db: asyncpg.Pool, make_settings: Callable[..., Settings]
 ) -> None:
-    monkeypatch.setattr(worker_module, "load_ticket_processor", lambda: completing_processor)
     runtime = Runtime(settings=make_settings(DESKPILOT_POLL_INTERVAL="0.2"), database_url=None, run_worker=True)
     runtime.pool = clean_db
-    runtime.background.extend(await worker_module.start_background_work(runtime))
+    runtime.background.extend(await worker_module.start_background_work(runtime, completing_processor))
     assert len(runtime.background) == 1
     tasks = list(runtime.background)
     [ticket_id] = await insert_queued_tickets(clean_db, notify=True)
@@ -65,21 +63,6 @@ async def test_background_work_processes_tickets_and_stops_with_the_runtime(
     assert all(task.done() and not task.cancelled() for task in tasks)
     sample = runtime.metrics.registry.get_sample_value("deskpilot_worker_claims_total", {"outcome": "completed"})
     assert sample == 1
-
-
-async def test_no_in_process_worker_without_the_agent(
-    clean_db: asyncpg.Pool,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    monkeypatch.setattr(worker_module, "load_ticket_processor", lambda: None)
-    runtime = Runtime(settings=settings, database_url=None, run_worker=True)
-    runtime.pool = clean_db
-    with caplog.at_level(logging.WARNING, logger="app.worker"):
-        assert await worker_module.start_background_work(runtime) == []
-    assert "no in-process worker" in caplog.text
-    await worker_module.stop_background_work(runtime)
 
 
 # --- maintenance --------------------------------------------------------------------------------------------

@@ -43,10 +43,10 @@ from typing import Any, NoReturn
 from agent import nodes, outcome
 from agent.graph import PIPELINE, build_graph
 from agent.runner import TicketProcessor
-from app import worker as worker_module
-from app.metrics import Metrics
-from app.settings import PROJECT_ROOT, Settings
 from app.worker import Processor, ProcessorFactory, run_on_event_loop, run_worker_process
+from core.metrics import Metrics
+from core.settings import PROJECT_ROOT, Settings
+from delivery.outbox import drain_outbox
 from knowledge.embedder import get_embedder
 from tests.support.workers import log_to_stderr
 
@@ -155,8 +155,6 @@ def main(argv: list[str] | None = None) -> None:
     log_to_stderr()
     settings = Settings.from_env(env_file=None)
     get_embedder(settings.embedding_model)  # warm: the processor's first `embeddings()` finds it loaded
-    if args.no_outbox:
-        worker_module.load_outbox_drain = lambda: None
     run_on_event_loop(
         run_worker_process(
             settings,
@@ -165,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             make_processor=dying_processor(
                 args.die_at or args.pause_at, stop=args.pause_at is not None, ticket=args.ticket
             ),
+            drain=None if args.no_outbox else drain_outbox,
         )
     )
 

@@ -10,8 +10,8 @@ from uuid import UUID
 
 import asyncpg
 
-from app.delivery.mail import reply_subject
-from app.delivery.outbox import enqueue_reply, reply_idempotency_key
+from delivery.mail import reply_subject
+from delivery.outbox import enqueue_reply, reply_idempotency_key
 
 
 async def seed_customer(pool: asyncpg.Pool, email: str = "ada@example.com", tier: str = "pro") -> UUID:

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from app import db
+from core import db
 
 
 class ThrowawayPostgres:

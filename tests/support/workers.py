@@ -26,10 +26,10 @@ from uuid import UUID
 
 import asyncpg
 
-from app.metrics import Metrics
-from app.queue import Claim, LeaseLost, assert_lease, finish_claim, notify_work
-from app.settings import Settings
 from app.worker import Processor, ProcessorFactory, Worker, run_worker_process
+from core.metrics import Metrics
+from core.settings import Settings
+from tickets.queue import Claim, LeaseLost, assert_lease, finish_claim, notify_work
 
 # --- for tests in the test process ----------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from agent.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, score_confidence
-from agent.routing import route_after_score
+from agent.routers import route_after_score
+from agent.scoring.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, score_confidence
 from agent.state import AgentState
 
 

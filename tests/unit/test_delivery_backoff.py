@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from app.delivery.outbox import BACKOFF_BASE_S, BACKOFF_CAP_S, RETRY_AFTER_CAP_S, delivery_backoff_s
-from app.delivery.webhook import parse_retry_after
+from delivery.outbox import BACKOFF_BASE_S, BACKOFF_CAP_S, RETRY_AFTER_CAP_S, delivery_backoff_s
+from delivery.webhook import parse_retry_after
 
 
 def test_backoff_grows_exponentially_with_jitter() -> None:

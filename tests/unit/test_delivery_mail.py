@@ -7,7 +7,8 @@ from uuid import uuid4
 
 import pytest
 
-from app.delivery.mail import (
+from core.settings import Settings
+from delivery.mail import (
     HeaderInjection,
     SmtpConfig,
     build_reply,
@@ -16,8 +17,7 @@ from app.delivery.mail import (
     reply_subject,
     spool_file_name,
 )
-from app.delivery.model import Delivery
-from app.settings import Settings
+from delivery.model import Delivery
 
 
 def delivery(**overrides: object) -> Delivery:

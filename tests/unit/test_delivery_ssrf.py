@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from app.delivery.ssrf import UnsafeCallback, check_callback_url, forbidden_reason, parse_callback_url
+from delivery.ssrf import UnsafeCallback, check_callback_url, forbidden_reason, parse_callback_url
 
 
 @pytest.mark.parametrize(

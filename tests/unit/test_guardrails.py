@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.guardrails import check_reply
+from agent.drafting.guardrails import check_reply
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.llm import DraftResult, confidence_factor, summarize_account
+from agent.drafting.llm import DraftResult, confidence_factor, summarize_account
 
 REVIEW_THRESHOLD = 0.60
 

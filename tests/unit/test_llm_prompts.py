@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.llm import (
+from agent.drafting.llm import (
     DraftRequest,
     build_chat_model,
     citation_validity,
@@ -16,7 +16,7 @@ from agent.llm import (
     make_llm_drafter,
     reply_violations,
 )
-from agent.prompts import (
+from agent.drafting.prompts import (
     DISTINCTIVE_RULES,
     PROMPT_CANARY,
     SYSTEM_PROMPT,
@@ -24,7 +24,7 @@ from agent.prompts import (
     build_messages,
     escape_untrusted,
 )
-from app.settings import Settings
+from core.settings import Settings
 
 
 def item(n: int, kind: str = "kb_chunk", chars: int = 200) -> dict[str, Any]:

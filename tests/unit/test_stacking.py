@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from agent.stacking import TextFeatures
+from agent.triage.stacking import TextFeatures
 
 VOCABULARY = (
     "invoice refund password login export csv api token webhook billing plan upgrade cancel charged twice "

@@ -1,0 +1,1 @@
+"""Measuring the agent on labelled tickets: `deskpilot eval` and `deskpilot calibrate`."""

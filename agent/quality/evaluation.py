@@ -1,0 +1,518 @@
+"""`deskpilot eval`: labelled tickets through routing and the agent, without delivering, into a quality report.
+
+A fresh database on the same server holds the history (the data set minus a deterministic holdout, or
+`--history`); every held-out ticket runs through the real graph offline. A reply counts as right when its
+primary grounding past resolution has the ticket's issue label (`orig_intent` / `intent`). Without issue
+labels the report gives the mean cosine similarity of the reply to the gold answer instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import numpy as np
+
+from agent.drafting.drafter import default_drafter
+from agent.nodes import choose_grounding
+from agent.runner import TicketProcessor, run_graph_offline
+from agent.scoring.confidence import compute_signals
+from agent.state import TicketInput
+from agent.triage.keywords import CATEGORIES, PRIORITIES
+from core import db
+from core.db import Connection
+from core.settings import Settings
+from knowledge.embedder import Embedder, get_embedder
+from knowledge.store import ResolutionRow, insert_resolutions
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class LabelledTicket:
+    id: str
+    subject: str
+    body: str
+    answer: str | None
+    category: str | None
+    priority: str | None
+    intent: str | None
+    language: str | None
+
+    @property
+    def text(self) -> str:
+        subject, body = self.subject.strip(), self.body.strip()
+        return f"{subject}\n\n{body}" if subject and body else subject or body
+
+
+def _clean(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def read_labelled(path: Path) -> list[LabelledTicket]:
+    """JSONL or CSV records with subject/body/answer/category/priority/intent (or orig_intent)."""
+    records: list[dict[str, Any]] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            records = list(csv.DictReader(handle))
+    else:
+        with path.open(encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    tickets: list[LabelledTicket] = []
+    for i, record in enumerate(records):
+        body = _clean(record.get("body")) or ""
+        subject = _clean(record.get("subject")) or ""
+        if not (body or subject):
+            continue
+        category = _clean(record.get("category"))
+        priority = _clean(record.get("priority"))
+        tickets.append(
+            LabelledTicket(
+                id=_clean(record.get("id")) or f"{path.stem}-{i}",
+                subject=subject,
+                body=body,
+                answer=_clean(record.get("answer")) or _clean(record.get("resolution")),
+                category=category if category in CATEGORIES else None,
+                priority=priority if priority in PRIORITIES else None,
+                intent=_clean(record.get("orig_intent")) or _clean(record.get("intent")),
+                language=_clean(record.get("language")),
+            )
+        )
+    return tickets
+
+
+def _rank(ticket_id: str, seed: int) -> int:
+    return int(hashlib.sha256(f"deskpilot-eval:{seed}:{ticket_id}".encode()).hexdigest()[:12], 16)
+
+
+def split_holdout(
+    tickets: Sequence[LabelledTicket], holdout: float, seed: int
+) -> tuple[list[LabelledTicket], list[LabelledTicket]]:
+    """(history, evaluation): a deterministic hash split by id, so the eval tickets are never in the history."""
+    cut = int(holdout * 10_000)
+    history: list[LabelledTicket] = []
+    evaluation: list[LabelledTicket] = []
+    for ticket in tickets:
+        (evaluation if _rank(ticket.id, seed) % 10_000 < cut else history).append(ticket)
+    return history, evaluation
+
+
+def sample(tickets: Sequence[LabelledTicket], limit: int | None, seed: int) -> list[LabelledTicket]:
+    if limit is None or limit >= len(tickets):
+        return list(tickets)
+    return sorted(tickets, key=lambda t: _rank(t.id, seed + 1))[:limit]
+
+
+# --- a scratch database on the same server -------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+class ScratchDatabase:
+    """`deskpilot_eval_<random>` on the server of `url`, migrated on entry and dropped on exit."""
+
+    def __init__(self, url: str) -> None:
+        self.server_url = url
+        self.name = f"deskpilot_eval_{secrets.token_hex(4)}"
+        self.url = _with_database(url, self.name)
+
+    async def __aenter__(self) -> ScratchDatabase:
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+        await db.migrate(self.url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TicketResult:
+    id: str
+    category: str | None
+    predicted_category: str
+    priority: str | None
+    predicted_priority: str
+    decision: str
+    confidence: float
+    intent: str | None
+    grounding_intent: str | None
+    right: bool | None
+    signals: dict[str, float]
+    signal_model: str
+    similarity_signals: dict[str, float]
+    similarity_right: bool | None
+    draft: str
+    answer: str | None
+    risks: list[str] = field(default_factory=list)
+
+
+def encode_all(embedder: Embedder, texts: Sequence[str], progress: Progress | None, label: str) -> np.ndarray:
+    """Embed in chunks (the model batches inside each) so the progress bar moves."""
+    if not texts:
+        return np.zeros((0, getattr(embedder, "dimension", 384)), dtype=np.float32)
+    out: list[np.ndarray] = []
+    step = 256
+    for start in range(0, len(texts), step):
+        out.append(embedder.encode(list(texts[start : start + step])))
+        if progress:
+            progress(label, min(start + step, len(texts)), len(texts))
+    return np.vstack(out)
+
+
+async def load_history(conn: Connection, tickets: Sequence[LabelledTicket], embeddings: np.ndarray) -> int:
+    rows = [
+        ResolutionRow(
+            ticket_text=t.text,
+            # Data sets without answers (routing-only sets) still teach the classifier; such rows ground nothing.
+            resolution=t.answer or "",
+            embedding=embeddings[i],
+            source="history",
+            source_ref=t.id,
+            category=t.category,
+            priority=t.priority,
+            intent=t.intent,
+            language=t.language,
+        )
+        for i, t in enumerate(tickets)
+    ]
+    added = 0
+    for start in range(0, len(rows), 2000):
+        added += await insert_resolutions(conn, rows[start : start + 2000])
+    return added
+
+
+async def run_tickets(
+    processor: TicketProcessor,
+    tickets: Sequence[LabelledTicket],
+    embeddings: np.ndarray,
+    progress: Progress | None = None,
+) -> list[TicketResult]:
+    results: list[TicketResult] = []
+    for i, ticket in enumerate(tickets):
+        state = await run_graph_offline(
+            processor,
+            TicketInput(ticket_id=None, channel="email", subject=ticket.subject, body=ticket.body, account={}),
+            embedding=embeddings[i],
+        )
+        grounding = state["grounding"]
+        item = grounding.item
+        scoring = state["scoring"]
+        prediction = state.get("prediction")
+        # The same ticket as a history without issue labels would see it: calibration data for that model.
+        resolutions = [r for r in state.get("items", []) if r.kind == "resolution"]
+        category = state["classification"]["category"]
+        plain = choose_grounding(resolutions, None, category, False)
+        similarity_signals = compute_signals(
+            grounding=plain,
+            neighbours=prediction.neighbours if prediction else [],
+            intent_probs={},
+            category=category,
+            category_certainty=state["classification"]["certainty"],
+            use_intents=False,
+        )
+        right = None
+        similarity_right = None
+        if ticket.intent:
+            right = bool(item is not None and item.intent == ticket.intent)
+            similarity_right = bool(plain.item is not None and plain.item.intent == ticket.intent)
+        results.append(
+            TicketResult(
+                id=ticket.id,
+                category=ticket.category,
+                predicted_category=category,
+                priority=ticket.priority,
+                predicted_priority=state["prioritization"]["priority"],
+                decision=state["outcome"]["decision"],
+                confidence=float(scoring["confidence"]),
+                intent=ticket.intent,
+                grounding_intent=item.intent if item is not None else None,
+                right=right,
+                signals=dict(scoring["signals"]),
+                signal_model=str(scoring["model"]),
+                similarity_signals=similarity_signals,
+                similarity_right=similarity_right,
+                draft=state["drafted"]["draft"],
+                answer=ticket.answer,
+                risks=list(scoring.get("risk_kinds", [])),
+            )
+        )
+        if progress:
+            progress("tickets", i + 1, len(tickets))
+    return results
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+
+
+def expected_calibration_error(confidence: Sequence[float], right: Sequence[bool], bins: int = 10) -> float | None:
+    if not confidence:
+        return None
+    conf = np.asarray(confidence, dtype=float)
+    hits = np.asarray(right, dtype=float)
+    index = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            total += abs(conf[mask].mean() - hits[mask].mean()) * mask.mean()
+    return float(total)
+
+
+def macro_f1(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
+    scores = []
+    for label in labels:
+        tp = sum(1 for t, p in zip(truth, predicted, strict=True) if t == label and p == label)
+        fp = sum(1 for t, p in zip(truth, predicted, strict=True) if t != label and p == label)
+        fn = sum(1 for t, p in zip(truth, predicted, strict=True) if t == label and p != label)
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def baseline_accuracy(history: Sequence[LabelledTicket], evaluation: Sequence[LabelledTicket]) -> float | None:
+    """TF-IDF (word 1-2 grams, sublinear tf) + logistic regression trained on the same history."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    train = [t for t in history if t.category]
+    test = [t for t in evaluation if t.category]
+    if len({t.category for t in train}) < 2 or not test:
+        return None
+    model = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(C=10, max_iter=2000)
+    )
+    model.fit([t.text for t in train], [t.category for t in train])
+    predicted = model.predict([t.text for t in test])
+    return float(np.mean([p == t.category for p, t in zip(predicted, test, strict=True)]))
+
+
+def _rate(values: Sequence[bool]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _by_confidence(judged: Sequence[TicketResult], thresholds: dict[str, float]) -> dict[str, Any]:
+    auto = [bool(r.right) for r in judged if r.confidence >= thresholds["auto_resolve"]]
+    flag = [bool(r.right) for r in judged if thresholds["review"] <= r.confidence < thresholds["auto_resolve"]]
+    n = len(judged)
+    return {
+        "auto_resolve_rate": len(auto) / n if n else None,
+        "auto_resolve_precision": _rate(auto),
+        "flag_rate": len(flag) / n if n else None,
+        "flag_precision": _rate(flag),
+    }
+
+
+def summarize(
+    results: Sequence[TicketResult],
+    *,
+    thresholds: dict[str, float],
+    seconds: float,
+    reply_similarity: float | None,
+    baseline: float | None,
+) -> dict[str, Any]:
+    n = len(results)
+    labelled = [r for r in results if r.category]
+    truth = [r.category or "" for r in labelled]
+    predicted = [r.predicted_category for r in labelled]
+    confusion = {
+        t: {p: sum(1 for r in labelled if r.category == t and r.predicted_category == p) for p in CATEGORIES}
+        for t in CATEGORIES
+        if any(r.category == t for r in labelled)
+    }
+    with_priority = [r for r in results if r.priority]
+    decisions = [r.decision for r in results]
+    has_intents = any(r.right is not None for r in results)
+    delivered = [r.right for r in results if r.decision == "deliver" and r.right is not None]
+    flagged = [r.right for r in results if r.decision == "flag_for_review" and r.right is not None]
+    judged = [r for r in results if r.right is not None]
+    report: dict[str, Any] = {
+        "n": n,
+        "category_accuracy": _rate([r.category == r.predicted_category for r in labelled]),
+        "category_macro_f1": macro_f1(truth, predicted, sorted(set(truth))) if labelled else None,
+        "baseline_category_accuracy": baseline,
+        "baseline": "TF-IDF (word 1-2 grams, sublinear tf) + logistic regression (C=10), same history",
+        "priority_accuracy": _rate([r.priority == r.predicted_priority for r in with_priority]),
+        "auto_resolve_rate": decisions.count("deliver") / n if n else None,
+        "auto_resolve_precision": _rate([bool(v) for v in delivered]) if has_intents else None,
+        "flag_rate": decisions.count("flag_for_review") / n if n else None,
+        "flag_precision": _rate([bool(v) for v in flagged]) if has_intents else None,
+        "escalate_rate": decisions.count("escalate") / n if n else None,
+        "ece": expected_calibration_error([r.confidence for r in judged], [bool(r.right) for r in judged])
+        if has_intents
+        else None,
+        "grounding_accuracy": _rate([bool(r.right) for r in judged]) if has_intents else None,
+        "rightness": "grounding resolution has the ticket's issue label"
+        if has_intents
+        else "no issue labels: see reply_similarity (mean cosine of reply to gold answer)",
+        "reply_similarity": reply_similarity,
+        "mean_confidence": float(np.mean([r.confidence for r in results])) if results else None,
+        "tickets_per_second": n / seconds if seconds > 0 else None,
+        "confusion_matrix": confusion,
+        # What the thresholds alone would do, before the gates (risks, nothing to send) overrule them: the
+        # calibration's own quality on sets whose history has no answers to send (banking77).
+        "by_confidence": _by_confidence(judged, thresholds) if has_intents else None,
+        "risk_counts": {
+            kind: sum(1 for r in results if kind in r.risks) for kind in sorted({k for r in results for k in r.risks})
+        },
+    }
+    return report
+
+
+# --- the whole run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationRun:
+    report: dict[str, Any]
+    results: list[TicketResult]
+
+
+async def evaluate(
+    dataset: Path,
+    *,
+    settings: Settings,
+    history_path: Path | None = None,
+    kb: Path | None = None,
+    holdout: float = 0.2,
+    limit: int | None = None,
+    seed: int = 0,
+    database_url: str | None = None,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+) -> EvaluationRun:
+    """Run the evaluation end to end in a scratch database and return the report and per-ticket results."""
+    started_all = time.perf_counter()
+    labelled = read_labelled(dataset)
+    if history_path is not None:
+        history = read_labelled(history_path)
+        evaluation = sample(labelled, limit, seed)
+        eval_ids = {t.id for t in evaluation}
+        history = [t for t in history if t.id not in eval_ids]
+    else:
+        history, evaluation = split_holdout(sample(labelled, limit, seed), holdout, seed)
+    if not evaluation:
+        raise ValueError("no tickets to evaluate: the holdout is empty")
+    embedder = embedder or get_embedder(settings.embedding_model)
+    server_url = database_url or db.resolve_database_url(settings)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    history_vectors = await asyncio.to_thread(
+        encode_all, embedder, [t.text for t in history], progress, "embedding history"
+    )
+    timings["embed_history_s"] = time.perf_counter() - t0
+    # Embedding is the bottleneck: every eval text in one batched pass, as the worker's batcher would.
+    t0 = time.perf_counter()
+    eval_vectors = await asyncio.to_thread(
+        encode_all, embedder, [t.text for t in evaluation], progress, "embedding tickets"
+    )
+    timings["embed_tickets_s"] = time.perf_counter() - t0
+    results, processor, run_timings = await run_in_scratch_database(
+        server_url, settings, embedder, history, history_vectors, evaluation, eval_vectors, kb=kb, progress=progress
+    )
+    timings.update(run_timings)
+    seconds = timings["embed_tickets_s"] + timings["graph_s"]
+    reply_similarity = None
+    with_answers = [(r.draft, r.answer) for r in results if r.answer]
+    if with_answers:
+        drafts = embedder.encode([d for d, _ in with_answers])
+        answers = embedder.encode([a or "" for _, a in with_answers])
+        reply_similarity = float(np.mean(np.sum(drafts * answers, axis=1)))
+    baseline = await asyncio.to_thread(baseline_accuracy, history, evaluation)
+    thresholds = {"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold}
+    report = summarize(
+        results, thresholds=thresholds, seconds=seconds, reply_similarity=reply_similarity, baseline=baseline
+    )
+    report.update(
+        dataset=str(dataset),
+        history=str(history_path) if history_path else f"{len(history)} rows of the data set (holdout {holdout})",
+        history_size=len(history),
+        seed=seed,
+        timings={k: round(v, 2) for k, v in timings.items()},
+        total_seconds=round(time.perf_counter() - started_all, 2),
+        thresholds=thresholds,
+        calibration=processor.calibration.meta.get("source"),
+        models=processor.models.current.describe() if processor.models.current else None,
+    )
+    return EvaluationRun(report=report, results=results)
+
+
+async def run_in_scratch_database(
+    server_url: str,
+    settings: Settings,
+    embedder: Embedder,
+    history: Sequence[LabelledTicket],
+    history_vectors: np.ndarray,
+    evaluation: Sequence[LabelledTicket],
+    eval_vectors: np.ndarray,
+    *,
+    kb: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[TicketResult], TicketProcessor, dict[str, float]]:
+    """Load the history (and KB) into a scratch database, fit the models, run every ticket offline."""
+    timings: dict[str, float] = {}
+    async with ScratchDatabase(server_url) as scratch:
+        pool = await db.create_pool(scratch.url, settings)
+        try:
+            t0 = time.perf_counter()
+            async with pool.acquire() as conn:
+                await load_history(conn, history, history_vectors)
+                if kb is not None:
+                    from knowledge.loader import load_paths
+
+                    await load_paths(conn, [kb], embedder=embedder)
+            timings["load_s"] = time.perf_counter() - t0
+            # The drafter the settings call for: the LLM path is evaluated the same way when a model is configured.
+            processor = TicketProcessor(pool, settings, None, embedder=embedder, drafter=default_drafter(settings))
+            t0 = time.perf_counter()
+            await processor.models.get(pool, block=True)
+            timings["fit_models_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            results = await run_tickets(processor, evaluation, eval_vectors, progress)
+            timings["graph_s"] = time.perf_counter() - t0
+        finally:
+            await pool.close()
+    return results, processor, timings
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe numbers (NaN and inf become null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Scoring a draft: risk signals and the calibrated confidence."""

@@ -1,0 +1,1 @@
+"""Routing: category, issue and priority models, keyword priors, the specialist per category."""

@@ -1,0 +1,64 @@
+"""What every command does first: settings, the database URL, migrations, logging, the serve guards."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import sys
+
+import click
+
+from core import db
+from core.settings import Settings, SettingsError
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def database_url_or_exit(settings: Settings, *, keep_running: bool = False) -> str:
+    try:
+        return db.resolve_database_url(settings, keep_running=keep_running)
+    except db.EmbeddedDatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def migrate_or_exit(url: str) -> list[str]:
+    try:
+        return asyncio.run(db.migrate(url))
+    except (OSError, db.MigrationError) as exc:
+        raise click.ClickException(f"migration failed: {exc}") from None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a hostname or a wildcard (0.0.0.0, ::) may be reachable from anywhere
+
+
+def require_admin_token_off_loopback(host: str, settings: Settings) -> None:
+    """The admin API and console are open without DESKPILOT_ADMIN_TOKEN; that is allowed on loopback only."""
+    if settings.admin_token or is_loopback_host(host):
+        return
+    raise click.ClickException(
+        f"refusing to serve on {host} without DESKPILOT_ADMIN_TOKEN: the admin API and the console would be "
+        "open to anyone who can reach this port. Set DESKPILOT_ADMIN_TOKEN (a long random string; clients send "
+        "`Authorization: Bearer <token>`), or bind to 127.0.0.1."
+    )

@@ -67,9 +67,34 @@ class PayloadError(Exception):
 
 # --- decoding -----------------------------------------------------------------------------------------------
 
-_JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:]')
+# A string, or one character of structure. The string alternative cannot fail once it has its opening quote:
+# possessive, escapes skipped, and an unterminated string runs to the end of the text (as it does for a
+# decoder). So the scan never backtracks or restarts inside a string and reads each character once; the old
+# pattern required the closing quote and, without one, was retried at every escaped quote: quadratic.
+_JSON_STRUCTURE = re.compile(r'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+"?|[\[\]{}:]')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _JSONB_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _scan_nesting(text: str) -> tuple[bool, str | None]:
+    """(deeper than MAX_NESTING, the top-level key it happens under): one left-to-right pass, linear in the
+    text whatever the text, that stops at the first bracket too deep."""
+    depth = 0
+    key: tuple[int, int] | None = None  # where the key is, decoded only if the scan refuses
+    last_string = (0, 0)
+    for token in _JSON_STRUCTURE.finditer(text):
+        first = text[token.start()]
+        if first == '"':
+            last_string = token.span()
+        elif first in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True, None if key is None else _json_string_value(text[key[0] : key[1]])
+        elif first in "]}":
+            depth -= 1
+        elif depth == 1:  # a ':' in the top-level object: the string before it was a key
+            key = last_string
+    return False, None
 
 
 def _check_nesting(text: str) -> None:
@@ -77,24 +102,9 @@ def _check_nesting(text: str) -> None:
 
     Scanned on the text, before decoding, so a pathological document never reaches a recursive decoder.
     """
-    depth = 0
-    top_level_key: str | None = None
-    last_string = ""
-    for token in _JSON_STRUCTURE.finditer(text):
-        lexeme = token.group()
-        first = lexeme[0]
-        if first == '"':
-            last_string = lexeme
-        elif first in "[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise PayloadError(
-                    422, f"JSON is nested deeper than {MAX_NESTING} levels", field=top_level_key
-                )
-        elif first in "]}":
-            depth -= 1
-        elif depth == 1:  # a ':' in the top-level object: the string before it was a key
-            top_level_key = _json_string_value(last_string)
+    too_deep, top_level_key = _scan_nesting(text)
+    if too_deep:
+        raise PayloadError(422, f"JSON is nested deeper than {MAX_NESTING} levels", field=top_level_key)
 
 
 def _json_string_value(lexeme: str) -> str:
@@ -108,8 +118,11 @@ def _json_string_value(lexeme: str) -> str:
 def strict_json_loads(text: str) -> Any:
     """`json.loads` that refuses what JSON's grammar does not have or a float cannot hold: NaN, Infinity, 1e999.
 
-    Raises ValueError (json.JSONDecodeError for malformed text) or RecursionError for nesting too deep.
+    Raises ValueError (json.JSONDecodeError for malformed text) or RecursionError for nesting deeper than
+    MAX_NESTING, refused by a linear scan before the recursive decoder sees it.
     """
+    if _scan_nesting(text)[0]:
+        raise RecursionError(f"JSON is nested deeper than {MAX_NESTING} levels")
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -10,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest import schemas
 from ingest.schemas import (
     MAX_NESTING,
     IngestPayload,
@@ -18,6 +22,7 @@ from ingest.schemas import (
     normalize_payload,
     parse_payload,
     sanitize_for_jsonb,
+    strict_json_loads,
 )
 
 VALID: dict[str, Any] = {
@@ -264,6 +269,129 @@ def test_pathological_nesting_is_rejected_before_decoding() -> None:
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     payload, _ = parse_payload(_encode({**VALID, "body": "[[[[{{{{" * 20 + ' \\" ]] "' + "}}}}" * 40}))
     assert payload.body.startswith("[[[[")
+
+
+BODY_LIMIT = 256 * 1024  # Settings.max_body_bytes: the largest body ingest reads
+ESCAPED_BODY_HEAD = '{"external_id": "big-1", "customer_email": "a@b.co", "body": "'
+
+# (head, unit repeated to fill the body, what parse_payload answers: a status, or 0 for accepted).
+ADVERSARIAL_BODIES = {
+    # The shapes that made the old regex scan quadratic: every quote inside an unterminated string restarted it.
+    "unterminated string of escaped quotes": ('{"a":"', '\\"', 400),
+    "unterminated string of escaped quotes and brackets": ('{"a":"', '\\"[{', 400),
+    "unterminated string of text and escaped quotes": ('{"a":"', 'x\\"', 400),
+    "unterminated string of escaped backslashes": ('{"a":"', "\\\\", 400),
+    "unterminated string of odd backslash runs": ('{"a":"', '\\\\\\"', 400),
+    "a backslash after every quote": ('{"a":', '"\\', 400),
+    "empty strings": ('{"a":[', '"",', 400),
+    "bare quotes": ("", '"', 400),
+    # Structure: refused at the limit, or one step per character at most.
+    "deep arrays": ("", "[", 422),
+    "deep objects": ("", '{"a":', 422),
+    "closing brackets": ('{"a":', "]", 400),
+    "colons": ("{", '"a":', 400),
+    "brackets inside strings": ('{"a":[', '"[[{{",', 400),
+    # Accepted: a valid payload whose body is escapes and brackets all the way.
+    "escaped body": (ESCAPED_BODY_HEAD, '\\"\\\\[{\\n', 0),
+}
+
+
+def _adversarial(head: str, unit: str, size: int) -> bytes:
+    tail = '"}' if head == ESCAPED_BODY_HEAD else ""
+    return (head + unit * ((size - len(head) - len(tail)) // len(unit)) + tail).encode()
+
+
+class _CountedScan:
+    """The nesting scan's pattern, counting the scan's work in characters read (steps, not seconds).
+
+    finditer tries each position in turn. A match reads its own characters. Between matches an attempt fails
+    at its first character, except at a quote: there the string alternative reads the string's body, to its
+    closing quote or the end of the text, before it can fail, and the next attempt starts one character on.
+    Such a failure is what made the old pattern quadratic; the new one cannot fail at a quote.
+    """
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.tokens = 0
+        self.examined = 0
+
+    def finditer(self, text: str) -> Iterator[re.Match[str]]:
+        body_end: list[int] = []  # where a string body starting at each index ends, computed if needed
+        read = 0
+        for token in self.pattern.finditer(text):
+            self._failed(text, read, token.start(), body_end)
+            self.tokens += 1
+            self.examined += token.end() - token.start()
+            read = token.end()
+            yield token
+        self._failed(text, read, len(text), body_end)
+
+    def _failed(self, text: str, start: int, end: int, body_end: list[int]) -> None:
+        self.examined += end - start
+        quote = text.find('"', start, end)
+        while quote != -1:
+            if not body_end:
+                body_end.extend(_string_body_ends(text))
+            self.examined += body_end[quote + 1] - quote
+            quote = text.find('"', quote + 1, end)
+
+
+def _string_body_ends(text: str) -> list[int]:
+    size = len(text)
+    ends = [size] * (size + 2)
+    for i in range(size - 1, -1, -1):
+        if text[i] == '"':
+            ends[i] = i
+        elif text[i] == "\\":
+            ends[i] = ends[i + 2] if i + 1 < size else i
+        else:
+            ends[i] = ends[i + 1]
+    return ends
+
+
+def _nesting_scan_work(monkeypatch: pytest.MonkeyPatch, text: str) -> _CountedScan:
+    counted = _CountedScan(schemas._JSON_STRUCTURE)
+    with monkeypatch.context() as patched:
+        patched.setattr(schemas, "_JSON_STRUCTURE", counted)
+        with contextlib.suppress(PayloadError):
+            schemas._check_nesting(text)
+    return counted
+
+
+@pytest.mark.parametrize(
+    ("head", "unit", "status"), list(ADVERSARIAL_BODIES.values()), ids=list(ADVERSARIAL_BODIES)
+)
+def test_adversarial_bodies_up_to_the_size_limit_cost_linear_work(
+    monkeypatch: pytest.MonkeyPatch, head: str, unit: str, status: int
+) -> None:
+    # Issue #20: `{"a":"` then `\"` x 16,000 took seconds of CPU in the old scan, quadratic in the body;
+    # 256 KiB of it took minutes. Each character must be read a bounded number of times.
+    work: list[float] = []
+    for size in (BODY_LIMIT // 16, BODY_LIMIT // 8, BODY_LIMIT):
+        raw = _adversarial(head, unit, size)
+        assert len(raw) <= size
+        scan = _nesting_scan_work(monkeypatch, raw.decode())
+        assert scan.examined <= 2 * len(raw), f"{scan.examined} characters read for a {len(raw)}-byte body"
+        assert scan.tokens <= len(raw)
+        work.append(scan.examined / len(raw))
+    assert work[2] <= work[0] + 0.01  # sixteen times the body, no more work per byte
+    if status:
+        assert _error(raw).status == status
+    else:
+        payload, _ = parse_payload(raw)
+        assert payload.body.startswith('"\\[{')
+
+
+def test_strict_json_loads_refuses_deep_nesting_before_decoding() -> None:
+    # The KB loader reads JSONL with it and reports a RecursionError as "nested too deeply"; a line nested
+    # a few hundred deep used to decode, then overflow the loader's own recursive checks.
+    deepest = "[" * MAX_NESTING + "]" * MAX_NESTING
+    assert strict_json_loads(deepest) == json.loads(deepest)
+    for depth in (MAX_NESTING + 1, 600, 200_000):
+        with pytest.raises(RecursionError):
+            strict_json_loads('{"a": ' * depth + "1" + "}" * depth)
+    with pytest.raises(json.JSONDecodeError):
+        strict_json_loads(_adversarial('{"a":"', '\\"', BODY_LIMIT).decode())
 
 
 # --- lone surrogates, NUL and jsonb -------------------------------------------------------------------------

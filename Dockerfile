@@ -1,6 +1,7 @@
 # DeskPilot: multi-stage build, CPU-only torch, the embedding model package baked in, runs as a non-root user.
 # In production set DESKPILOT_DATABASE_URL to a PostgreSQL >= 14 with pgvector >= 0.5.
-# DESKPILOT_ADMIN_TOKEN is required: `serve` on 0.0.0.0 refuses to start without it (the admin API would be open).
+# DESKPILOT_ADMIN_TOKEN and DESKPILOT_WEBHOOK_SECRET are required: `serve` on 0.0.0.0 refuses to start without
+# either (the admin API would be open; anyone could post tickets as any customer).
 #   docker run -e DESKPILOT_ADMIN_TOKEN=... -e DESKPILOT_WEBHOOK_SECRET=whsec_... -p 8000:8000 deskpilot
 
 FROM python:3.11-slim AS build

@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 
 PACKAGES := core tickets ingest knowledge agent delivery review app
 
-.PHONY: install install-dev run test lint bench browser clean
+.PHONY: install install-dev run test lint bench browser test-services clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,14 +41,27 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium not installed: browser tests will be skipped"; }
 
+# Debian's Dovecot for the mailbox connector's tests, which start it themselves as an unprivileged process with a
+# temporary configuration (they skip, saying why, where it cannot be had). Nothing is started here.
+test-services:
+	@test -x /usr/sbin/dovecot || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null) \
+		|| echo "dovecot-imapd not installed: the IMAP mailbox tests will be skipped"; }
+
 run: install
 	$(VENV)/bin/deskpilot serve --host $(HOST) --port $(PORT) --demo
 
-test: install-dev browser
+test: install-dev browser test-services
 	$(VENV)/bin/pytest
 
+# Style, formatting, the one-way layers ([tool.importlinter]), declared imports ([tool.deptry]: the packages may use
+# only the runtime dependencies; tests/ and bench/ the dev extra too) and types.
 lint: install-dev
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry $(PACKAGES)
+	$(VENV)/bin/deptry tests bench --exclude '\.venv' --ignore DEP002,DEP004
 	$(VENV)/bin/mypy
 
 # Runs every benchmark in bench/ and writes docs/benchmarks.md, one report with each ratio against its bare limit.

@@ -18,6 +18,9 @@ REPEAT_SIMILARITY = 0.8
 REPEAT_WINDOW_DAYS = 30
 # How far back the account's events and earlier tickets are read.
 ACCOUNT_WINDOW_DAYS = 90
+# A ticket's latest follow-ups that are read for the agent: however many a customer sends, the work per
+# attempt (and the model's context) stays bounded (`agent.state.ticket_text` uses the last two).
+FOLLOW_UPS_READ = 3
 
 
 async def load_ticket(conn: Connection, ticket_id: UUID) -> TicketInput | None:
@@ -25,10 +28,14 @@ async def load_ticket(conn: Connection, ticket_id: UUID) -> TicketInput | None:
     row = await conn.fetchrow(
         """SELECT t.id, t.customer_id, t.channel, t.subject, t.body, COALESCE(t.customer_name, c.name) AS name,
                   c.email, t.status, t.cycle_count, t.reopen_count, t.metadata, t.raw_payload,
-                  ARRAY(SELECT m.body FROM ticket_messages m WHERE m.ticket_id = t.id AND m.direction = 'inbound'
-                        ORDER BY m.created_at, m.id OFFSET 1) AS follow_ups
+                  ARRAY(SELECT recent.body FROM (
+                            SELECT m.body, m.created_at, m.id FROM ticket_messages m
+                            WHERE m.ticket_id = t.id AND m.direction = 'inbound'
+                            ORDER BY m.created_at DESC, m.id DESC LIMIT $2) AS recent
+                        ORDER BY recent.created_at, recent.id) AS latest
            FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = $1""",
         ticket_id,
+        FOLLOW_UPS_READ + 1,
     )
     if row is None:
         return None
@@ -43,7 +50,9 @@ async def load_ticket(conn: Connection, ticket_id: UUID) -> TicketInput | None:
         status=row["status"],
         cycle_count=row["cycle_count"],
         reopen_count=row["reopen_count"],
-        follow_ups=list(row["follow_ups"]),
+        # The newest FOLLOW_UPS_READ + 1 inbound messages, oldest first: dropping the first leaves the latest
+        # follow-ups, never the ticket's own first message.
+        follow_ups=list(row["latest"])[1:],
         metadata=dict(row["metadata"] or {}),
         raw_text=_raw_text(row["raw_payload"]),
     )

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
-from agent.drafting.drafter import Drafter
+from agent.drafting.request import Drafter
 from agent.embedding import QueryEmbedder
 from agent.scoring.confidence import Calibration
 from agent.triage.classifier import RoutingModelCache, RoutingModels

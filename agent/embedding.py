@@ -1,4 +1,5 @@
-"""Query embeddings for the graph: each ticket's text encoded on its own, off the event loop.
+"""Query embeddings for the graph: each ticket's text encoded on its own, off the event loop, and the reader that
+scores retrieved passages against the ticket's questions with the same model.
 
 No batching across tickets: on a CPU a ticket-length text encodes as fast alone as inside a batch, and a batch
 would pad every text to its longest. Parallelism comes from the embedder's replicas (`knowledge.embedder`):
@@ -7,16 +8,25 @@ tickets processed concurrently are encoded at the same time, as many as there ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from agent.drafting.reader import Reader
 from knowledge.embedder import Embedder, embed
 
 
 class QueryEmbedder:
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
+        # One per process: its cache of passage units is shared by every ticket.
+        self.reader = Reader(embedder)
 
     async def encode(self, text: str) -> np.ndarray:
         vectors = await embed(self.embedder, [text])
         vector: np.ndarray = vectors[0]
         return vector
+
+    async def encode_many(self, texts: Sequence[str]) -> np.ndarray:
+        """Several short texts of one ticket (its questions): one call, the embedder splits it by length."""
+        return await embed(self.embedder, list(texts))

@@ -4,6 +4,7 @@ through `Runtime[Context]`. `traced` times every node and hands its output (or e
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -17,16 +18,24 @@ from langgraph.runtime import Runtime
 from agent import outcome
 from agent.account import load_account, offline_account
 from agent.context import Context
-from agent.drafting.drafter import Draft, DraftRequest
-from agent.scoring.confidence import Grounding, compute_signals, score_confidence
+from agent.drafting.request import Draft, DraftRequest
+from agent.drafting.guardrails import review_reasons
+from agent.drafting.questions import Question, language_of, split_questions
+from agent.drafting.reader import Evidence
+from agent.drafting.composer import ANSWER_FLOOR
+from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
-from agent.state import STEP_OUTPUTS, AgentState, ticket_text
+from agent.scoring.risk_model import risk_model
+from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, ticket_text
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
 from knowledge.retrieval import RetrievedItem, nearest_resolutions, search, shorten
 
 log = logging.getLogger(__name__)
+
+# Knowledge-base passages searched per question, besides those found for the whole ticket.
+QUESTION_PASSAGES = 6
 
 
 class Node(Protocol):
@@ -85,7 +94,7 @@ async def classify(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
     else:
         account = offline_account(ticket)
     prediction = models.predict(text, embedding, exclude_ticket_id=ticket.get("ticket_id"))
-    classification = decide_category(text, prediction, account)
+    classification = decide_category(text, prediction, account, tiers=ctx.settings.tiers)
     classification["model"] = prediction.model
     return {"embedding": embedding, "account": account, "prediction": prediction, "classification": classification}
 
@@ -99,8 +108,15 @@ async def prioritize(state: AgentState, *, runtime: Runtime[Context]) -> dict[st
     hidden = hidden_instructions(state["ticket"].get("raw_text") or "", text)
     if hidden is not None and not any(r.kind == "prompt_injection" for r in risks):
         risks.insert(0, hidden)
+    # The learned detector reads what the patterns may not have words for; a kind the patterns found already
+    # keeps their evidence. Fitted once per process, in a thread: encoding its examples takes seconds.
+    detector = await asyncio.to_thread(risk_model, runtime.context.embeddings.embedder)
+    found = {r.kind for r in risks}
+    risks += [r for r in detector.detect(text, state.get("embedding")) if r.kind not in found]
     repeated = repeated or any(r.kind == "repeated_contact" for r in risks)
-    prioritization = decide_priority(text, state.get("prediction"), account, risks, repeated_contact=repeated)
+    prioritization = decide_priority(
+        text, state.get("prediction"), account, risks, repeated_contact=repeated, tiers=runtime.context.settings.tiers
+    )
     return {"risks": risks, "prioritization": prioritization}
 
 
@@ -287,9 +303,12 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
             items.append(extra)
             resolutions.append(extra)
     grounding = choose_grounding(resolutions, prediction, category, use_intents)
+    questions, evidence = await _read_knowledge(ctx, state["ticket"], embedding, items)
     return {
         "items": items,
         "grounding": grounding,
+        "questions": questions,
+        "evidence": evidence,
         "retrieval": {
             "items": [
                 {
@@ -309,8 +328,43 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
             "primary": str(grounding.item.id) if grounding.item is not None else None,
             "grounding": grounding.how,
             "specialist": specialist.name,
+            "mode": "knowledge" if evidence else "resolution",
+            "questions": [e.to_json() for e in evidence],
         },
     }
+
+
+async def _read_knowledge(
+    ctx: Context, ticket: TicketInput, embedding: Any, items: list[RetrievedItem]
+) -> tuple[list[Question], list[Evidence]]:
+    """The ticket's questions and, for each, the knowledge-base passage that answers it (the reader).
+
+    Each question gets its own search besides the ticket's: a second question is often about something the
+    ticket as a whole is not closest to. A deployment without a knowledge base costs one empty search here.
+    """
+    settings = ctx.settings
+    passages = {i.id: i for i in items if i.kind == "kb_chunk"}
+    async with ctx.pool.acquire() as conn:
+        if not passages:
+            found = await search(
+                conn, query_embedding=embedding, query_text=ticket_text(ticket), kinds=("kb_chunk",),
+                k=QUESTION_PASSAGES, ef_search=settings.hnsw_ef_search,
+            )
+            passages.update((i.id, i) for i in found)
+        if not passages:
+            return [], []
+        questions = split_questions(ticket.get("subject") or "", latest_message(ticket))
+        if not questions:
+            return [], []
+        vectors = await ctx.embeddings.encode_many([q.query for q in questions])
+        for question, vector in zip(questions, vectors, strict=True):
+            found = await search(
+                conn, query_embedding=vector, query_text=question.query, kinds=("kb_chunk",),
+                k=QUESTION_PASSAGES, ef_search=settings.hnsw_ef_search,
+            )
+            passages.update((i.id, i) for i in found)
+    evidence = await ctx.embeddings.reader.read(questions, vectors, embedding, list(passages.values()))
+    return questions, evidence
 
 
 @traced("draft")
@@ -330,6 +384,8 @@ async def draft(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
         passages=[i for i in items if i.kind == "kb_chunk"],
         context=state.get("context", {}),
         risks=list(state.get("risks", [])),
+        evidence=list(state.get("evidence") or []),
+        language=language_of(ticket_text(ticket)),
     )
     result: Draft = await ctx.drafter.draft(request)
     if result.fell_back and ctx.fallback_drafter is not None:
@@ -379,6 +435,9 @@ def _gate(risks: list[Risk], drafted: dict[str, Any]) -> tuple[str | None, list[
     if not drafted.get("grounded"):
         gate = "escalate"
         reasons.append("nothing to ground a reply in: no past resolution or KB passage with reply text")
+    if gate is None and (review := review_reasons(drafted.get("draft") or "")):
+        gate = "review"
+        reasons += review
     return gate, reasons, retryable
 
 
@@ -390,20 +449,27 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
     # The models that classified this ticket decide, even if a refit finished since.
     use_intents = bool(prediction is not None and prediction.intent_probs)
     grounding: Grounding = state["grounding"]
-    signals = compute_signals(
-        grounding=grounding,
-        neighbours=prediction.neighbours if prediction else [],
-        intent_probs=prediction.intent_probs if prediction else {},
-        category=state["classification"]["category"],
-        category_certainty=state["classification"]["certainty"],
-        use_intents=use_intents,
-    )
+    evidence: list[Evidence] = list(state.get("evidence") or [])
+    if evidence:
+        signals = knowledge_signals(
+            evidence, category_certainty=state["classification"]["certainty"], floor=ANSWER_FLOOR
+        )
+    else:
+        signals = compute_signals(
+            grounding=grounding,
+            neighbours=prediction.neighbours if prediction else [],
+            intent_probs=prediction.intent_probs if prediction else {},
+            category=state["classification"]["category"],
+            category_certainty=state["classification"]["certainty"],
+            use_intents=use_intents,
+        )
     result: Draft | None = state.get("draft_result")
     drafted = state["drafted"]
     scored = score_confidence(
         signals,
         ctx.calibration,
         use_intents=use_intents,
+        knowledge=bool(evidence),
         self_assessment=result.self_assessment if result is not None else None,
         grounded=bool(drafted.get("grounded")),
     )
@@ -416,7 +482,7 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
             "calibrated": scored.calibrated,
             "breakdown": scored.breakdown,
             "signals": {k: round(v, 4) for k, v in signals.items()},
-            "model": "with_intents" if use_intents else "without_intents",
+            "model": "knowledge" if evidence else "with_intents" if use_intents else "without_intents",
             "risks": [r.describe() for r in risks],
             "risk_kinds": sorted({r.kind for r in risks}),
             "gate": gate,
@@ -460,13 +526,15 @@ async def _reply(state: AgentState, runtime: Runtime[Context], decision: Any, re
         )
     if ctx.metrics is not None:
         ctx.metrics.attempts.labels(decision).inc()
+    held = ctx.claim is not None and delivery_id is None  # shadow mode: nothing sent, held for a reviewer
     return {
         "outcome": {
             "decision": decision,
-            "reasons": reasons,
+            "reasons": [outcome.SHADOW_REASON, *reasons] if held else reasons,
             "delivery_id": str(delivery_id) if delivery_id else None,
-            "status": "resolved",
+            "status": "pending_customer" if held else "resolved",
             "flagged": decision == "flag_for_review",
+            "mode": "shadow" if held else "live",
         }
     }
 

@@ -1,6 +1,11 @@
 """The fenced writes of a live attempt: dispatch (status in_progress) and the decision transaction (reply queued
 in the outbox and ticket resolved, or ticket escalated), each starting with `assert_lease` so a worker whose
 lease was taken over writes nothing (raises `LeaseLost`).
+
+The decision transaction also reads the agent's mode (`agent_modes`, DESKPILOT_MODE until one is set): in
+shadow mode a reply is not queued and the ticket waits in the review queue with the decision it would have
+had. Read under the ticket's lease in the same transaction, a mode switch applies to each decision exactly
+once: a ticket in flight is either sent (live) or held (shadow), never both and never neither.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from core.settings import Settings
 from delivery.outbox import enqueue_reply, reply_idempotency_key, reply_recipient
 from tickets.lifecycle import transition
 from tickets.queue import Claim, assert_lease, finish_claim, notify_work
+from tickets.subjects import reply_subject
 
 
 async def mark_in_progress(
@@ -38,11 +44,16 @@ async def mark_in_progress(
         )
 
 
-def _reply_subject(subject: str) -> str:
-    subject = " ".join(subject.split())
-    if not subject:
-        return "Your support request"
-    return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+async def decision_mode(conn: Connection, category: str | None, default: str) -> str:
+    """The mode a decision in `category` is taken in: the category's own, else the deployment's, else
+    `default` (DESKPILOT_MODE)."""
+    mode: str = await conn.fetchval(
+        """SELECT COALESCE((SELECT mode FROM agent_modes WHERE scope = $1),
+                           (SELECT mode FROM agent_modes WHERE scope = '*'), $2)""",
+        category,
+        default,
+    )
+    return mode
 
 
 async def _finish_attempt(
@@ -53,6 +64,7 @@ async def _finish_attempt(
     decision: str,
     reasons: list[str],
     retryable: bool | None,
+    mode: str,
 ) -> None:
     classification = state.get("classification", {})
     prioritization = state.get("prioritization", {})
@@ -68,7 +80,7 @@ async def _finish_attempt(
             context = $6::text::jsonb, retrieved = $7::text::jsonb, prompt = $8, draft = $9,
             citations = $10::text::jsonb, confidence = $11, confidence_breakdown = $12::text::jsonb,
             decision = $13, decision_reasons = $14::text::jsonb, model = $15::text::jsonb, query_embedding = $16,
-            escalation_retryable = $17
+            escalation_retryable = $17, mode = $18
         WHERE id = $1
         """,
         attempt_id,
@@ -90,6 +102,7 @@ async def _finish_attempt(
         ),
         np.asarray(embedding, dtype=np.float32) if embedding is not None else None,
         retryable,
+        mode,
     )
 
 
@@ -102,9 +115,11 @@ async def commit_reply(
     *,
     decision: Literal["deliver", "flag_for_review"],
     reasons: list[str],
-) -> UUID:
+) -> UUID | None:
     """One transaction: outbound message + outbox row, ticket resolved with the reply, attempt completed,
-    claim released, workers woken to send. Returns the delivery id."""
+    claim released, workers woken to send. Returns the delivery id; None in shadow mode, where nothing is
+    queued and the ticket waits for a reviewer (pending_customer, needs_review) with the decision it would
+    have had."""
     ticket = state["ticket"]
     flagged = decision == "flag_for_review"
     channel = ticket.get("channel") or "email"
@@ -119,12 +134,16 @@ async def commit_reply(
     scoring = state["scoring"]
     async with pool.acquire() as conn, conn.transaction():
         locked = await assert_lease(conn, claim)
+        mode = await decision_mode(conn, state["classification"]["category"], settings.mode)
+        if mode == "shadow":
+            await _hold_for_review(conn, claim, attempt_id, state, locked["status"], decision, reasons)
+            return None
         _message_id, delivery_id = await enqueue_reply(
             conn,
             ticket_id=claim.ticket_id,
             channel=channel,
             recipient=recipient,
-            subject=_reply_subject(ticket.get("subject") or ""),
+            subject=reply_subject(ticket.get("subject") or ""),
             body=text,
             idempotency_key=reply_idempotency_key(channel, str(attempt_id)),
             origin="agent",
@@ -149,10 +168,47 @@ async def commit_reply(
             ),
             current=locked["status"],
         )
-        await _finish_attempt(conn, attempt_id, state, decision=decision, reasons=reasons, retryable=None)
+        await _finish_attempt(conn, attempt_id, state, decision=decision, reasons=reasons, retryable=None, mode="live")
         await finish_claim(conn, claim)
         await notify_work(conn)
     return delivery_id
+
+
+SHADOW_REASON = "shadow mode: nothing sent, held for a reviewer"
+
+
+async def _hold_for_review(
+    conn: Connection,
+    claim: Claim,
+    attempt_id: UUID,
+    state: AgentState,
+    current: str,
+    decision: str,
+    reasons: list[str],
+) -> None:
+    """Shadow mode's half of the decision transaction: no reply, the ticket waits for a reviewer (as an
+    escalated one does, without further cycles) and the attempt keeps the decision it would have had."""
+    await transition(
+        conn,
+        claim.ticket_id,
+        "pending_customer",
+        f"{SHADOW_REASON} (would have: {decision})",
+        extra_sets=(
+            "needs_review = true, flagged = false, confidence_score = $3, category = $4, priority = $5, "
+            "assigned_agent = $6"
+        ),
+        extra_args=(
+            state["scoring"]["confidence"],
+            state["classification"]["category"],
+            state["prioritization"]["priority"],
+            state["dispatch"]["assigned_agent"],
+        ),
+        current=current,
+    )
+    await _finish_attempt(
+        conn, attempt_id, state, decision=decision, reasons=[SHADOW_REASON, *reasons], retryable=None, mode="shadow"
+    )
+    await finish_claim(conn, claim)
 
 
 async def commit_escalation(
@@ -170,6 +226,8 @@ async def commit_escalation(
     scoring = state["scoring"]
     async with pool.acquire() as conn, conn.transaction():
         locked = await assert_lease(conn, claim)
+        # An escalation sends nothing in either mode; the attempt records which one it was decided in.
+        mode = await decision_mode(conn, state["classification"]["category"], settings.mode)
         cycle = int(locked["cycle_count"] or 0)
         retry = retryable and cycle < settings.max_cycles
         retry_at_s = settings.cycle_backoff_s * 2**cycle if retry else None
@@ -190,7 +248,9 @@ async def commit_escalation(
             ),
             current=locked["status"],
         )
-        await _finish_attempt(conn, attempt_id, state, decision="escalate", reasons=reasons, retryable=retryable)
+        await _finish_attempt(
+            conn, attempt_id, state, decision="escalate", reasons=reasons, retryable=retryable, mode=mode
+        )
         await finish_claim(conn, claim, retry_at_s=retry_at_s)
     return {"cycle": cycle + 1, "retry": retry, "retry_in_s": retry_at_s}
 

@@ -17,7 +17,8 @@ from threadpoolctl import threadpool_limits
 from agent.account import load_ticket
 from agent.audit import DatabaseRecorder, fail_attempt, start_attempt
 from agent.context import Context, MemoryRecorder, StepRecorder
-from agent.drafting.drafter import Drafter, OfflineDrafter, default_drafter
+from agent.drafting.drafter import OfflineDrafter, default_drafter
+from agent.drafting.request import Drafter
 from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
@@ -162,32 +163,50 @@ async def run_graph_offline(
     return cast(AgentState, await processor.graph.ainvoke(state, context=ctx))
 
 
+# Re-drafts after a knowledge change are batched and bounded: the knowledge base must have been quiet for
+# `settle_s` (a burst of reviewer sends, each a new past resolution, makes one round, not one per send), at most
+# `batch` tickets per round (oldest waiting first; the maintenance loop runs every 30 s), and only tickets with
+# cycles left (DESKPILOT_MAX_CYCLES: each re-draft that escalates again uses one).
+REQUEUE_BATCH = 20
+KNOWLEDGE_SETTLE_S = 60.0
+
 _REQUEUE_SQL = """
 WITH latest AS (
     SELECT DISTINCT ON (a.ticket_id) a.ticket_id, a.knowledge_version, a.decision, a.escalation_retryable
     FROM resolution_attempts a
     JOIN tickets t ON t.id = a.ticket_id
-    WHERE a.state = 'completed' AND t.status = 'pending_customer' AND t.needs_review
+    WHERE a.state = 'completed' AND t.status = 'pending_customer' AND t.needs_review AND t.cycle_count < $1
     ORDER BY a.ticket_id, a.attempt_no DESC
+), due AS (
+    SELECT t.id
+    FROM tickets t
+    JOIN latest ON latest.ticket_id = t.id
+    CROSS JOIN knowledge_version kv
+    WHERE latest.decision = 'escalate'
+      AND latest.escalation_retryable IS TRUE
+      AND latest.knowledge_version < kv.version
+      AND kv.changed_at <= now() - make_interval(secs => $3)
+      AND t.parked_at IS NULL
+      AND (t.next_attempt_at IS NULL OR t.next_attempt_at > now())
+      AND (t.lease_expires_at IS NULL OR t.lease_expires_at < now())
+    ORDER BY t.updated_at, t.id
+    LIMIT $2
 )
 UPDATE tickets t SET next_attempt_at = now(), updated_at = now()
-FROM latest, knowledge_version kv
-WHERE t.id = latest.ticket_id
-  AND latest.decision = 'escalate'
-  AND latest.escalation_retryable IS TRUE
-  AND latest.knowledge_version < kv.version
-  AND t.parked_at IS NULL
-  AND (t.next_attempt_at IS NULL OR t.next_attempt_at > now())
-  AND (t.lease_expires_at IS NULL OR t.lease_expires_at < now())
+FROM due
+WHERE t.id = due.id
 RETURNING t.id
 """
 
 
-async def requeue_on_knowledge_change(conn: Connection) -> int:
-    """Queue again, at once, every escalated ticket whose last attempt saw an older knowledge version and that
-    a re-run could change (low confidence, not a demand, injection or incident). Returns how many."""
+async def requeue_on_knowledge_change(
+    conn: Connection, *, max_cycles: int = 3, batch: int = REQUEUE_BATCH, settle_s: float = 0.0
+) -> int:
+    """Queue again, at once, escalated tickets whose last attempt saw an older knowledge version and that a re-run
+    could change (low confidence, not a demand, injection or incident): at most `batch`, with cycles left, once
+    the knowledge base has been unchanged for `settle_s`. Returns how many."""
     async with conn.transaction():
-        rows = await conn.fetch(_REQUEUE_SQL)
+        rows = await conn.fetch(_REQUEUE_SQL, max_cycles, batch, settle_s)
         if rows:
             await notify_work(conn)
     if rows:

@@ -41,6 +41,9 @@ class AgentState(TypedDict, total=False):
     prediction: Any
     risks: list[Any]
     grounding: Any
+    # The ticket's questions and, per question, the passage the reader chose (knowledge-base replies).
+    questions: list[Any]
+    evidence: list[Any]
     draft_result: Any
     # Recorded node outputs, keyed as STEP_OUTPUTS says.
     classification: dict[str, Any]
@@ -77,3 +80,9 @@ def ticket_text(ticket: TicketInput) -> str:
     if follow_ups:
         text = "\n\n".join([text, *follow_ups[-2:]])
     return text
+
+
+def latest_message(ticket: TicketInput) -> str:
+    """What the customer asks now: the last follow-up, or the ticket's body."""
+    follow_ups = [f.strip() for f in ticket.get("follow_ups") or [] if f and f.strip()]
+    return follow_ups[-1] if follow_ups else (ticket.get("body") or "").strip()

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agent.quality.evaluation import load_demo_content
 from core import db
 from core.settings import PROJECT_ROOT, Settings
 from knowledge.embedder import load_embedder
-from knowledge.loader import load_paths
-from tickets.customer_loader import load_customers_file
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
+# The example events were written on fixed dates; loaded as they are, they would age out of every window the
+# specialists read. The newest is moved to a day ago, every other event by the same offset.
+DEMO_EVENT_AGE = timedelta(days=1)
 # pg_advisory_lock key: two replicas started with --demo at once must not both load.
 _DEMO_LOCK_KEY = 0x64656D6F  # "demo"
+
+
+def demo_newest_event_at() -> datetime:
+    return datetime.now(UTC) - DEMO_EVENT_AGE
 
 
 async def load_demo_if_empty(url: str, settings: Settings, examples: Path = EXAMPLES_DIR) -> None:
@@ -28,16 +35,11 @@ async def load_demo_if_empty(url: str, settings: Settings, examples: Path = EXAM
                 print("demo: the knowledge base already has content; demo data not loaded", file=sys.stderr)
                 return
             embedder = await load_embedder(settings.embedding_model)
-            articles = await load_paths(conn, [examples / "kb"], embedder=embedder, kind="article")
-            history = await load_paths(conn, [examples / "resolutions.jsonl"], embedder=embedder, kind="resolution")
+            content = await load_demo_content(conn, examples, embedder=embedder, newest_event_at=demo_newest_event_at())
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _DEMO_LOCK_KEY)
-    customers_file = examples / "customers.jsonl"
-    customers = await load_customers_file(url, settings, customers_file)
-    errors = [*articles.errors, *history.errors, *customers.errors]
+    errors = content.errors
     print(
-        f"demo: loaded {articles.documents} articles ({articles.chunks} chunks), "
-        f"{history.resolutions} past resolutions, {customers.customers} customers "
-        f"({customers.events} events)" + (f"; {len(errors)} problems, first: {errors[0]}" if errors else ""),
+        f"demo: loaded {content.summary()}" + (f"; {len(errors)} problems, first: {errors[0]}" if errors else ""),
         file=sys.stderr,
     )

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from agent.runner import requeue_on_knowledge_change
+from agent.runner import KNOWLEDGE_SETTLE_S, REQUEUE_BATCH, requeue_on_knowledge_change
 from core.db import Connection
 from core.settings import Settings
 from knowledge.store import refresh_term_stats
@@ -31,8 +31,10 @@ def maintenance_hooks() -> dict[str, Hook]:
     """The hooks, by name; each lives with the code it belongs to and takes the connection and the settings."""
 
     async def requeue(conn: Connection, settings: Settings) -> object:
-        # Escalated tickets get another look when the KB changed.
-        return await requeue_on_knowledge_change(conn)
+        # Escalated tickets get another look when the KB changed: in bounded batches once it settled.
+        return await requeue_on_knowledge_change(
+            conn, max_cycles=settings.max_cycles, batch=REQUEUE_BATCH, settle_s=KNOWLEDGE_SETTLE_S
+        )
 
     async def close_quiet(conn: Connection, settings: Settings) -> object:
         # Resolved tickets close after the quiet period.

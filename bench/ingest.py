@@ -77,19 +77,30 @@ async def bare_insert_rate(url: str, connections: int, seconds: float) -> float:
 # --- the load process -----------------------------------------------------------------------------------------
 
 
-def _request(n: int, run: str) -> bytes:
-    body = json.dumps(
-        {
-            "external_id": f"{run}-{n}",
-            "channel": "in_app",
-            "customer_email": f"user{n % 500}@example.com",
-            "subject": "Invoice question",
-            "body": "Hello, where can I download the invoice for last month? " * 3,
-        }
-    ).encode()
+def _request(n: int, run: str, kind: str = "json") -> bytes:
+    text = "Hello, where can I download the invoice for last month? " * 3
+    if kind == "mime":  # the same ticket as a raw email (message/rfc822), as an email bridge posts it
+        content_type = "message/rfc822"
+        body = (
+            f"From: User {n % 500} <user{n % 500}@example.com>\r\nTo: support@example.net\r\n"
+            f"Subject: Invoice question\r\nMessage-ID: <{run}-{n}@bench.example>\r\n"
+            "Date: Tue, 3 Nov 2026 09:13:58 +0000\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        ).encode()
+    else:
+        content_type = "application/json"
+        body = json.dumps(
+            {
+                "external_id": f"{run}-{n}",
+                "channel": "in_app",
+                "customer_email": f"user{n % 500}@example.com",
+                "subject": "Invoice question",
+                "body": text,
+            }
+        ).encode()
     head = (
         "POST /api/webhooks/support/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 
@@ -110,7 +121,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def run_load(
-    port: int, connections: int, seconds: float, rate: float | None, run: str
+    port: int, connections: int, seconds: float, rate: float | None, run: str, kind: str = "json"
 ) -> dict[str, Any]:
     """Closed loop (rate None: as fast as the server answers) or open loop at `rate` requests/s."""
     latencies: list[float] = []
@@ -133,7 +144,7 @@ async def run_load(
             # One request in ten replays an earlier id: duplicates are part of real traffic.
             n = random.randrange(max(counter - 1, 1)) if counter > 10 and counter % 10 == 0 else counter
             started = time.perf_counter()
-            writer.write(_request(n, run))
+            writer.write(_request(n, run, kind))
             status = await _read_response(reader)
             latencies.append(time.perf_counter() - started)
             statuses[status] = statuses.get(status, 0) + 1
@@ -153,7 +164,7 @@ async def run_load(
 
 
 def load_in_subprocess(
-    port: int, connections: int, seconds: float, rate: float | None, run: str
+    port: int, connections: int, seconds: float, rate: float | None, run: str, kind: str = "json"
 ) -> dict[str, Any]:
     args = [
         sys.executable,
@@ -166,6 +177,8 @@ def load_in_subprocess(
         str(seconds),
         "--run",
         run,
+        "--kind",
+        kind,
     ]
     if rate:
         args += ["--rate", str(rate)]
@@ -190,10 +203,11 @@ def main() -> int:
     parser.add_argument("--load", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--run", default="run", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="json", choices=["json", "mime"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
         print(
-            json.dumps(asyncio.run(run_load(args.load, args.connections, args.seconds, args.rate, args.run)))
+            json.dumps(asyncio.run(run_load(args.load, args.connections, args.seconds, args.rate, args.run, args.kind)))
         )
         return 0
     seconds = 5.0 if args.quick else args.seconds
@@ -223,6 +237,8 @@ def main() -> int:
         load_in_subprocess(service.port, args.connections, 2.0, None, "warmup")
         peak = load_in_subprocess(service.port, args.connections, seconds, None, "peak")
         half = load_in_subprocess(service.port, args.connections, seconds, peak["rate"] / 2, "half")
+        # The same tickets as raw email (message/rfc822) in the same run: MIME parsing on top of JSON's path.
+        mime = load_in_subprocess(service.port, args.connections, seconds, None, "mime", "mime")
     finally:
         service.stop()
         server.cleanup()
@@ -240,6 +256,10 @@ def main() -> int:
         "half_p50_ms": round(half["p50_ms"], 2),
         "half_p99_ms": round(half["p99_ms"], 2),
         "statuses": peak["statuses"],
+        "mime_peak_per_s": round(mime["rate"], 1),
+        "mime_ratio_vs_json": round(mime["rate"] / peak["rate"], 3),
+        "mime_peak_p99_ms": round(mime["p99_ms"], 2),
+        "mime_statuses": mime["statuses"],
         "seconds_per_phase": seconds,
         "connections": args.connections,
         "api_processes": args.api_processes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -91,6 +92,21 @@ class UnsupportedMediaType(DeskPilotError):
 class InvalidInput(DeskPilotError):
     status = 422
     title = "Invalid input"
+
+
+class Forbidden(DeskPilotError):
+    status = 403
+    title = "Forbidden"
+
+
+class TooManyRequests(DeskPilotError):
+    """A quota or rate limit: nothing was done; `Retry-After` says when trying again can succeed."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(detail, field=field, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 class Unavailable(DeskPilotError):
@@ -205,10 +221,12 @@ __all__ = [
     "PROBLEM_JSON",
     "Conflict",
     "DeskPilotError",
+    "Forbidden",
     "InvalidInput",
     "MalformedRequest",
     "NotFound",
     "PayloadTooLarge",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",

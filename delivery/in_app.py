@@ -111,3 +111,22 @@ async def unread_count(conn: Connection, customer_id: UUID) -> int:
         customer_id,
     )
     return count
+
+
+async def customer_thread(conn: Connection, customer_email: str, *, limit: int = 200) -> list[dict[str, Any]]:
+    """The in-app conversation of one customer (by email), oldest first: what they wrote on the in-app channel and
+    the replies visible to them. Nothing of any other customer, whatever the ids involved."""
+    rows = await conn.fetch(
+        f"""SELECT * FROM (
+                SELECT m.id, m.ticket_id, m.direction, m.author, m.body, m.created_at
+                FROM ticket_messages m
+                JOIN tickets t ON t.id = m.ticket_id
+                JOIN customers c ON c.id = t.customer_id
+                WHERE c.email = $1 AND t.channel = 'in_app'
+                  AND (m.direction = 'inbound' OR ({_VISIBLE}))
+                ORDER BY m.created_at DESC, m.id DESC LIMIT $2) AS recent
+            ORDER BY created_at, id""",
+        customer_email,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -25,13 +25,13 @@ import aiosmtplib
 
 from core.settings import Settings
 from delivery.model import Delivery, SendOutcome
+from tickets.subjects import reply_subject
 
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT_S = 30.0
 # Codes a mail server uses for "your credentials are wrong": an operator can fix those, so they are retried.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
-_REPLY_PREFIX = re.compile(r"^(?:\s*re\s*(?:\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u0085]")
 MAX_REFERENCES = 10
@@ -45,12 +45,6 @@ def checked_header(name: str, value: str) -> str:
     if _CONTROL.search(value):
         raise HeaderInjection(f"the {name} header contains a line break or control character; refused")
     return value
-
-
-def reply_subject(subject: str) -> str:
-    """`Re: <subject>`, never `Re: Re: ...` however many reply prefixes the thread has gathered."""
-    stripped = _REPLY_PREFIX.sub("", subject).strip()
-    return f"Re: {stripped}" if stripped else "Re: your support request"
 
 
 def message_id_for_key(key: str) -> str:
@@ -76,6 +70,10 @@ def build_reply(delivery: Delivery, settings: Settings) -> EmailMessage:
     recipient = checked_header("To", delivery.recipient or delivery.customer_email)
     if len(getaddresses([recipient])) != 1 or "@" not in recipient or "," in recipient:
         raise HeaderInjection("the recipient must be exactly one address")
+    address = getaddresses([recipient])[0][1]
+    if delivery.customer_email and address.lower() != delivery.customer_email.lower():
+        # A reply only ever goes to the ticket's own customer, whatever address a delivery row came to carry.
+        raise ValueError("the recipient is not the ticket's customer address")
     message = EmailMessage(policy=SMTP_POLICY)
     message["Message-ID"] = checked_header("Message-ID", message_id_for_key(delivery.idempotency_key))
     message["From"] = checked_header("From", settings.smtp_from)
@@ -116,7 +114,8 @@ class SmtpConfig:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
-        """`smtp://[user:pass@]host[:port]` (STARTTLS when offered) or `smtps://...` (implicit TLS)."""
+        """`smtp://[user:pass@]host[:port]` (STARTTLS: required with a user, used when offered without) or
+        `smtps://...` (implicit TLS)."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in {"smtp", "smtps"}:
@@ -153,6 +152,10 @@ def smtp_failure(exc: aiosmtplib.SMTPException) -> SendOutcome:
 
 
 async def send_smtp(message: EmailMessage, recipient: str, config: SmtpConfig) -> SendOutcome:
+    # Credentials only travel encrypted: with a user name STARTTLS is required (a server, or a man in the middle
+    # stripping the offer, that does not offer it gets no AUTH in clear: the send fails); without one, it is used
+    # when offered. `smtps://` is TLS from the first byte.
+    start_tls = False if config.use_tls else (True if config.username else None)
     try:
         await aiosmtplib.send(
             message,
@@ -163,7 +166,7 @@ async def send_smtp(message: EmailMessage, recipient: str, config: SmtpConfig) -
             username=config.username,
             password=config.password,
             use_tls=config.use_tls,
-            start_tls=False if config.use_tls else None,
+            start_tls=start_tls,
             timeout=SMTP_TIMEOUT_S,
         )
     except aiosmtplib.SMTPException as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from uuid import UUID
 
 import asyncpg
 
+from core.backoff import backoff_s
 from core.db import Connection
 from core.metrics import Metrics
 from core.settings import Settings
@@ -60,9 +60,9 @@ def reply_recipient(
 
 
 def delivery_backoff_s(tries: int, retry_after_s: float | None = None) -> float:
-    """Exponential backoff with jitter after `tries` failed sends; never shorter than Retry-After."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, tries - 1))
-    delay = random.uniform(ceiling / 2, ceiling)
+    """The pause after `tries` failed sends (`core.backoff`: exponential, capped, equal jitter); never shorter
+    than the receiver's Retry-After."""
+    delay = backoff_s(tries, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S)
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
     return delay

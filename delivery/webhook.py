@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,11 +39,27 @@ USER_AGENT = "DeskPilot-Webhooks/1.0"
 
 def ticket_callback_url(ticket_metadata: Mapping[str, Any] | None, settings: Settings) -> str | None:
     """The one rule for where a ticket's webhook replies go: its own `metadata.callback_url` (set by its source
-    integration) when that is an http(s) URL, else the configured default `DESKPILOT_CALLBACK_URL`."""
+    integration) when that is an http(s) URL on a host of DESKPILOT_CALLBACK_HOSTS, else the configured default
+    `DESKPILOT_CALLBACK_URL`. A ticket's caller never picks an arbitrary receiver for the reply."""
     own = ticket_metadata.get("callback_url") if isinstance(ticket_metadata, Mapping) else None
-    if isinstance(own, str) and own.strip().lower().startswith(("https://", "http://")):
+    if (
+        isinstance(own, str)
+        and own.strip().lower().startswith(("https://", "http://"))
+        and callback_host_allowed(own.strip(), settings.callback_hosts)
+    ):
         return own.strip()
     return settings.callback_url
+
+
+def callback_host_allowed(url: str, allowed: tuple[str, ...]) -> bool:
+    """The URL's host is on the allow-list: exactly, or under an entry `*.example.com` (not that host itself)."""
+    try:
+        host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return any(host == entry or (entry.startswith("*.") and host.endswith(entry[1:])) for entry in allowed)
 
 
 def webhook_payload(delivery: Delivery) -> bytes:
@@ -118,7 +135,8 @@ async def send_webhook(delivery: Delivery, settings: Settings) -> SendOutcome:
     url = ticket_callback_url(delivery.ticket_metadata, settings)
     if not url:
         return SendOutcome.failed(
-            "no callback URL: set DESKPILOT_CALLBACK_URL or the ticket's metadata.callback_url"
+            "no callback URL: set DESKPILOT_CALLBACK_URL (or DESKPILOT_CALLBACK_HOSTS for tickets' own "
+            "metadata.callback_url)"
         )
     try:
         target = await check_callback_url(url, allow_private=settings.allow_private_callbacks)

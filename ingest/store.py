@@ -6,7 +6,6 @@ on `INSERT ... ON CONFLICT DO NOTHING`; the losers wait for the winner's commit 
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,15 +15,18 @@ from uuid import UUID
 import asyncpg
 
 from core.db import Connection
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, TooManyRequests
+from core.settings import Settings
 from ingest.schemas import NormalizedTicket
 from tickets import lifecycle
 from tickets.queue import NOTIFY_CHANNEL, notify_work
+from tickets.subjects import REPLY_PREFIX_PATTERN, is_reply_subject, strip_reply_prefixes
 
-# "Re:", "Fwd:", "AW:", "WG:", "RE[2]:" ... prefixes a mail client puts before the subject of a reply.
-_REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw|rif|tr)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 # How long an email reply can still be matched to a ticket by its subject alone.
 SUBJECT_MATCH_DAYS = 30
+# The window of the per-customer and per-ticket quotas.
+QUOTA_WINDOW_S = 3600
+_DEFAULT_SETTINGS = Settings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +53,42 @@ class IngestResult:
 
 
 def base_subject(subject: str) -> str:
-    return _REPLY_PREFIX.sub("", subject).strip().lower()
+    """What an emailed reply's subject is matched on: without reply prefixes (`tickets.subjects`), lower-cased."""
+    return strip_reply_prefixes(subject).lower()
 
 
-async def ingest(conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
-    """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning."""
+async def ingest(
+    conn: Connection,
+    ticket: NormalizedTicket,
+    raw_payload: dict[str, Any],
+    *,
+    settings: Settings = _DEFAULT_SETTINGS,
+    customer_verified: bool = False,
+) -> IngestResult:
+    """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning.
+
+    `customer_verified`: the request was signed, so the integration that signed it vouches for `customer_email`;
+    an unsigned ticket (loopback development only) is stored with `metadata.ingest.customer_verified = false`.
+    A follow-up joins only a thread of the same customer; one naming another customer's ticket starts a new one.
+    Over a quota (settings: new tickets per customer, follow-ups per ticket, per hour) nothing is written and
+    `TooManyRequests` says when to try again.
+    """
     if _may_follow_up(ticket):
         replay = await _replay_of(conn, ticket)
         if replay is not None:
             return replay
-        # No account yet means no earlier thread to follow up on (a thread_ref then fails as foreign).
+        # No account yet means no earlier thread to follow up on.
         customer_id = await conn.fetchval("SELECT id FROM customers WHERE email = $1", ticket.customer_email)
         parent = await _thread_parent(conn, ticket, customer_id)
         if parent is not None:
             async with conn.transaction():
-                result = await _append_followup(conn, ticket, raw_payload, parent)
+                result = await _append_followup(conn, ticket, raw_payload, parent, settings)
                 if result is None:
                     # Lost the race to a concurrent request with the same key; its answer is ours.
                     raise _LostRace
                 await notify_work(conn)
                 return result
-    return await _ingest_new_ticket(conn, ticket, raw_payload)
+    return await _ingest_new_ticket(conn, ticket, raw_payload, settings, customer_verified=customer_verified)
 
 
 def _may_follow_up(ticket: NormalizedTicket) -> bool:
@@ -79,7 +96,7 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
     if ticket.thread_ref:
         return True
     return ticket.channel == "email" and bool(
-        ticket.in_reply_to or ticket.references or _REPLY_PREFIX.match(ticket.subject)
+        ticket.in_reply_to or ticket.references or is_reply_subject(ticket.subject)
     )
 
 
@@ -99,6 +116,13 @@ WITH existing_customer AS (
     INSERT INTO tickets (id, external_id, customer_id, channel, subject, body, customer_name, metadata,
                          raw_payload, thread_ref, email_message_id, next_attempt_at)
     SELECT $1, $2, COALESCE((SELECT id FROM existing_customer), $14), $4, $5, $6, $7, $8, $9, $10, $11, now()
+    -- The per-customer quota ($15, NULL: none), counted no further than the quota itself.
+    WHERE $15::int IS NULL OR (
+        SELECT count(*) FROM (
+            SELECT 1 FROM tickets recent
+            WHERE recent.customer_id = (SELECT id FROM existing_customer)
+              AND recent.created_at > now() - make_interval(secs => $16)
+            LIMIT $15::int) AS within_window) < $15::int
     ON CONFLICT (external_id) DO NOTHING
     RETURNING id, created_at, customer_id
 ), new_customer AS (
@@ -132,13 +156,21 @@ FROM ticket
 
 
 async def _ingest_new_ticket(
-    conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]
+    conn: Connection,
+    ticket: NormalizedTicket,
+    raw_payload: dict[str, Any],
+    settings: Settings,
+    *,
+    customer_verified: bool,
+    thread_ref: str | None = None,
 ) -> IngestResult:
     ticket_id = uuid.uuid4()
+    quota = settings.tickets_per_customer_hour or None
     # Twice at most: the first try fails when a concurrent request created the same customer meanwhile.
     for _ in range(2):
         try:
-            row = await conn.fetchrow(
+            row = await _fetchrow_alone(
+                conn,
                 _NEW_TICKET_SQL,
                 ticket_id,
                 ticket.external_id,
@@ -147,13 +179,15 @@ async def _ingest_new_ticket(
                 ticket.subject,
                 ticket.body,
                 ticket.customer_name,
-                _ticket_metadata(ticket),
+                _ticket_metadata(ticket, customer_verified=customer_verified),
                 raw_payload,
-                ticket.thread_ref,
+                thread_ref,
                 ticket.message_id,
                 ticket.content_hash,
                 f"received via {ticket.channel}",
                 uuid.uuid4(),
+                quota,
+                float(QUOTA_WINDOW_S),
             )
         except asyncpg.UniqueViolationError:
             row = None  # the key belongs to a follow-up message: a replay or a conflict, decided below
@@ -164,20 +198,62 @@ async def _ingest_new_ticket(
         replay = await _replay_of(conn, ticket)
         if replay is not None:
             return replay
+        if quota is not None:
+            retry_after = await _customer_quota_retry_after(conn, ticket.customer_email, quota)
+            if retry_after is not None:
+                raise TooManyRequests(
+                    f"this customer opened {quota} tickets in the last hour; add to an open ticket instead "
+                    "(thread_ref) or try again later",
+                    field="customer_email",
+                    retry_after_s=retry_after,
+                )
     raise RuntimeError(f"could not store ticket {ticket.external_id!r}: no customer row and no replay")
 
 
-def _ticket_metadata(ticket: NormalizedTicket) -> dict[str, Any]:
-    return {**ticket.metadata, "ingest": ticket.flags} if ticket.flags else ticket.metadata
+async def _fetchrow_alone(conn: Connection, sql: str, *args: Any) -> asyncpg.Record | None:
+    """One statement; inside a caller's transaction (inbound email stores its attachments with the ticket) in a
+    savepoint of its own, so the conflict it may raise is handled here without aborting the caller's work."""
+    if not conn.is_in_transaction():
+        return await conn.fetchrow(sql, *args)
+    async with conn.transaction():
+        return await conn.fetchrow(sql, *args)
+
+
+async def _customer_quota_retry_after(conn: Connection, customer_email: str, quota: int) -> float | None:
+    """Seconds until the customer's oldest ticket in the window leaves it, when the quota is used up."""
+    value: float | None = await conn.fetchval(
+        """SELECT EXTRACT(epoch FROM min(created_at) + make_interval(secs => $3) - now())::float8
+           FROM (SELECT t.created_at FROM tickets t JOIN customers c ON c.id = t.customer_id
+                 WHERE c.email = $1 AND t.created_at > now() - make_interval(secs => $3)
+                 ORDER BY t.created_at DESC LIMIT $2) AS recent
+           HAVING count(*) >= $2""",
+        customer_email,
+        quota,
+        float(QUOTA_WINDOW_S),
+    )
+    return max(1.0, value) if value is not None else None
+
+
+def _ticket_metadata(ticket: NormalizedTicket, *, customer_verified: bool) -> dict[str, Any]:
+    """The caller's metadata with what ingest recorded under `ingest` (the caller cannot set that key):
+    what normalization removed, and whether a signature vouched for the customer."""
+    return {**ticket.metadata, "ingest": {**ticket.flags, "customer_verified": customer_verified}}
 
 
 class _LostRace(Exception):
     """Internal: a concurrent request committed the same external_id first."""
 
 
-async def ingest_once(conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any]) -> IngestResult:
+async def ingest_once(
+    conn: Connection,
+    ticket: NormalizedTicket,
+    raw_payload: dict[str, Any],
+    *,
+    settings: Settings = _DEFAULT_SETTINGS,
+    customer_verified: bool = False,
+) -> IngestResult:
     try:
-        return await ingest(conn, ticket, raw_payload)
+        return await ingest(conn, ticket, raw_payload, settings=settings, customer_verified=customer_verified)
     except _LostRace:
         replay = await _replay_of(conn, ticket)
         if replay is None:  # cannot happen: the winner committed before our insert returned
@@ -194,10 +270,10 @@ async def _replay_of(conn: Connection, ticket: NormalizedTicket) -> IngestResult
     if row is None:
         return None
     if row["content_hash"] != ticket.content_hash:
+        # No ticket id here: the key may be someone else's, and a ticket id opens its thread (thread_ref).
         raise Conflict(
             f"external_id {ticket.external_id!r} was already used for a different request",
             field="external_id",
-            ticket_id=str(row["ticket_id"]),
         )
     return IngestResult(
         ticket_id=row["ticket_id"],
@@ -209,8 +285,9 @@ async def _replay_of(conn: Connection, ticket: NormalizedTicket) -> IngestResult
     )
 
 
-async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id: UUID) -> UUID | None:
-    """The earlier ticket this message follows up on, by thread_ref, email headers, or reply subject."""
+async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id: UUID | None) -> UUID | None:
+    """The earlier ticket of the same customer this message follows up on, by thread_ref, email headers, or reply
+    subject; None makes it a new ticket."""
     if ticket.thread_ref:
         parent = await conn.fetchrow(
             """SELECT t.id, t.customer_id FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id
@@ -222,8 +299,8 @@ async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id
         if parent is None:
             raise InvalidInput(f"thread_ref {ticket.thread_ref!r} does not match any ticket", field="thread_ref")
         if parent["customer_id"] != customer_id:
-            # A customer can only add to their own thread.
-            raise InvalidInput("thread_ref belongs to another customer's ticket", field="thread_ref")
+            # A customer only ever adds to their own thread: naming someone else's ticket starts a new one.
+            return None
         return UUID(str(parent["id"]))
     if ticket.channel != "email":
         return None
@@ -241,7 +318,7 @@ async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id
         )
         if found is not None:
             return UUID(str(found))
-    if _REPLY_PREFIX.match(ticket.subject) and base_subject(ticket.subject):
+    if is_reply_subject(ticket.subject) and base_subject(ticket.subject):
         found = await conn.fetchval(
             """SELECT id FROM tickets
                WHERE customer_id = $1 AND channel = 'email' AND status <> 'closed'
@@ -251,7 +328,7 @@ async def _thread_parent(conn: Connection, ticket: NormalizedTicket, customer_id
             customer_id,
             base_subject(ticket.subject),
             SUBJECT_MATCH_DAYS,
-            _REPLY_PREFIX.pattern,
+            REPLY_PREFIX_PATTERN,
         )
         if found is not None:
             return UUID(str(found))
@@ -287,8 +364,11 @@ async def _insert_message(
 
 
 async def _append_followup(
-    conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], parent_id: UUID
+    conn: Connection, ticket: NormalizedTicket, raw_payload: dict[str, Any], parent_id: UUID, settings: Settings
 ) -> IngestResult | None:
+    # The ticket row first: follow-ups to one ticket queue up here, so its quota is counted exactly.
+    locked = await conn.fetchrow("SELECT status, cycle_count FROM tickets WHERE id = $1 FOR UPDATE", parent_id)
+    assert locked is not None  # _thread_parent found it, and tickets are never deleted
     claimed = await conn.fetchval(
         """INSERT INTO ingest_keys (external_id, content_hash, ticket_id)
            VALUES ($1, $2, $3) ON CONFLICT (external_id) DO NOTHING RETURNING 1""",
@@ -298,23 +378,67 @@ async def _append_followup(
     )
     if claimed is None:
         return None
+    quota = settings.followups_per_ticket_hour
+    if quota:
+        retry_after = await _followup_quota_retry_after(conn, parent_id, quota)
+        if retry_after is not None:
+            # Raised inside the caller's transaction: the key claimed above is rolled back with it.
+            raise TooManyRequests(
+                f"this ticket received {quota} follow-ups in the last hour; try again later",
+                field="thread_ref" if ticket.thread_ref else None,
+                retry_after_s=retry_after,
+            )
     message_id = await _insert_message(conn, parent_id, ticket, raw_payload=raw_payload)
     await conn.execute("UPDATE ingest_keys SET message_id = $2 WHERE external_id = $1", ticket.external_id, message_id)
-    status = await conn.fetchval("SELECT status FROM tickets WHERE id = $1 FOR UPDATE", parent_id)
-    reopened = status in ("resolved", "closed")
-    if reopened:
+    status = locked["status"]
+    # The customer wrote again: the ticket is due for another look, a cycle of its own, while cycles remain
+    # (DESKPILOT_MAX_CYCLES); after that it waits for a person in the review queue. A worker holding it sees the
+    # newer last_customer_message_at when it finishes and requeues instead of dropping it.
+    requeue = locked["cycle_count"] < settings.max_cycles
+    if status in ("resolved", "closed"):
         await lifecycle.transition(
-            conn, parent_id, "open", "customer replied", extra_sets="reopen_count = reopen_count + 1"
+            conn, parent_id, "open", "customer replied", extra_sets="reopen_count = reopen_count + 1", current=status
         )
-    # The customer wrote again: the ticket is due for another look now. A worker holding it sees the newer
-    # last_customer_message_at when it finishes and requeues instead of dropping it.
+        if not requeue:
+            # Where an escalation leaves a ticket, so a reviewer can answer and resolve it.
+            await lifecycle.transition(conn, parent_id, "in_progress", "customer replied", current="open")
+            await lifecycle.transition(
+                conn,
+                parent_id,
+                "pending_customer",
+                f"escalated: {settings.max_cycles} automatic looks used, a person answers from here",
+                current="in_progress",
+            )
     row = await conn.fetchrow(
-        """UPDATE tickets SET last_customer_message_at = now(), next_attempt_at = now(), cycle_count = 0,
-                              parked_at = NULL, failure_count = 0, updated_at = now()
+        """UPDATE tickets SET last_customer_message_at = now(), cycle_count = cycle_count + 1,
+                              next_attempt_at = CASE WHEN $2 THEN now() ELSE next_attempt_at END,
+                              parked_at = CASE WHEN $2 THEN NULL ELSE parked_at END,
+                              failure_count = CASE WHEN $2 THEN 0 ELSE failure_count END,
+                              needs_review = needs_review OR NOT $2,
+                              updated_at = now()
            WHERE id = $1 RETURNING status, created_at""",
         parent_id,
+        requeue,
     )
     assert row is not None  # locked FOR UPDATE above: it still exists
     return IngestResult(
         parent_id, row["status"], row["created_at"], duplicate=False, followup=True, message_id=message_id
     )
+
+
+async def _followup_quota_retry_after(conn: Connection, ticket_id: UUID, quota: int) -> float | None:
+    """Seconds until the oldest follow-up in the window leaves it, when the ticket's quota is used up. The
+    ticket's own first message is not a follow-up."""
+    value: float | None = await conn.fetchval(
+        """SELECT EXTRACT(epoch FROM min(created_at) + make_interval(secs => $3) - now())::float8
+           FROM (SELECT m.created_at FROM ticket_messages m
+                 WHERE m.ticket_id = $1 AND m.direction = 'inbound' AND m.author = 'customer'
+                   AND m.created_at > now() - make_interval(secs => $3)
+                   AND m.external_id IS DISTINCT FROM (SELECT external_id FROM tickets WHERE id = $1)
+                 ORDER BY m.created_at DESC LIMIT $2) AS recent
+           HAVING count(*) >= $2""",
+        ticket_id,
+        quota,
+        float(QUOTA_WINDOW_S),
+    )
+    return max(1.0, value) if value is not None else None

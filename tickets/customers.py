@@ -11,9 +11,6 @@ from email_validator import EmailNotValidError, validate_email
 from core.db import Connection
 from core.errors import InvalidInput, NotFound
 
-TIERS = ("free", "trial", "starter", "pro", "business", "enterprise")
-PAYING_TIERS = frozenset({"starter", "pro", "business", "enterprise"})
-
 
 def normalized_email(address: str) -> str:
     """The address as accounts are keyed: validated, normalized, lower-cased."""
@@ -31,11 +28,13 @@ async def upsert_customer(
     tier: str | None,
     metadata: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], bool]:
-    """Create the account, or update the given fields of an existing one. Returns (customer, created)."""
+    """Create the account, or update the given fields of an existing one. Returns (customer, created).
+
+    A customer created without a tier has none (NULL: no plan known), as one created by an inbound ticket."""
     row = await conn.fetchrow(
         """
         INSERT INTO customers (email, name, tier, metadata)
-        VALUES ($1, $2, COALESCE($3, 'free'), COALESCE($4::jsonb, '{}'::jsonb))
+        VALUES ($1, $2, $3, COALESCE($4::jsonb, '{}'::jsonb))
         ON CONFLICT (email) DO UPDATE SET
             name = COALESCE(EXCLUDED.name, customers.name),
             tier = COALESCE($3, customers.tier),

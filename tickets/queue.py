@@ -7,13 +7,13 @@ was paused past its lease (and replaced) cannot complete or deliver anything aft
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
+from core.backoff import backoff_s
 from core.db import Connection
 
 NOTIFY_CHANNEL = "deskpilot_work"
@@ -138,10 +138,9 @@ async def finish_claim(conn: Connection, claim: Claim, *, retry_at_s: float | No
     )
 
 
-def failure_backoff_s(failures: int, *, base_s: float = 5.0, cap_s: float = 600.0) -> float:
-    """Exponential backoff with full jitter for a ticket whose processing raised."""
-    ceiling: float = min(cap_s, base_s * 2 ** max(0, failures - 1))
-    return random.uniform(ceiling / 2, ceiling)
+# A ticket whose processing raised waits 5 s, 10 s, 20 s ... at most 10 minutes (less by up to half: `core.backoff`).
+FAILURE_BACKOFF_BASE_S = 5.0
+FAILURE_BACKOFF_CAP_S = 600.0
 
 
 async def fail_claim(conn: Connection, claim: Claim, error: str, *, max_failures: int) -> bool:
@@ -173,7 +172,7 @@ async def fail_claim(conn: Connection, claim: Claim, error: str, *, max_failures
             claim.ticket_id,
             error[:4000],
             parked,
-            failure_backoff_s(failures),
+            backoff_s(failures, base_s=FAILURE_BACKOFF_BASE_S, cap_s=FAILURE_BACKOFF_CAP_S),
         )
         if parked:
             # No later attempt will supersede them: attempts whose workers died mid-graph end here, in the trace too.

@@ -18,7 +18,9 @@ from uuid import UUID
 from core.db import Connection
 from core.errors import NotFound
 from core.metrics import Metrics
-from tickets.customers import TIERS
+
+# The label of customers with no known plan (tier NULL: e.g. created by an inbound ticket).
+NO_TIER_LABEL = "none"
 
 _FIGURES_SQL = """
 SELECT c.tier,
@@ -100,14 +102,17 @@ async def customer_support_health(conn: Connection, customer_id: UUID) -> dict[s
 
 
 async def refresh_support_health_gauges(conn: Connection, metrics: Metrics) -> None:
-    """Set the per-tier gauges from the database (called at scrape time); every tier is reported, zeros
-    included.
-    """
-    by_tier = {row["tier"]: dict(row) for row in await conn.fetch(_FIGURES_SQL, None)}
+    """Set the per-tier gauges from the database (called at scrape time): one series per plan name the customers
+    have (zeros included), `none` for customers without one; a plan no customer has any more is dropped."""
+    by_tier = {
+        row["tier"] if row["tier"] is not None else NO_TIER_LABEL: dict(row)
+        for row in await conn.fetch(_FIGURES_SQL, None)
+    }
     for figure, (name, documentation) in GAUGES.items():
         gauge = metrics.tier_gauge(name, documentation)
-        for tier in TIERS:
-            gauge.labels(tier).set(_gauge_value(figure, by_tier.get(tier, {}).get(figure)))
+        gauge.clear()
+        for tier, figures in by_tier.items():
+            gauge.labels(tier).set(_gauge_value(figure, figures.get(figure)))
 
 
 def _gauge_value(figure: str, value: Any) -> float:

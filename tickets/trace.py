@@ -15,7 +15,7 @@ from tickets.reads import get_ticket, messages_of, rows
 _ATTEMPT_COLUMNS = """
     id, ticket_id, attempt_no, lease_token, worker_id, state, category, priority, assigned_agent, routing, context,
     retrieved, prompt, draft, citations, confidence, confidence_breakdown, decision, decision_reasons, model,
-    knowledge_version, error, started_at, finished_at
+    knowledge_version, mode, calibration_version, error, started_at, finished_at
 """
 
 
@@ -53,7 +53,7 @@ async def get_trace(conn: Connection, ticket_id: UUID) -> dict[str, Any]:
             ticket_id,
         )
         reviews = await conn.fetch(
-            """SELECT id, attempt_id, action, draft, sent_text, diff, note, reviewer, created_at
+            """SELECT id, attempt_id, action, verdict, reason, draft, sent_text, diff, note, reviewer, created_at
                FROM reviews WHERE ticket_id = $1 ORDER BY created_at, id""",
             ticket_id,
         )

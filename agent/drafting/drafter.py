@@ -1,99 +1,27 @@
-"""Reply drafting: the `Drafter` protocol and the built-in offline drafter, which composes a reply only from the
-best past resolution and knowledge-base passages, personalised and citing its sources.
+"""Reply drafting: the built-in offline drafter, which composes a reply only from the best past resolution and
+knowledge-base passages, personalised and citing its sources; and `default_drafter`, which picks the LLM drafter
+instead when a model is configured (the contract both implement is in `agent.drafting.request`).
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
-from agent.drafting.guardrails import check_reply, find_emails, find_urls
-from agent.drafting.phrasing import OFFLINE_TEMPLATE, localized
-from agent.scoring.risk import Risk, fold, injection_in
-from agent.state import TicketInput
-from agent.triage.specialists import Specialist
+from agent.drafting.composer import compose_answers
+from agent.drafting.guardrails import check_reply
+from agent.drafting.llm import make_llm_drafter
+from agent.drafting.phrasing import KNOWLEDGE_TEMPLATE, OFFLINE_TEMPLATE, localized
+from agent.drafting.request import Draft, Drafter, DrafterName, DraftRequest, allowed_addresses
+from agent.scoring.risk import fold, injection_in
 from knowledge.retrieval import RetrievedItem
 
-DrafterName = Literal["offline", "llm"]
+if TYPE_CHECKING:
+    from core.metrics import Metrics
+    from core.settings import Settings
+
 PASSAGES_QUOTED = 2
 PASSAGE_CHARS = 420
-
-
-@dataclass
-class DraftRequest:
-    """Everything a drafter may use. A drafter must not use anything else (no invented facts)."""
-
-    ticket: TicketInput
-    category: str
-    priority: str
-    specialist: Specialist
-    customer_name: str | None
-    grounding: RetrievedItem | None
-    resolutions: list[RetrievedItem]
-    passages: list[RetrievedItem]
-    context: dict[str, Any]
-    risks: list[Risk]
-    support_email: str | None = None
-
-
-@dataclass
-class Draft:
-    text: str
-    citations: list[str]
-    drafter: DrafterName
-    grounded: bool
-    template: str | None = None
-    prompt: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    # Sentences of the sources left out because the guard refused them (promises, injected text, stray links).
-    removed: list[str] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    # What the model's structured verdict does to the confidence (a multiplier in [0, 1]), LLM drafts only.
-    self_assessment: float | None = None
-    # The drafter itself says the reply must not go out (the model asked for a person, or the fallback
-    # policy for a failed model is to escalate).
-    escalate: bool = False
-    escalate_reasons: list[str] = field(default_factory=list)
-    # The drafter failed and another should be used (the LLM drafter with fallback "offline").
-    fell_back: bool = False
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Drafter(Protocol):
-    """Writes a reply from a `DraftRequest`. The offline drafter is the default; an LLM drafter may replace it."""
-
-    name: DrafterName
-
-    async def draft(self, request: DraftRequest) -> Draft: ...
-
-
-def allowed_addresses(request: DraftRequest) -> tuple[set[str], set[str]]:
-    """URLs and email addresses a reply may contain: those in its sources, plus the support address."""
-    urls: set[str] = set()
-    emails: set[str] = set()
-    sources = [request.grounding, *request.resolutions, *request.passages]
-    for item in sources:
-        if item is None:
-            continue
-        found_urls, found_emails = _addresses(
-            item.resolution if item.kind == "resolution" and item.resolution else item.text
-        )
-        urls.update(found_urls)
-        emails.update(found_emails)
-    if request.support_email:
-        emails.add(request.support_email)
-    return urls, emails
-
-
-# The same past resolutions and KB passages come back for ticket after ticket.
-@functools.lru_cache(maxsize=4096)
-def _addresses(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    return tuple(find_urls(text)), tuple(find_emails(text))
 
 
 _GREETING = re.compile(
@@ -179,6 +107,8 @@ class OfflineDrafter:
         return self.compose(request)
 
     def compose(self, request: DraftRequest) -> Draft:
+        if request.evidence:
+            return self.compose_from_knowledge(request)
         allowed_urls, allowed_emails = allowed_addresses(request)
         language = _language(request)
         words = localized(language)
@@ -189,7 +119,9 @@ class OfflineDrafter:
         answer = ""
         if request.grounding is not None and (request.grounding.resolution or "").strip():
             base = _strip_frame(request.grounding.resolution or "")
-            base = _PLACEHOLDER_NAME.sub(name or words["customer"], base)
+            # A function, not a template: a name is literal text (`\` or `\g<0>` in it is no escape).
+            greeting = name or words["customer"]
+            base = _PLACEHOLDER_NAME.sub(lambda _: greeting, base)
             answer, dropped = _safe_sentences(base, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
             removed.extend(dropped)
             if answer:
@@ -235,75 +167,42 @@ class OfflineDrafter:
         )
 
 
-class LLMDrafterAdapter:
-    """The LLM drafter (`agent.drafting.llm`) behind the `Drafter` protocol: maps requests and results both ways."""
-
-    name: DrafterName = "llm"
-
-    def __init__(self, llm: Any, *, fallback: str = "offline") -> None:
-        self.llm = llm
-        self.fallback = fallback
-
-    async def draft(self, request: DraftRequest) -> Draft:
-        from agent.drafting.llm import DraftRequest as LLMRequest
-        from agent.drafting.llm import summarize_account
-
-        items = [i for i in [request.grounding, *request.resolutions, *request.passages] if i is not None]
-        unique = list({str(i.id): i for i in items}.values())
-        urls, emails = allowed_addresses(request)
-        customer = request.context.get("customer") or {}
-        result = await self.llm.draft(
-            LLMRequest(
-                subject=request.ticket.get("subject") or "",
-                body=request.ticket.get("body") or "",
-                customer_name=request.customer_name,
-                customer_tier=customer.get("tier"),
-                account_summary=summarize_account(request.context) or None,
-                items=[i.to_json() for i in unique],
-                category=request.category,
-                channel=request.ticket.get("channel") or "email",
-                allowed_urls=sorted(urls),
-                allowed_emails=sorted(emails),
-            )
-        )
-        model = {"drafter": "llm", "model": result.model, "usage": dict(result.usage), "attempts": result.attempts}
-        if not result.ok:
-            escalate = self.fallback == "escalate"
-            return Draft(
-                text="",
-                citations=[],
-                drafter="llm",
-                grounded=False,
-                prompt=result.prompt or None,
-                model=model,
-                fell_back=not escalate,
-                escalate=escalate,
-                escalate_reasons=[f"the LLM failed: {result.error}"] if escalate else [],
-                error=result.error,
-                detail=result.to_trace(),
-            )
+    def compose_from_knowledge(self, request: DraftRequest) -> Draft:
+        """One answer per question from the passage the reader chose; unanswered questions handed over."""
+        allowed_urls, allowed_emails = allowed_addresses(request)
+        words = localized(request.language)
+        name = (request.customer_name or "").strip()
+        subject = (request.ticket.get("subject") or "").strip()
+        tier = (request.context.get("customer") or {}).get("tier")
+        composition = compose_answers(request.evidence, language=request.language, tier=tier)
+        removed: list[str] = []
+        paragraphs: list[str] = []
+        for paragraph in composition.paragraphs:
+            safe, dropped = _safe_sentences(paragraph, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
+            removed.extend(dropped)
+            if safe:
+                paragraphs.append(safe)
+        greeting = f"{words['hello']} {name}," if name else f"{words['hello']},"
+        opening = words["thanks_subject"].format(subject=subject) if subject else words["thanks"]
+        text = "\n".join([greeting, "", opening, "", "\n\n".join(paragraphs), "", words["signoff"], request.specialist.team])
         return Draft(
-            text=result.reply,
-            citations=list(result.cited_ids),
-            drafter="llm",
-            grounded=bool(result.cited_ids),
-            prompt=result.prompt or None,
-            model=model,
-            violations=list(result.violations),
-            self_assessment=result.confidence_factor,
-            escalate=bool(result.escalate),
-            escalate_reasons=list(result.escalate_reasons),
-            notes=list(result.flags),
-            detail=result.to_trace(),
+            text=text.strip(),
+            citations=composition.citations,
+            drafter="offline",
+            grounded=bool(composition.answered),
+            template=KNOWLEDGE_TEMPLATE,
+            model={"drafter": "offline", "language": request.language, "mode": "knowledge"},
+            removed=removed,
+            violations=check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails),
+            detail={
+                "answered": [e.question.text for e in composition.answered],
+                "handed_over": [e.question.text for e in composition.handed_over],
+                "account_facts": composition.account_facts,
+            },
         )
 
 
-def default_drafter(settings: Any = None, metrics: Any = None) -> Drafter:
+def default_drafter(settings: Settings | None = None, metrics: Metrics | None = None) -> Drafter:
     """The drafter these settings call for: the LLM one when a model is configured, else the offline one."""
-    if settings is not None and getattr(settings, "llm_enabled", False):
-        from agent.drafting.llm import make_llm_drafter
-
-        llm = make_llm_drafter(settings, metrics)
-        if llm is not None:
-            return LLMDrafterAdapter(llm, fallback=settings.llm_fallback)
-    return OfflineDrafter()
+    llm = make_llm_drafter(settings, metrics) if settings is not None else None
+    return llm if llm is not None else OfflineDrafter()

@@ -1,10 +1,18 @@
 """The LLM drafter: a reply and a structured self-assessment from any OpenAI-compatible server via langchain-openai.
 
-One `draft()` call is a bounded series of attempts (our retries, not the client's: each is timed, counted and
+One `write()` call is a bounded series of attempts (our retries, not the client's: each is timed, counted and
 may honour Retry-After). The result is never a reply from an errored call: it carries either a checked reply with
 the model's verdict, or `error` + `fell_back` so the caller uses the offline drafter or escalates
-(`settings.llm_fallback`). Structured output uses tool calling (`method="function_calling"`), which every
-OpenAI-compatible server that supports tools understands, json_schema or not.
+(`settings.llm_fallback`). `draft()` is the same as a `Draft`, the `Drafter` protocol's result.
+
+Structured output follows the server in front of it: before the first draft (and again after a failure that may
+be the method's fault) the server is probed for a forced tool call (`function_calling`), a `json_schema` response
+format, then JSON mode (the schema in the prompt, the answer validated, one repair); the first that works is used
+and recorded in the trace. `DESKPILOT_LLM_STRUCTURED_OUTPUT` fixes one instead. Whatever the method, a verdict
+written as plain-text JSON is parsed, not wasted.
+
+Every sentence of the reply that states a fact must be supported by a passage it cites (`agent.drafting.support`):
+the others are removed; a question left without a supported answer, or too large a share removed, escalates.
 """
 
 from __future__ import annotations
@@ -20,59 +28,49 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import openai
-from langchain_core.exceptions import ModelRefusalError, OutputParserException
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr, ValidationError
 
-from agent.drafting.guardrails import check_reply, find_emails, find_urls
+from agent.drafting.guardrails import check_reply
+from agent.drafting.phrasing import localized
 from agent.drafting.prompts import (
     DISTINCTIVE_RULES,
     FENCE_NAMES,
     PROMPT_CANARY,
     SYSTEM_PROMPT,
+    VERDICT_SCHEMA,
+    VERDICT_TOOL_NAME,
     BuiltPrompt,
     DraftVerdict,
-    PromptInput,
+    Method,
     build_messages,
     reply_limit,
 )
+from agent.drafting.request import Draft, DrafterName, DraftRequest, allowed_addresses
+from agent.drafting.support import SupportCheck, check_support, insert_before_signoff, strip_citations
+from agent.drafting.tokens import token_counter
 from agent.scoring.risk import fold
+from agent.state import ticket_text
+from core.backoff import backoff_s
 from core.settings import redact_url
 
 if TYPE_CHECKING:
     from core.metrics import Metrics
     from core.settings import Settings
 
-__all__ = [
-    "STRUCTURED_OUTPUT_METHOD",
-    "DraftRequest",
-    "DraftResult",
-    "DraftVerdict",
-    "LLMDrafter",
-    "build_chat_model",
-    "citation_validity",
-    "confidence_factor",
-    "describe_llm",
-    "llm_output_violations",
-    "looks_like_refusal",
-    "make_llm_drafter",
-    "reply_violations",
-    "split_url_credentials",
-    "summarize_account",
-]
-
 log = logging.getLogger("deskpilot.llm")
 
-# Tool calling works with OpenAI, Azure, vLLM, Ollama, llama.cpp, LiteLLM and the like; json_schema response
-# formats are supported by fewer servers. The fake server in tests speaks both.
-STRUCTURED_OUTPUT_METHOD: Literal["function_calling"] = "function_calling"
+# The order the probe tries: a forced tool call is what OpenAI, vLLM, Ollama and `python -m llama_cpp.server`
+# honour; `llama-server --jinja` ignores it but takes a json_schema response format; JSON mode is the last resort.
+METHODS: tuple[Method, ...] = ("function_calling", "json_schema", "json_mode")
 
 Outcome = Literal[
     "ok", "rate_limited", "server_error", "timeout", "connection", "client_error", "invalid_output", "refusal"
@@ -80,41 +78,14 @@ Outcome = Literal[
 _RETRYABLE: frozenset[str] = frozenset({"rate_limited", "server_error", "timeout", "connection"})
 # A malformed or refused answer is worth one more try, not the whole retry budget.
 _OUTPUT_FAILURES: frozenset[str] = frozenset({"invalid_output", "refusal"})
+# Failures the structured-output method may cause (a 500 on json_schema, a tool call ignored): probe again.
+_METHOD_SUSPECT: frozenset[str] = frozenset({"invalid_output", "server_error", "client_error"})
 RAW_OUTPUT_CHARS = 20_000
+# Room left in the context window besides the prompt and the answer (template tokens, counting error).
+CONTEXT_MARGIN_TOKENS = 64
 
 
-# --- request and result -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DraftRequest:
-    """Everything the model may see. `items` are retrieved items, best first, as dicts with at least
-    {id, kind ("resolution" | "kb_chunk"), title, text, resolution, similarity} (`RetrievedItem.to_json()`).
-    `allowed_urls` / `allowed_emails` add addresses the reply may contain besides those in the ticket and items
-    (the service's own support address, say)."""
-
-    subject: str
-    body: str
-    customer_name: str | None = None
-    customer_tier: str | None = None
-    account_summary: str | None = None
-    items: Sequence[Mapping[str, Any]] = ()
-    category: str | None = None
-    channel: str = "email"
-    allowed_urls: Sequence[str] = ()
-    allowed_emails: Sequence[str] = ()
-
-    def prompt_input(self) -> PromptInput:
-        return PromptInput(
-            subject=self.subject,
-            body=self.body,
-            customer_name=self.customer_name,
-            customer_tier=self.customer_tier,
-            account_summary=self.account_summary,
-            items=[_as_mapping(item) for item in self.items],
-            category=self.category,
-            channel=self.channel,
-        )
+# --- the result ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -128,13 +99,15 @@ class AttemptRecord:
     completion_tokens: int | None = None
     retry_after_s: float | None = None
     slept_s: float = 0.0
+    method: str | None = None
+    repair: bool = False
 
 
 @dataclass
 class DraftResult:
     """One LLM draft. With `error` set, `reply` is empty and `fell_back` is true: the caller must use the offline
     drafter (`fallback == "offline"`) or escalate (`fallback == "escalate"`). With `escalate` set, the reply
-    must not be sent (guardrail violation or the model itself asked for a person)."""
+    must not be sent (guardrail violation, unsupported content, or the model itself asked for a person)."""
 
     reply: str = ""
     cited_ids: list[str] = field(default_factory=list)  # item ids (labels mapped back), valid ones only
@@ -154,13 +127,20 @@ class DraftResult:
     error_kind: Outcome | None = None
     raw_output: str = ""
     prompt: str = ""
-    labels: dict[str, str] = field(default_factory=dict)  # "R1" -> item id, as the model saw them
+    labels: dict[str, str] = field(default_factory=dict)  # "R1" / "KB-1a2b3c4d" -> item id, as the model saw them
     dropped_ids: list[str] = field(default_factory=list)  # items left out to fit the input budget
     attempts: int = 0
     attempt_log: list[AttemptRecord] = field(default_factory=list)
     fell_back: bool = False
     fallback: str | None = None
     drafter: str = "llm"
+    mode: str = "resolution"  # "knowledge": per-question evidence; "resolution": retrieved items
+    structured_output: str | None = None  # the method the verdict was asked for with
+    probe: dict[str, Any] = field(default_factory=dict)  # the latest probe of the server
+    prompt_tokens_estimate: int = 0  # our count of the prompt (the server's is in usage)
+    token_source: str = ""
+    removed: list[str] = field(default_factory=list)  # factual sentences no cited passage supports, taken out
+    support: dict[str, Any] = field(default_factory=dict)  # the per-sentence support check
 
     @property
     def ok(self) -> bool:
@@ -200,6 +180,46 @@ class DraftResult:
             "llm": detail,
         }
 
+    def to_draft(self) -> Draft:
+        """The result as the `Drafter` protocol returns it."""
+        model = {
+            "drafter": "llm",
+            "model": self.model,
+            "usage": dict(self.usage),
+            "attempts": self.attempts,
+            "structured_output": self.structured_output,
+        }
+        if not self.ok:
+            escalate = self.fallback == "escalate"
+            return Draft(
+                text="",
+                citations=[],
+                drafter="llm",
+                grounded=False,
+                prompt=self.prompt or None,
+                model=model,
+                fell_back=not escalate,
+                escalate=escalate,
+                escalate_reasons=[f"the LLM failed: {self.error}"] if escalate else [],
+                error=self.error,
+                detail=self.to_trace(),
+            )
+        return Draft(
+            text=self.reply,
+            citations=list(self.cited_ids),
+            drafter="llm",
+            grounded=bool(self.cited_ids),
+            prompt=self.prompt or None,
+            model=model,
+            removed=list(self.removed),
+            violations=list(self.violations),
+            self_assessment=self.confidence_factor,
+            escalate=self.escalate,
+            escalate_reasons=list(self.escalate_reasons),
+            notes=list(self.flags),
+            detail=self.to_trace(),
+        )
+
 
 # Weights of `confidence_factor`; the floor terms keep one weak signal from zeroing a strong retrieval score,
 # while grounding (citation validity) weighs more than the model's opinion of itself.
@@ -216,28 +236,6 @@ def confidence_factor(self_confidence: float, citation_validity: float) -> float
     v = min(1.0, max(0.0, citation_validity))
     s = min(1.0, max(0.0, self_confidence))
     return (CITATION_FLOOR + (1 - CITATION_FLOOR) * v) * (SELF_FLOOR + (1 - SELF_FLOOR) * s)
-
-
-def summarize_account(context: Mapping[str, Any], *, limit: int = 8) -> str:
-    """The `load_context` output ({customer, events, prior_tickets, signals}) as short lines for the prompt."""
-    lines: list[str] = []
-    signals = [str(s) for s in context.get("signals") or []]
-    if signals:
-        lines.append("Signals: " + "; ".join(signals[:limit]))
-    for event in list(context.get("events") or [])[:limit]:
-        if isinstance(event, Mapping):
-            kind = event.get("type") or event.get("kind") or event.get("event_type") or "event"
-            when = event.get("occurred_at") or event.get("created_at") or event.get("at") or ""
-            detail = event.get("summary") or event.get("description") or event.get("amount") or ""
-            lines.append(" ".join(str(p) for p in ("Event:", kind, when, detail) if p))
-    for ticket in list(context.get("prior_tickets") or [])[:limit]:
-        if isinstance(ticket, Mapping):
-            subject = " ".join(str(ticket.get("subject") or "").split())[:120]
-            status = ticket.get("status") or ""
-            resolution = " ".join(str(ticket.get("resolution") or "").split())[:200]
-            text = f"Earlier ticket: {subject}" + (f" ({status})" if status else "")
-            lines.append(text + (f"; resolved with: {resolution}" if resolution else ""))
-    return "\n".join(lines)
 
 
 # --- configuration ------------------------------------------------------------------------------------------
@@ -276,6 +274,12 @@ def split_url_credentials(url: str | None) -> tuple[str | None, str | None]:
     return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
 
+def input_budget(settings: Settings) -> int:
+    """The prompt's token budget: what the context window leaves after the answer, at most the input cap."""
+    window = settings.llm_context_tokens - settings.llm_max_output_tokens - CONTEXT_MARGIN_TOKENS
+    return max(1, min(settings.llm_max_input_tokens, window))
+
+
 def describe_llm(settings: Settings) -> dict[str, Any]:
     """The LLM configuration as /health and traces show it; the key only as "set" or None, no URL credentials."""
     return {
@@ -288,8 +292,12 @@ def describe_llm(settings: Settings) -> dict[str, Any]:
         "temperature": settings.llm_temperature,
         "max_input_tokens": settings.llm_max_input_tokens,
         "max_output_tokens": settings.llm_max_output_tokens,
+        "context_tokens": settings.llm_context_tokens,
+        "input_budget_tokens": input_budget(settings),
+        "tokenizer": settings.llm_tokenizer,
         "fallback": settings.llm_fallback,
-        "structured_output": STRUCTURED_OUTPUT_METHOD,
+        "structured_output": settings.llm_structured_output,
+        "max_unsupported_share": settings.llm_max_unsupported_share,
     }
 
 
@@ -344,25 +352,26 @@ def llm_output_violations(reply: str, *, channel: str | None) -> list[str]:
 def reply_violations(reply: str, request: DraftRequest) -> list[str]:
     """Everything that stops a model reply from being sent: the shared guard plus the LLM-only checks.
 
-    Addresses are allowed when the ticket, a retrieved item or the caller's allow-list contains them."""
-    sources = [request.subject, request.body, *(_item_text(_as_mapping(i)) for i in request.items)]
-    urls = [url for text in sources for url in find_urls(text)] + list(request.allowed_urls)
-    emails = [mail for text in sources for mail in find_emails(text)] + list(request.allowed_emails)
+    Addresses are allowed when a knowledge-base passage or the configured support address contains them: never
+    because the ticket or another customer's past resolution does (`allowed_addresses`)."""
+    urls, emails = allowed_addresses(request)
     violations = check_reply(reply, allowed_urls=urls, allowed_emails=emails)
-    return violations + [v for v in llm_output_violations(reply, channel=request.channel) if v not in violations]
+    channel = request.ticket.get("channel") or "email"
+    return violations + [v for v in llm_output_violations(reply, channel=channel) if v not in violations]
 
 
 def citation_validity(cited: Sequence[str], labels: Mapping[str, str]) -> tuple[float, list[str], list[str]]:
-    """(share of citations that point at a retrieved item, the valid item ids, the invalid citations).
+    """(share of citations that point at an item the model was given, the valid item ids, the invalid citations).
 
-    A citation may be a label the model was shown ("R1", "[K2]") or an item id. Citing nothing scores 0:
-    a reply that rests on no source is not grounded, however confident the model is."""
+    A citation may be a label the model was shown ("R1", "[k2]", "KB-1a2b3c4d", in any case) or an item id.
+    Citing nothing scores 0: a reply that rests on no source is not grounded, however confident the model is."""
+    by_label = {label.upper(): item_id for label, item_id in labels.items()}
     by_id = {item_id: item_id for item_id in labels.values()}
     valid: list[str] = []
     invalid: list[str] = []
     for raw in cited:
         key = str(raw).strip().strip("[]()").strip()
-        item_id = labels.get(key.upper()) or by_id.get(key)
+        item_id = by_label.get(key.upper()) or by_id.get(key)
         if item_id is None:
             invalid.append(str(raw))
         elif item_id not in valid:
@@ -385,7 +394,91 @@ def looks_like_refusal(text: str) -> bool:
     return len(folded) <= 200 and bool(_REFUSAL.match(folded))
 
 
-_LABEL_IN_REPLY = re.compile(r"\s?\[\s*[RK]\d{1,3}\s*\](?:\s*,\s*\[\s*[RK]\d{1,3}\s*\])*")
+# --- structured output: the methods and the probe -----------------------------------------------------------
+
+PROBE_NAME = "DeskPilotProbe"
+# Marks a probe request, for logs and for test servers that answer probes apart from drafts.
+PROBE_MARKER = "deskpilot-structured-output-probe"
+PROBE_MAX_TOKENS = 32
+PROBE_TIMEOUT_S = 15.0
+_PROBE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean", "description": "true"}},
+    "required": ["ok"],
+}
+_PROBE_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": PROBE_NAME,
+        "description": "Confirms that structured answers work.",
+        "parameters": _PROBE_SCHEMA,
+    },
+}
+_PROBE_MESSAGES: list[BaseMessage] = [
+    SystemMessage(content=f"({PROBE_MARKER}) Answer exactly as asked and nothing else."),
+    HumanMessage(content='Answer with the JSON object {"ok": true}.'),
+]
+WORKS = "works"
+
+
+@dataclass
+class ProbeReport:
+    """What the server did with each method tried, in order, and the method chosen (None: not reachable)."""
+
+    method: Method | None
+    results: dict[str, str]
+    reachable: bool
+    at: str
+    latency_ms: float
+    # JSON mode without `response_format` (the server refused even that): the prompt alone asks for JSON.
+    prompt_only_json: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Unreachable(Exception):
+    """The probe could not reach the server (timeout, connection, rate limit): it says nothing about methods."""
+
+
+def _bind(chat: BaseChatModel, method: Method, *, prompt_only_json: bool = False) -> Runnable[Any, BaseMessage]:
+    if method == "function_calling":
+        return chat.bind_tools([DraftVerdict], tool_choice=VERDICT_TOOL_NAME, parallel_tool_calls=False)
+    if method == "json_schema":
+        schema = {"name": VERDICT_TOOL_NAME, "description": DraftVerdict.__doc__, "schema": VERDICT_SCHEMA}
+        return chat.bind(response_format={"type": "json_schema", "json_schema": schema})
+    if prompt_only_json:
+        return chat
+    return chat.bind(response_format={"type": "json_object"})
+
+
+def _bind_probe(chat: BaseChatModel, method: Method) -> Runnable[Any, BaseMessage]:
+    limit = {"max_completion_tokens": PROBE_MAX_TOKENS}
+    if method == "function_calling":
+        return chat.bind_tools([_PROBE_TOOL], tool_choice=PROBE_NAME, parallel_tool_calls=False, **limit)
+    if method == "json_schema":
+        schema = {"name": PROBE_NAME, "schema": _PROBE_SCHEMA}
+        return chat.bind(response_format={"type": "json_schema", "json_schema": schema}, **limit)
+    return chat.bind(response_format={"type": "json_object"}, **limit)
+
+
+def _probe_verdict(method: Method, message: BaseMessage) -> str:
+    """WORKS, or what went wrong, for one probe answer."""
+    if not isinstance(message, AIMessage):
+        return "no answer"
+    obj = _json_object(message.text)
+    if method == "function_calling":
+        call = next((c for c in message.tool_calls if c.get("name") == PROBE_NAME), None)
+        if call is not None and isinstance(call.get("args", {}).get("ok"), bool):
+            return WORKS
+        if obj is not None:
+            return "the forced tool was ignored: the JSON came back as plain text"
+        return "no tool call"
+    if obj is None:
+        return "the answer is not JSON"
+    if method == "json_schema" and not isinstance(obj.get("ok"), bool):
+        return "the JSON does not follow the schema"
+    return WORKS
 
 
 # --- the drafter --------------------------------------------------------------------------------------------
@@ -403,11 +496,22 @@ class _Attempt:
     completion_tokens: int | None = None
 
 
-class LLMDrafter:
-    """Drafts replies with the configured model. Construct once per process; `draft` is safe to call
-    concurrently. Tests may inject `chat_model`, `sleep` and `rng`."""
+@dataclass
+class _LoopState:
+    """What belongs to one event loop: the HTTP client, the chat model, its bound runnables, the probe lock."""
 
-    name = "llm"
+    loop: asyncio.AbstractEventLoop
+    chat: BaseChatModel
+    http_client: Any
+    lock: asyncio.Lock
+    bound: dict[tuple[str, bool], Runnable[Any, BaseMessage]] = field(default_factory=dict)
+
+
+class LLMDrafter:
+    """Drafts replies with the configured model; implements the `Drafter` protocol. Construct once per process;
+    `draft` is safe to call concurrently. Tests may inject `chat_model`, `sleep` and `rng`."""
+
+    name: DrafterName = "llm"
 
     def __init__(
         self,
@@ -429,69 +533,173 @@ class LLMDrafter:
         self._sleep = sleep
         self._rng = rng
         self._injected = chat_model
-        self._runnable: Runnable[Any, dict[str, Any]] | None = None
-        self._http_client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state: _LoopState | None = None
         self._secrets = _secrets_of(settings)
+        self._counter = token_counter(settings.llm_tokenizer)
+        self._auto = settings.llm_structured_output == "auto"
+        self._method: Method | None = None if self._auto else _as_method(settings.llm_structured_output)
+        self._probe: ProbeReport | None = None
+        self._probes = 0  # probes finished: a draft that waited for one does not start another
+        self._stale = self._auto
 
     @property
     def model(self) -> str:
         return self.settings.llm_model
 
     def describe(self) -> dict[str, Any]:
-        return describe_llm(self.settings)
+        described = describe_llm(self.settings)
+        described["structured_output_method"] = self._method
+        described["token_counter"] = self._counter.source
+        if self._probe is not None:
+            described["probe"] = self._probe.to_json()
+        return described
 
-    def _structured(self) -> Runnable[Any, dict[str, Any]]:
+    def _loop_state(self) -> _LoopState:
         # An httpx client belongs to one event loop: build the model for the loop we run in (eval and tests may
         # run several loops in one process) instead of langchain's process-wide cached client.
         loop = asyncio.get_running_loop()
-        if self._runnable is None or (self._injected is None and self._loop is not loop):
+        state = self._state
+        if state is None or state.loop is not loop:
+            http_client = None
             if self._injected is not None:
                 chat: BaseChatModel = self._injected
             else:
-                self._http_client = openai.DefaultAsyncHttpxClient(timeout=self.settings.llm_timeout_s)
-                chat = build_chat_model(self.settings, http_async_client=self._http_client)
-            structured = chat.with_structured_output(DraftVerdict, method=STRUCTURED_OUTPUT_METHOD, include_raw=True)
-            self._runnable = cast("Runnable[Any, dict[str, Any]]", structured)
-            self._loop = loop
-        return self._runnable
+                http_client = openai.DefaultAsyncHttpxClient(timeout=self.settings.llm_timeout_s)
+                chat = build_chat_model(self.settings, http_async_client=http_client)
+            state = self._state = _LoopState(loop, chat, http_client, asyncio.Lock())
+        return state
+
+    def _runnable(self, method: Method) -> Runnable[Any, BaseMessage]:
+        state = self._loop_state()
+        prompt_only = method == "json_mode" and self._probe is not None and self._probe.prompt_only_json
+        key = (method, prompt_only)
+        if key not in state.bound:
+            state.bound[key] = _bind(state.chat, method, prompt_only_json=prompt_only)
+        return state.bound[key]
 
     async def aclose(self) -> None:
-        if self._http_client is not None:
-            await self._http_client.aclose()
-            self._http_client = None
-            self._runnable = None
+        state, self._state = self._state, None
+        if state is not None and state.http_client is not None:
+            await state.http_client.aclose()
 
-    async def draft(self, request: DraftRequest) -> DraftResult:
+    # --- structured output ----------------------------------------------------------------------------------
+
+    async def probe(self) -> ProbeReport:
+        """Ask the server, with a tiny request per method, which structured output it honours; remember the
+        first that works. A server that cannot be reached leaves the method unknown (probed again next draft)."""
         started = time.perf_counter()
-        built = build_messages(request.prompt_input(), max_input_tokens=self.settings.llm_max_input_tokens)
-        result = DraftResult(
-            model=self.model,
-            prompt=self._redact(built.text),
-            labels=dict(built.labels),
-            dropped_ids=list(built.dropped_ids),
+        chat = self._loop_state().chat
+        results: dict[str, str] = {}
+        chosen: Method | None = None
+        reachable = True
+        for method in METHODS:
+            try:
+                results[method] = await self._probe_one(chat, method)
+            except _Unreachable as exc:
+                results[method] = f"unreachable: {self._redact(str(exc))}"
+                reachable = False
+                break
+            if results[method] == WORKS:
+                chosen = method
+                break
+        prompt_only = False
+        if reachable and chosen is None:
+            # Nothing structured works: JSON mode's validation and repair still make a prompt's JSON usable.
+            chosen = "json_mode"
+            prompt_only = results.get("json_mode", "").startswith("refused")
+        report = ProbeReport(
+            method=chosen,
+            results=results,
+            reachable=reachable,
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            prompt_only_json=prompt_only,
         )
-        if built.dropped_ids:
-            result.flags.append(f"{len(built.dropped_ids)} lower-ranked reference item(s) left out to fit the input")
-        for part in built.truncated:
-            result.flags.append(f"{part} shortened to fit the input")
+        self._probe = report
+        self._probes += 1
+        if reachable:
+            self._method, self._stale = chosen, False
+            log.info("structured output: %s (%s)", chosen, "; ".join(f"{m}: {r}" for m, r in results.items()))
+        else:
+            log.warning("could not probe the model server for structured output: %s", results)
+        return report
 
-        attempt = await self._attempt_with_retries(built, result)
+    async def _probe_one(self, chat: BaseChatModel, method: Method) -> str:
+        guard = min(self.settings.llm_timeout_s, PROBE_TIMEOUT_S) + 1.0
+        try:
+            async with asyncio.timeout(guard):
+                message = await _bind_probe(chat, method).ainvoke(_PROBE_MESSAGES)
+        except TimeoutError as exc:
+            raise _Unreachable(f"no answer within {guard:.1f} s") from exc
+        except (openai.APIConnectionError, openai.RateLimitError) as exc:
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
+        except openai.APIStatusError as exc:
+            return f"refused: HTTP {exc.status_code}"
+        except openai.OpenAIError as exc:  # the answer was cut off or filtered: the method itself answered
+            return f"unusable answer: {type(exc).__name__}"
+        except Exception as exc:  # a library error must not take drafting down: this method is not used
+            log.warning("structured-output probe (%s) failed unexpectedly", method, exc_info=True)
+            return f"failed: {type(exc).__name__}"
+        return _probe_verdict(method, message)
+
+    async def _current_method(self) -> Method:
+        """The method for the next attempt: probed first when unknown or after a failure (`auto` only)."""
+        if self._auto and (self._stale or self._method is None):
+            state = self._loop_state()
+            seen = self._probes
+            async with state.lock:
+                if self._probes == seen:  # nobody probed while we waited
+                    await self.probe()
+        return self._method or METHODS[0]
+
+    # --- drafting -------------------------------------------------------------------------------------------
+
+    async def draft(self, request: DraftRequest) -> Draft:
+        return (await self.write(request)).to_draft()
+
+    async def write(self, request: DraftRequest) -> DraftResult:
+        """The model's reply to `request`, checked, with everything that happened on the way."""
+        started = time.perf_counter()
+        result = DraftResult(model=self.model, token_source=self._counter.source)
+        attempt, built = await self._attempt_with_retries(request, result)
         result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         result.raw_output = self._redact(attempt.raw_output[:RAW_OUTPUT_CHARS])
+        if self._probe is not None:
+            result.probe = self._probe.to_json()
         if attempt.outcome != "ok" or attempt.verdict is None:
             return self._failed(result, attempt)
         self._accept(result, attempt.verdict, built, request)
         return result
 
-    async def _attempt_with_retries(self, built: BuiltPrompt, result: DraftResult) -> _Attempt:
+    def _build(self, request: DraftRequest, method: Method, result: DraftResult) -> BuiltPrompt:
+        built = build_messages(
+            request, max_input_tokens=input_budget(self.settings), counter=self._counter, method=method
+        )
+        result.prompt = self._redact(built.text)
+        result.labels = dict(built.labels)
+        result.dropped_ids = list(built.dropped_ids)
+        result.mode = built.mode
+        result.structured_output = method
+        result.prompt_tokens_estimate = built.approx_tokens
+        result.flags = [f for f in result.flags if not f.endswith("to fit the input")]
+        if built.dropped_ids:
+            result.flags.append(f"{len(built.dropped_ids)} lower-ranked reference item(s) left out to fit the input")
+        for part in built.truncated:
+            result.flags.append(f"{part} shortened to fit the input")
+        return built
+
+    async def _attempt_with_retries(self, request: DraftRequest, result: DraftResult) -> tuple[_Attempt, BuiltPrompt]:
         retries_left = self.settings.llm_max_retries
         output_retry_used = False
+        reprobed = False
         transient_failures = 0
+        method = await self._current_method()
+        built = self._build(request, method, result)
+        repair: _Attempt | None = None
         while True:
             n = result.attempts + 1
             t0 = time.perf_counter()
-            attempt = await self._attempt(built)
+            attempt = await self._attempt(built, method, repair)
             seconds = time.perf_counter() - t0
             result.attempts = n
             record = AttemptRecord(
@@ -503,21 +711,32 @@ class LLMDrafter:
                 prompt_tokens=attempt.prompt_tokens,
                 completion_tokens=attempt.completion_tokens,
                 retry_after_s=attempt.retry_after_s,
+                method=method,
+                repair=repair is not None,
             )
             result.attempt_log.append(record)
             result.usage["prompt_tokens"] += attempt.prompt_tokens or 0
             result.usage["completion_tokens"] += attempt.completion_tokens or 0
             self._observe(attempt, seconds)
-            if attempt.outcome == "ok" or retries_left <= 0:
-                return attempt
+            if attempt.outcome == "ok":
+                return attempt, built
+            suspect = self._auto and attempt.outcome in _METHOD_SUSPECT
+            if suspect:
+                self._stale = True  # the method may be at fault: the next attempt (or draft) probes again
+            if retries_left <= 0:
+                return attempt, built
+            repair = None
             if attempt.outcome in _OUTPUT_FAILURES and not output_retry_used:
                 output_retry_used = True
                 delay = 0.0
+                # JSON mode's one repair: the model sees its answer and what is wrong with it.
+                if method == "json_mode" and attempt.outcome == "invalid_output" and attempt.raw_output:
+                    repair = attempt
             elif attempt.outcome in _RETRYABLE:
                 transient_failures += 1
                 delay = self._delay(transient_failures, attempt.retry_after_s)
             else:
-                return attempt
+                return attempt, built
             retries_left -= 1
             log.warning(
                 "LLM attempt %d failed (%s: %s); retrying in %.2f s", n, attempt.outcome, record.error, delay
@@ -525,28 +744,54 @@ class LLMDrafter:
             record.slept_s = round(delay, 3)
             if delay > 0:
                 await self._sleep(delay)
+            if suspect and not reprobed:
+                reprobed = True
+                changed = await self._current_method()
+                if changed != method:
+                    method, repair = changed, None
+                    built = self._build(request, method, result)
 
     def _delay(self, failures: int, retry_after_s: float | None) -> float:
         if retry_after_s is not None and retry_after_s >= 0:
             # The server knows when it will take us again; a little jitter keeps workers from stampeding.
             return min(retry_after_s, self.retry_after_cap_s) * (1.0 + 0.1 * self._rng())
-        exp = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (failures - 1))
-        return exp / 2 + self._rng() * exp / 2  # "equal jitter"
+        return backoff_s(failures, base_s=self.backoff_base_s, cap_s=self.backoff_max_s, rng=self._rng)
 
-    async def _attempt(self, built: BuiltPrompt) -> _Attempt:
+    async def _attempt(self, built: BuiltPrompt, method: Method, repair: _Attempt | None) -> _Attempt:
+        messages = list(built.messages)
+        if repair is not None:
+            messages += [
+                AIMessage(content=repair.raw_output),
+                HumanMessage(
+                    content=f"That answer cannot be used: {repair.error}. Write the whole answer again as one "
+                    "corrected JSON object with the keys reply, cited_ids, confidence, reasons and needs_human, "
+                    "and nothing else."
+                ),
+            ]
         # The client's own timeout normally fires first; this guard also bounds a server that trickles bytes.
         guard = self.settings.llm_timeout_s + 1.0
         try:
             async with asyncio.timeout(guard):
-                out = await self._structured().ainvoke(built.messages)
+                message = await self._runnable(method).ainvoke(messages)
         except TimeoutError:
             return _Attempt("timeout", error=f"no answer within {guard:.1f} s")
+        except openai.LengthFinishReasonError as exc:
+            usage = exc.completion.usage
+            return _Attempt(
+                "invalid_output",
+                error="the answer was cut off at the output token limit",
+                raw_output=_completion_text(exc.completion),
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+            )
+        except openai.ContentFilterFinishReasonError:
+            return _Attempt("refusal", error="the answer was withheld by the server's content filter")
         except openai.APIError as exc:
             return _classify_api_error(exc)
         except Exception as exc:  # a library bug must fall back, not take the ticket down with it
             log.exception("LLM call failed unexpectedly")
             return _Attempt("client_error", error=f"{type(exc).__name__}: {exc}")
-        return _interpret(out)
+        return _interpret(message)
 
     def _observe(self, attempt: _Attempt, seconds: float) -> None:
         if self.metrics is None:
@@ -570,23 +815,42 @@ class LLMDrafter:
         return result
 
     def _accept(self, result: DraftResult, verdict: DraftVerdict, built: BuiltPrompt, request: DraftRequest) -> None:
-        reply, stripped = _LABEL_IN_REPLY.subn("", verdict.reply)
-        reply = reply.strip()
-        if stripped:
-            result.flags.append("reference labels removed from the reply text")
         validity, valid, invalid = citation_validity(verdict.cited_ids, built.labels)
-        result.reply = reply
+        cited_labels = [label for label, item_id in built.labels.items() if item_id in valid]
+        check = check_support(
+            verdict.reply,
+            passages=built.passages,
+            cited=cited_labels,
+            ticket=ticket_text(request.ticket),
+            customer_name=request.customer_name,
+        )
+        reply = check.text
         result.cited_ids = valid
-        result.invalid_citations = invalid
+        result.invalid_citations = invalid + [label for label in check.invalid_labels if label not in invalid]
         result.citation_validity = validity
         result.self_confidence = verdict.confidence
         result.reasons = [self._redact(r) for r in verdict.reasons]
         result.needs_human = verdict.needs_human
+        result.removed = [s.text for s in check.removed]
         if not verdict.cited_ids:
             result.flags.append("cites no reference material")
-        if invalid:
-            result.flags.append(f"cites items it was not given: {', '.join(invalid)}")
-        result.violations = reply_violations(reply, request)
+        if result.invalid_citations:
+            result.flags.append(f"cites items it was not given: {', '.join(result.invalid_citations)}")
+        if result.removed:
+            result.flags.append(f"{len(result.removed)} unsupported sentence(s) removed")
+        if built.handed_over and not check.has_handover():
+            words = localized(request.language)
+            answered = any(q.label is not None for q in built.questions)
+            quoted = "; ".join(f"\u201c{' '.join(q.split())[:140]}\u201d" for q in built.handed_over)
+            note = words["passed_on"].format(questions=quoted) if answered else words["handover"]
+            reply = insert_before_signoff(reply, note)
+            result.flags.append("handover sentence added for the questions no passage answers")
+        result.reply = reply
+        result.support = {**check.to_json(), **self._support_verdict(check, built, result)}
+        # The guard reads what the model wrote, not only what is left: a removed promise still escalates.
+        written = strip_citations(verdict.reply)
+        result.violations = reply_violations(written, request)
+        result.violations += [v for v in reply_violations(reply, request) if v not in result.violations]
         if result.violations:
             result.escalate = True
             result.escalate_reasons.append("the reply failed the output check: " + "; ".join(result.violations))
@@ -594,12 +858,43 @@ class LLMDrafter:
             result.escalate = True
             result.escalate_reasons.append("the model says a person must handle this ticket")
 
+    def _support_verdict(self, check: SupportCheck, built: BuiltPrompt, result: DraftResult) -> dict[str, Any]:
+        """Escalate when a question the evidence answers is left without a supported answer, when more than
+        `llm_max_unsupported_share` of the factual sentences were removed, or when no supported fact is left."""
+        unanswered = [
+            q.text for q in built.questions if q.answerable and (q.label is None or not check.answers(q.label))
+        ]
+        limit = self.settings.llm_max_unsupported_share
+        reasons: list[str] = []
+        for question in unanswered:
+            reasons.append(f"the question \u201c{' '.join(question.split())[:140]}\u201d has no supported answer")
+        factual = len(check.factual)
+        if check.removed and check.removed_share > limit:
+            reasons.append(
+                f"{len(check.removed)} of {factual} factual sentence(s) had no support in the passages they cite "
+                f"(more than {limit:.0%})"
+            )
+        elif factual == len(check.removed) and not result.needs_human:
+            reasons.append("the reply states nothing the passages it cites support")
+        if reasons:
+            result.escalate = True
+            result.escalate_reasons.extend(reasons)
+        return {"unanswered": unanswered, "handed_over": built.handed_over, "max_removed_share": limit}
+
     def _redact(self, text: str) -> str:
         """The text without the key or the URL's credentials (a provider's error may quote either)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
         return text
+
+
+def _as_method(value: str) -> Method:
+    if value == "json_schema":
+        return "json_schema"
+    if value == "json_mode":
+        return "json_mode"
+    return "function_calling"
 
 
 def _secrets_of(settings: Settings) -> tuple[str, ...]:
@@ -615,19 +910,6 @@ def _secrets_of(settings: Settings) -> tuple[str, ...]:
             found += [user, unquote(user)]
     # Longest first, so a secret is replaced whole before a part of it could be; very short ones would mangle text.
     return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
-
-
-def _as_mapping(item: Any) -> Mapping[str, Any]:
-    if isinstance(item, Mapping):
-        return item
-    to_json = getattr(item, "to_json", None)
-    if callable(to_json):
-        return dict(to_json())
-    return dict(vars(item))
-
-
-def _item_text(item: Mapping[str, Any]) -> str:
-    return " ".join(str(item.get(key) or "") for key in ("title", "text", "resolution"))
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -669,31 +951,40 @@ def _classify_api_error(exc: openai.APIError) -> _Attempt:
     return _Attempt("server_error", error=message)
 
 
-def _interpret(out: Mapping[str, Any]) -> _Attempt:
-    """Turn `with_structured_output(..., include_raw=True)`'s {raw, parsed, parsing_error} into an attempt."""
-    raw = out.get("raw")
-    parsed = out.get("parsed")
-    problem = out.get("parsing_error")
-    usage = getattr(raw, "usage_metadata", None) or {}
+def _interpret(message: BaseMessage) -> _Attempt:
+    """Turn the model's message into an attempt: the verdict from the forced tool call, or from JSON written as
+    the message (json_schema, JSON mode, or a server that ignored the tool), checked."""
+    if not isinstance(message, AIMessage):
+        return _Attempt("invalid_output", error=f"unexpected answer type {type(message).__name__}")
+    usage: Mapping[str, Any] = message.usage_metadata or {}
     base: dict[str, Any] = {
-        "raw_output": _raw_text(raw),
+        "raw_output": _raw_text(message),
         "prompt_tokens": usage.get("input_tokens"),
         "completion_tokens": usage.get("output_tokens"),
     }
-    if problem is not None:
-        if isinstance(problem, ModelRefusalError):
-            return _Attempt("refusal", error=f"the model refused: {problem}", **base)
-        return _Attempt("invalid_output", error=_describe_parse_error(problem), **base)
-    if isinstance(raw, AIMessage) and raw.invalid_tool_calls:
+    refused = message.additional_kwargs.get("refusal")
+    if refused:
+        return _Attempt("refusal", error=f"the model refused: {str(refused)[:200]}", **base)
+    content = message.text
+    calls = [c for c in message.tool_calls if c.get("name") == VERDICT_TOOL_NAME] or list(message.tool_calls)
+    verdict: DraftVerdict | None = None
+    if calls:
+        try:
+            verdict = DraftVerdict.model_validate(calls[0].get("args") or {})
+        except ValidationError as exc:
+            return _Attempt("invalid_output", error=_describe_parse_error(exc), **base)
+    elif message.invalid_tool_calls:
         return _Attempt("invalid_output", error="the tool call's arguments are not valid JSON", **base)
-    content = raw.text if isinstance(raw, AIMessage) else ""
-    verdict = parsed if isinstance(parsed, DraftVerdict) else _verdict_from_content(content)
-    if verdict is None:
-        if content and looks_like_refusal(content):
-            return _Attempt("refusal", error=f"the model refused: {content[:200]}", **base)
-        what = "answered in plain text" if content.strip() else "returned nothing"
-        return _Attempt("invalid_output", error=f"the model {what} instead of calling DraftVerdict", **base)
-    finish = raw.response_metadata.get("finish_reason") if isinstance(raw, AIMessage) else None
+    else:
+        verdict, problem = _verdict_from_content(content)
+        if verdict is None:
+            if content and looks_like_refusal(content):
+                return _Attempt("refusal", error=f"the model refused: {content[:200]}", **base)
+            if problem is not None:
+                return _Attempt("invalid_output", error=_describe_parse_error(problem), **base)
+            what = "answered in plain text" if content.strip() else "returned nothing"
+            return _Attempt("invalid_output", error=f"the model {what} instead of the {VERDICT_TOOL_NAME} JSON", **base)
+    finish = message.response_metadata.get("finish_reason")
     if not verdict.needs_human and looks_like_refusal(verdict.reply):
         return _Attempt("refusal", error=f"the reply is a refusal: {verdict.reply[:200]}", **base)
     if not verdict.reply.strip() and not verdict.needs_human:
@@ -708,28 +999,52 @@ def _describe_parse_error(problem: BaseException) -> str:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'output'}: {e['msg']}" for e in problem.errors()[:5]
         )
-        return f"the structured output does not fit DraftVerdict ({details})"
-    if isinstance(problem, OutputParserException):
-        return f"the structured output could not be parsed: {str(problem).splitlines()[0][:300]}"
+        return f"the structured output does not fit {VERDICT_TOOL_NAME} ({details})"
     return f"{type(problem).__name__}: {str(problem).splitlines()[0][:300] if str(problem) else ''}"
 
 
-def _verdict_from_content(content: str) -> DraftVerdict | None:
-    """Some servers ignore `tool_choice` and write the JSON as the message: accept it when it fits."""
-    text = content.strip()
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a message's text holds: bare, in a ``` fence, or between prose and the closing brace."""
+    text = text.strip()
     if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    if not text.startswith("{"):
+        text = text.strip("`").strip()
+        text = text.removeprefix("json").strip()
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
         return None
     try:
-        return DraftVerdict.model_validate(json.loads(text))
-    except (ValueError, ValidationError):
+        value = json.loads(text[start : end + 1])
+    except ValueError:
         return None
+    return value if isinstance(value, dict) else None
 
 
-def _raw_text(raw: Any) -> str:
-    if not isinstance(raw, AIMessage):
+def _verdict_from_content(content: str) -> tuple[DraftVerdict | None, ValidationError | None]:
+    """The verdict written as the message: some servers ignore `tool_choice` and answer with the JSON, as the
+    arguments alone or as the call ({"name": "DraftVerdict", "arguments": {...}})."""
+    obj = _json_object(content)
+    if obj is None:
+        return None, None
+    for key in ("arguments", "parameters"):
+        if isinstance(obj.get(key), dict) and obj.get("name") in (VERDICT_TOOL_NAME, None):
+            obj = obj[key]
+            break
+    if isinstance(obj.get(VERDICT_TOOL_NAME), dict) and len(obj) == 1:
+        obj = obj[VERDICT_TOOL_NAME]
+    try:
+        return DraftVerdict.model_validate(obj), None
+    except ValidationError as exc:
+        return None, exc
+
+
+def _completion_text(completion: Any) -> str:
+    try:
+        return str(completion.choices[0].message.content or "")
+    except (AttributeError, IndexError):
         return ""
+
+
+def _raw_text(raw: AIMessage) -> str:
     parts: list[str] = []
     if raw.text:
         parts.append(raw.text)

@@ -8,8 +8,18 @@ OFFLINE_TEMPLATE = (
     "{more}\\n- {KB passage title}: {excerpt}\\n\\n{refs}: {R-xxxxxxxx, KB-xxxxxxxx}\\n\\n{signoff}\\n{team}"
 )
 
+KNOWLEDGE_TEMPLATE = (
+    "{hello} {customer_name},\\n\\n{thanks_subject}\\n\\n"
+    "[per question: {you_asked} + {your_tier}? + answering sentences of the chosen passage + ({source}: title, KB-xxxxxxxx)]"
+    "\\n\\n{passed_on: questions no passage answers}\\n\\n{signoff}\\n{team}"
+)
+
 _PHRASES: dict[str, dict[str, str]] = {
     "en": {
+        "you_asked": "You asked {question}:",
+        "your_tier": "Your account is on {tier}.",
+        "source": "Source",
+        "passed_on": "I have passed your other question to a colleague, who will get back to you: {questions}.",
         "hello": "Hello",
         "customer": "there",
         "thanks": "Thank you for contacting us.",
@@ -22,6 +32,10 @@ _PHRASES: dict[str, dict[str, str]] = {
         "article": "Help article",
     },
     "de": {
+        "you_asked": "Sie fragten {question}:",
+        "your_tier": "Ihr Konto nutzt {tier}.",
+        "source": "Quelle",
+        "passed_on": "Ihre weitere Frage haben wir an einen Kollegen weitergegeben, der sich bei Ihnen meldet: {questions}.",
         "hello": "Hallo",
         "customer": "",
         "thanks": "Vielen Dank für Ihre Nachricht.",
@@ -34,6 +48,10 @@ _PHRASES: dict[str, dict[str, str]] = {
         "article": "Hilfeartikel",
     },
     "es": {
+        "you_asked": "Usted preguntó {question}:",
+        "your_tier": "Su cuenta está en {tier}.",
+        "source": "Fuente",
+        "passed_on": "Hemos pasado su otra pregunta a un compañero, que se pondrá en contacto con usted: {questions}.",
         "hello": "Hola",
         "customer": "",
         "thanks": "Gracias por contactarnos.",
@@ -46,6 +64,10 @@ _PHRASES: dict[str, dict[str, str]] = {
         "article": "Artículo de ayuda",
     },
     "fr": {
+        "you_asked": "Vous avez demandé {question} :",
+        "your_tier": "Votre compte est sur {tier}.",
+        "source": "Source",
+        "passed_on": "Nous avons transmis votre autre question à un collègue, qui reviendra vers vous : {questions}.",
         "hello": "Bonjour",
         "customer": "",
         "thanks": "Merci de nous avoir contactés.",
@@ -58,6 +80,10 @@ _PHRASES: dict[str, dict[str, str]] = {
         "article": "Article d'aide",
     },
     "pt": {
+        "you_asked": "Você perguntou {question}:",
+        "your_tier": "Sua conta está no {tier}.",
+        "source": "Fonte",
+        "passed_on": "Encaminhamos sua outra pergunta a um colega, que entrará em contato: {questions}.",
         "hello": "Olá",
         "customer": "",
         "thanks": "Obrigado por entrar em contato.",

@@ -25,12 +25,20 @@ from agent.quality.evaluation import (
     Progress,
     _rank,
     encode_all,
+    evaluate_deployment,
     expected_calibration_error,
     read_labelled,
     run_in_scratch_database,
     sample,
 )
-from agent.scoring.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, CalibrationModel, features
+from agent.scoring.confidence import (
+    INTENT_SIGNALS,
+    KNOWLEDGE_SIGNALS,
+    SIMILARITY_SIGNALS,
+    Calibration,
+    CalibrationModel,
+    features,
+)
 from core import db
 from core.settings import Settings
 from knowledge.embedder import Embedder, get_embedder
@@ -44,6 +52,7 @@ def _label(path: Path) -> str:
 
 
 # Isotonic steps need support: fewer points than this per step overfit the curve's tail.
+KNOWLEDGE_ISOTONIC_POINTS = 15
 MIN_ISOTONIC_POINTS = 200
 
 
@@ -73,6 +82,8 @@ def fit_model(
     weights: Sequence[float],
     names: Sequence[str],
     source: dict[str, Any],
+    *,
+    min_points: int = MIN_ISOTONIC_POINTS,
 ) -> tuple[CalibrationModel, dict[str, Any]]:
     x = np.stack([features(r, names) for r in rows])
     y = np.asarray(right, dtype=int)
@@ -84,7 +95,7 @@ def fit_model(
     lr = LogisticRegression(C=1.0, max_iter=5000)
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     oof = cross_val_predict(lr, x, y, cv=folds, method="predict_proba", params={"sample_weight": w})[:, 1]
-    iso_x, iso_y = binned_isotonic(oof, y.astype(float), w)
+    iso_x, iso_y = binned_isotonic(oof, y.astype(float), w, min_points)
     lr.fit(x, y, sample_weight=w)
     model = CalibrationModel(
         signals=tuple(names),
@@ -218,3 +229,39 @@ def fit_from_signals(
         },
     )
     return calibration, calibration.meta["summary"]
+
+
+async def fit_knowledge_calibration(
+    dataset: Path,
+    *,
+    settings: Settings,
+    examples: Path,
+    newest_event_at: datetime,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+) -> tuple[CalibrationModel, dict[str, Any]]:
+    """The knowledge-base replies' mapping, fitted on a deployment-shaped set run against its deployment.
+
+    A reply is right when it contains every required fact of an answerable ticket; not-covered tickets are
+    wrong whatever was drafted; must-escalate tickets are left out (their gates, not the confidence, decide).
+    """
+    run = await evaluate_deployment(
+        dataset, settings=settings, examples=examples, newest_event_at=newest_event_at, embedder=embedder,
+        progress=progress,
+    )
+    rows = [r for r in run.results if r.signal_model == "knowledge" and r.kind != "must_escalate"]
+    source = {
+        "files": [_label(dataset)],
+        "deployment": str(examples),
+        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rightness": "answerable and the draft contains every answer fact",
+    }
+    return fit_model(
+        [r.signals for r in rows],
+        [r.kind == "answerable" and r.replied_right for r in rows],
+        [1.0] * len(rows),
+        KNOWLEDGE_SIGNALS,
+        source,
+        # A deployment-shaped set has tens of tickets, not thousands: smaller bins, or the curve is one step.
+        min_points=KNOWLEDGE_ISOTONIC_POINTS,
+    )

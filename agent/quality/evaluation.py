@@ -16,30 +16,39 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
 
+from agent.account import ACCOUNT_WINDOW_DAYS
 from agent.drafting.drafter import default_drafter
 from agent.nodes import choose_grounding
 from agent.runner import TicketProcessor, run_graph_offline
 from agent.scoring.confidence import compute_signals
-from agent.state import TicketInput
+from agent.state import TicketInput, ticket_text
 from agent.triage.keywords import CATEGORIES, PRIORITIES
 from core import db
 from core.db import Connection
 from core.settings import Settings
+from ingest.schemas import PayloadError, normalize_payload, parse_payload
 from knowledge.embedder import Embedder, get_embedder
+from knowledge.loader import LoadReport as KbLoadReport
+from knowledge.loader import load_paths
 from knowledge.store import ResolutionRow, insert_resolutions
+from tickets.customer_loader import LoadReport as CustomerLoadReport
+from tickets.customer_loader import load_customers
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -482,29 +491,41 @@ async def run_in_scratch_database(
     progress: Progress | None = None,
 ) -> tuple[list[TicketResult], TicketProcessor, dict[str, float]]:
     """Load the history (and KB) into a scratch database, fit the models, run every ticket offline."""
+
+    async def load(conn: Connection) -> None:
+        await load_history(conn, history, history_vectors)
+        if kb is not None:
+            await load_paths(conn, [kb], embedder=embedder)
+
+    async with scratch_processor(server_url, settings, embedder, load) as (processor, _, timings):
+        t0 = time.perf_counter()
+        results = await run_tickets(processor, evaluation, eval_vectors, progress)
+        timings["graph_s"] = time.perf_counter() - t0
+    return results, processor, timings
+
+
+@asynccontextmanager
+async def scratch_processor(
+    server_url: str, settings: Settings, embedder: Embedder, load: Callable[[Connection], Awaitable[T]]
+) -> AsyncIterator[tuple[TicketProcessor, T, dict[str, float]]]:
+    """A scratch database filled by `load`, and a ticket processor over it with its routing models fitted:
+    (processor, what `load` returned, timings). The database is dropped on exit."""
     timings: dict[str, float] = {}
     async with ScratchDatabase(server_url) as scratch:
         pool = await db.create_pool(scratch.url, settings)
         try:
             t0 = time.perf_counter()
             async with pool.acquire() as conn:
-                await load_history(conn, history, history_vectors)
-                if kb is not None:
-                    from knowledge.loader import load_paths
-
-                    await load_paths(conn, [kb], embedder=embedder)
+                loaded = await load(conn)
             timings["load_s"] = time.perf_counter() - t0
             # The drafter the settings call for: the LLM path is evaluated the same way when a model is configured.
             processor = TicketProcessor(pool, settings, None, embedder=embedder, drafter=default_drafter(settings))
             t0 = time.perf_counter()
             await processor.models.get(pool, block=True)
             timings["fit_models_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            results = await run_tickets(processor, evaluation, eval_vectors, progress)
-            timings["graph_s"] = time.perf_counter() - t0
+            yield processor, loaded, timings
         finally:
             await pool.close()
-    return results, processor, timings
 
 
 def finite(value: Any) -> Any:
@@ -516,3 +537,375 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+# --- deployment-shaped sets (DESIGN.md section 4) -----------------------------------------------------------
+
+KINDS = ("answerable", "not_covered", "must_escalate")
+# A reply goes out on both: a flagged reply is sent and reviewed afterwards.
+SENT = frozenset({"deliver", "flag_for_review"})
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a right outcome is: `kind` answerable | not_covered | must_escalate, and for answerable tickets the
+    literal facts a right reply contains."""
+
+    kind: str
+    category: str | None = None
+    priority: str | None = None
+    articles: tuple[str, ...] = ()
+    answer_facts: tuple[str, ...] = ()
+
+
+@dataclass
+class DeploymentTicket:
+    id: str
+    ticket: TicketInput
+    expect: Expectation
+
+
+def _expectation(raw: Any) -> Expectation:
+    if not isinstance(raw, dict):
+        raise ValueError("expect: must be an object")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"expect.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    category, priority = raw.get("category"), raw.get("priority")
+    if category is not None and category not in CATEGORIES:
+        raise ValueError(f"expect.category: must be one of {', '.join(CATEGORIES)}, got {category!r}")
+    if priority is not None and priority not in PRIORITIES:
+        raise ValueError(f"expect.priority: must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+    facts, articles = raw.get("answer_facts") or [], raw.get("articles") or []
+    if not isinstance(facts, list) or not all(isinstance(f, str) and f.strip() for f in facts):
+        raise ValueError("expect.answer_facts: must be a list of non-empty strings")
+    if not isinstance(articles, list) or not all(isinstance(a, str) for a in articles):
+        raise ValueError("expect.articles: must be a list of paths")
+    if kind == "answerable" and not facts:
+        raise ValueError("expect.answer_facts: an answerable ticket needs at least one fact")
+    return Expectation(kind, category, priority, tuple(articles), tuple(facts))
+
+
+def read_deployment_set(path: Path) -> list[DeploymentTicket]:
+    """JSONL, each line an ingest payload plus `expect`; the payload is validated and normalized as the webhook
+    would (a bad line raises ValueError naming the line and the field)."""
+    tickets: list[DeploymentTicket] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not JSON: {exc.msg}") from None
+            if not isinstance(record, dict) or "expect" not in record:
+                raise ValueError(f"{where}: expect: missing (each line is an ingest payload plus `expect`)")
+            try:
+                expect = _expectation(record.pop("expect"))
+                payload, _ = parse_payload(json.dumps(record).encode())
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            except PayloadError as exc:
+                raise ValueError(f"{where}: {exc.field or 'payload'}: {exc.detail}") from None
+            normalized = normalize_payload(payload)
+            raw_text = "\n\n".join(part for part in (payload.subject, payload.body) if part)
+            ticket = TicketInput(
+                ticket_id=None,
+                channel=normalized.channel,
+                subject=normalized.subject,
+                body=normalized.body,
+                customer_name=normalized.customer_name,
+                customer_email=normalized.customer_email,
+                raw_text=raw_text,
+                metadata=dict(normalized.metadata),
+                account={},
+            )
+            tickets.append(DeploymentTicket(id=normalized.external_id, ticket=ticket, expect=expect))
+    if not tickets:
+        raise ValueError(f"{path.name}: no tickets")
+    return tickets
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def missing_facts(reply: str, facts: Sequence[str]) -> list[str]:
+    """The facts the reply does not contain (case-insensitive, whitespace collapsed)."""
+    squashed = _squash(reply)
+    return [fact for fact in facts if _squash(fact) not in squashed]
+
+
+@dataclass
+class DeploymentResult:
+    id: str
+    kind: str
+    category: str | None
+    predicted_category: str
+    priority: str | None
+    predicted_priority: str
+    decision: str
+    confidence: float
+    draft: str
+    answer_facts: tuple[str, ...] = ()
+    risks: list[str] = field(default_factory=list)
+    signals: dict[str, float] = field(default_factory=dict)
+    signal_model: str = ""
+
+    @property
+    def sent(self) -> bool:
+        return self.decision in SENT
+
+    @property
+    def missing(self) -> list[str]:
+        return missing_facts(self.draft, self.answer_facts) if self.kind == "answerable" else []
+
+    @property
+    def replied_right(self) -> bool:
+        """The draft answers the ticket, whatever was decided about sending it."""
+        return self.kind == "answerable" and bool(self.draft.strip()) and not self.missing
+
+    @property
+    def answered_right(self) -> bool:
+        """The customer got a right answer."""
+        return self.sent and self.replied_right
+
+
+def _failure(r: DeploymentResult) -> str | None:
+    if r.kind == "answerable" and not r.answered_right:
+        if not r.sent:
+            return "answerable, not sent" + ("" if r.replied_right else " (draft incomplete too)")
+        return "sent without every fact"
+    if r.kind == "not_covered" and r.sent:
+        return "not covered, reply sent" + (" automatically" if r.decision == "deliver" else " (flagged)")
+    if r.kind == "must_escalate" and r.sent:
+        return "must escalate, reply sent"
+    return None
+
+
+def score_deployment(results: Sequence[DeploymentResult], *, seconds: float) -> dict[str, Any]:
+    """The customer's view of a deployment-shaped run (DESIGN.md section 4)."""
+    n = len(results)
+    answerable = [r for r in results if r.kind == "answerable"]
+    delivered = [r for r in results if r.decision == "deliver"]
+    flagged = [r for r in results if r.decision == "flag_for_review"]
+    with_category = [r for r in results if r.category]
+    with_priority = [r for r in results if r.priority]
+
+    def count(rows: Sequence[DeploymentResult], decision: str) -> int:
+        return sum(1 for r in rows if r.decision == decision)
+
+    by_kind: dict[str, Any] = {}
+    for kind in KINDS:
+        rows = [r for r in results if r.kind == kind]
+        if not rows:
+            continue
+        by_kind[kind] = {
+            "n": len(rows),
+            "deliver": count(rows, "deliver"),
+            "flag_for_review": count(rows, "flag_for_review"),
+            "escalate": count(rows, "escalate"),
+            "answered_right": sum(1 for r in rows if r.answered_right) if kind == "answerable" else None,
+            "replied_right": sum(1 for r in rows if r.replied_right) if kind == "answerable" else None,
+            "category_accuracy": _rate([r.category == r.predicted_category for r in rows if r.category]),
+            "priority_accuracy": _rate([r.priority == r.predicted_priority for r in rows if r.priority]),
+            "mean_confidence": float(np.mean([r.confidence for r in rows])),
+        }
+    truth = [r.category or "" for r in with_category]
+    return {
+        "n": n,
+        "answered_right_rate": _rate([r.answered_right for r in answerable]),
+        "replied_right_rate": _rate([r.replied_right for r in answerable]),
+        "auto_resolve_rate": len(delivered) / n if n else None,
+        "auto_resolve_rate_answerable": count(answerable, "deliver") / len(answerable) if answerable else None,
+        "auto_resolve_precision": _rate([r.answered_right for r in delivered]),
+        "flag_rate": len(flagged) / n if n else None,
+        "flag_precision": _rate([r.answered_right for r in flagged]),
+        "escalate_rate": count(results, "escalate") / n if n else None,
+        "not_covered_auto": sum(1 for r in delivered if r.kind == "not_covered"),
+        "not_covered_sent": sum(1 for r in results if r.kind == "not_covered" and r.sent),
+        "must_escalate_replied": sum(1 for r in results if r.kind == "must_escalate" and r.sent),
+        "category_accuracy": _rate([r.category == r.predicted_category for r in with_category]),
+        "category_macro_f1": macro_f1(truth, [r.predicted_category for r in with_category], sorted(set(truth)))
+        if with_category
+        else None,
+        "priority_accuracy": _rate([r.priority == r.predicted_priority for r in with_priority]),
+        # Confidence claims the probability that the reply answers every question: a reply to a ticket that
+        # must not be answered, or one missing a fact, is wrong.
+        "ece": expected_calibration_error([r.confidence for r in results], [r.replied_right for r in results]),
+        "mean_confidence": float(np.mean([r.confidence for r in results])) if results else None,
+        "tickets_per_second": n / seconds if seconds > 0 else None,
+        "rightness": "answerable and the reply contains every answer_facts string (case-insensitive, "
+        "whitespace collapsed); sent = deliver or flag_for_review",
+        "by_kind": by_kind,
+        "priority_confusion": {
+            t: {p: sum(1 for r in with_priority if r.priority == t and r.predicted_priority == p) for p in PRIORITIES}
+            for t in PRIORITIES
+            if any(r.priority == t for r in with_priority)
+        },
+        "failures": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "decision": r.decision,
+                "confidence": round(r.confidence, 4),
+                "missing_facts": r.missing,
+                "reason": reason,
+                "risks": r.risks,
+            }
+            for r in results
+            if (reason := _failure(r)) is not None
+        ],
+        "misrouted": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "category": r.category,
+                "predicted_category": r.predicted_category,
+                "priority": r.priority,
+                "predicted_priority": r.predicted_priority,
+            }
+            for r in results
+            if (r.category and r.category != r.predicted_category)
+            or (r.priority and r.priority != r.predicted_priority)
+        ],
+    }
+
+
+_ACCOUNTS_SQL = """
+SELECT c.email, c.name, c.tier, c.metadata,
+       LEAST(c.created_at, (SELECT min(e.occurred_at) FROM customer_events e WHERE e.customer_id = c.id)) AS since,
+       ARRAY(SELECT ROW(e.kind, e.occurred_at, e.data::text)
+               FROM customer_events e
+              WHERE e.customer_id = c.id AND e.occurred_at > now() - make_interval(days => $1)
+              ORDER BY e.occurred_at DESC LIMIT 50) AS events
+FROM customers c
+"""
+
+
+async def offline_accounts(conn: Connection) -> dict[str, dict[str, Any]]:
+    """Every customer's account context as an offline run supplies it (by email), read as a claimed ticket's
+    would be: tier, name, events of the last ACCOUNT_WINDOW_DAYS, newest first. An account is as old as its
+    oldest event when that is older than the row (customers are imported on the day a deployment starts)."""
+    accounts: dict[str, dict[str, Any]] = {}
+    for row in await conn.fetch(_ACCOUNTS_SQL, ACCOUNT_WINDOW_DAYS):
+        accounts[row["email"]] = {
+            "tier": row["tier"],
+            "name": row["name"],
+            "customer_since": row["since"].isoformat(),
+            "metadata": dict(row["metadata"] or {}),
+            "events": [
+                {"kind": kind, "occurred_at": occurred_at.isoformat(), "data": json.loads(data) if data else None}
+                for kind, occurred_at, data in row["events"]
+            ],
+        }
+    return accounts
+
+
+@dataclass
+class DemoContent:
+    articles: KbLoadReport
+    history: KbLoadReport
+    customers: CustomerLoadReport
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(e) for e in (*self.articles.errors, *self.history.errors)] + self.customers.errors
+
+    def summary(self) -> str:
+        return (
+            f"{self.articles.documents} articles ({self.articles.chunks} chunks), {self.history.resolutions} past "
+            f"resolutions, {self.customers.customers} customers ({self.customers.events} events)"
+        )
+
+
+async def load_demo_content(
+    conn: Connection, examples: Path, *, embedder: Embedder, newest_event_at: datetime
+) -> DemoContent:
+    """The demo deployment: `examples/kb` articles, `examples/resolutions.jsonl` history and
+    `examples/customers.jsonl` accounts, their events shifted so the newest is at `newest_event_at`."""
+    return DemoContent(
+        articles=await load_paths(conn, [examples / "kb"], embedder=embedder, kind="article"),
+        history=await load_paths(conn, [examples / "resolutions.jsonl"], embedder=embedder, kind="resolution"),
+        customers=await load_customers(conn, examples / "customers.jsonl", newest_event_at=newest_event_at),
+    )
+
+
+async def evaluate_deployment(
+    dataset: Path,
+    *,
+    settings: Settings,
+    examples: Path,
+    newest_event_at: datetime,
+    database_url: str | None = None,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+) -> DeploymentRun:
+    """A deployment-shaped set against the demo deployment in a scratch database: every ticket through the
+    real graph offline, with its sender's account context when the sender is a demo customer."""
+    started_all = time.perf_counter()
+    tickets = read_deployment_set(dataset)
+    embedder = embedder or get_embedder(settings.embedding_model)
+    server_url = database_url or db.resolve_database_url(settings)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    vectors = await asyncio.to_thread(
+        encode_all, embedder, [ticket_text(t.ticket) for t in tickets], progress, "embedding tickets"
+    )
+    timings["embed_tickets_s"] = time.perf_counter() - t0
+
+    async def load(conn: Connection) -> tuple[DemoContent, dict[str, dict[str, Any]]]:
+        content = await load_demo_content(conn, examples, embedder=embedder, newest_event_at=newest_event_at)
+        return content, await offline_accounts(conn)
+
+    results: list[DeploymentResult] = []
+    async with scratch_processor(server_url, settings, embedder, load) as (processor, loaded, run_timings):
+        content, accounts = loaded
+        t0 = time.perf_counter()
+        for i, item in enumerate(tickets):
+            account = accounts.get(item.ticket.get("customer_email") or "", {})
+            state = await run_graph_offline(processor, {**item.ticket, "account": account}, embedding=vectors[i])
+            scoring = state["scoring"]
+            results.append(
+                DeploymentResult(
+                    id=item.id,
+                    kind=item.expect.kind,
+                    category=item.expect.category,
+                    predicted_category=state["classification"]["category"],
+                    priority=item.expect.priority,
+                    predicted_priority=state["prioritization"]["priority"],
+                    decision=state["outcome"]["decision"],
+                    confidence=float(scoring["confidence"]),
+                    draft=state["drafted"]["draft"],
+                    answer_facts=item.expect.answer_facts,
+                    risks=list(scoring.get("risk_kinds", [])),
+                    signals=dict(scoring.get("signals", {})),
+                    signal_model=str(scoring.get("model", "")),
+                )
+            )
+            if progress:
+                progress("tickets", i + 1, len(tickets))
+        run_timings["graph_s"] = time.perf_counter() - t0
+        timings.update(run_timings)
+        models = processor.models.current.describe() if processor.models.current else None
+        calibration = processor.calibration.meta.get("source")
+    report = score_deployment(results, seconds=timings["embed_tickets_s"] + timings["graph_s"])
+    report.update(
+        dataset=str(dataset),
+        deployment=f"demo ({examples}): {content.summary()}",
+        known_senders=sum(1 for t in tickets if (t.ticket.get("customer_email") or "") in accounts),
+        load_problems=content.errors[:10],
+        timings={k: round(v, 2) for k, v in timings.items()},
+        total_seconds=round(time.perf_counter() - started_all, 2),
+        thresholds={"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold},
+        calibration=calibration,
+        models=models,
+    )
+    return DeploymentRun(report=report, results=results)
+
+
+@dataclass
+class DeploymentRun:
+    report: dict[str, Any]
+    results: list[DeploymentResult]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from agent.triage.classifier import Neighbour
+from agent.drafting.reader import Evidence
 from knowledge.retrieval import RetrievedItem
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
@@ -37,7 +38,19 @@ SIMILARITY_SIGNALS: tuple[str, ...] = (
     "category_certainty",
     "grounding_category_match",
 )
+# Knowledge-base replies: the reader's view of each question's passage, the weakest question deciding.
+KNOWLEDGE_SIGNALS: tuple[str, ...] = (
+    "reader_min",
+    "unit_min",
+    "margin_min",
+    "coverage",
+    "category_certainty",
+)
 NOTES: dict[str, str] = {
+    "reader_min": "reader score of the passage answering the least well answered question",
+    "unit_min": "best sentence's similarity to its question, for the least well answered question",
+    "margin_min": "lead of that passage over the best passage of another article",
+    "coverage": "share of the ticket's questions some passage answers",
     "issue_probability": "issue model's probability for the grounding resolution's issue",
     "top_similarity": "cosine similarity of the grounding resolution to the ticket",
     "similarity_margin": "lead of the grounding over the closest resolution of another issue",
@@ -98,6 +111,20 @@ def compute_signals(
     if use_intents:
         signals["issue_probability"] = float(intent_probs.get(item.intent or "", 0.0)) if item is not None else 0.0
     return signals
+
+
+def knowledge_signals(evidence: Sequence[Evidence], *, category_certainty: float, floor: float) -> dict[str, float]:
+    """The raw evidence for a reply composed from the knowledge base, one answer per question."""
+    if not evidence:
+        return {name: 0.0 for name in KNOWLEDGE_SIGNALS} | {"category_certainty": float(category_certainty)}
+    weakest = min(evidence, key=lambda e: e.score)
+    return {
+        "reader_min": float(weakest.score),
+        "unit_min": float(min(e.best_unit for e in evidence)),
+        "margin_min": float(min(e.margin for e in evidence)),
+        "coverage": sum(e.score >= floor and e.item is not None for e in evidence) / len(evidence),
+        "category_certainty": float(category_certainty),
+    }
 
 
 def features(signals: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
@@ -169,13 +196,21 @@ _DEFAULT = {
         "intercept": -5.0,
         "isotonic": {"x": [], "y": []},
     },
+    "knowledge": {
+        "signals": list(KNOWLEDGE_SIGNALS),
+        "coef": [12.0, 4.0, 6.0, 3.0, 0.3],
+        "intercept": -12.0,
+        "isotonic": {"x": [], "y": []},
+    },
 }
+MODELS = ("with_intents", "without_intents", "knowledge")
 
 
 @dataclass
 class Calibration:
     with_intents: CalibrationModel
     without_intents: CalibrationModel
+    knowledge: CalibrationModel = field(default_factory=lambda: CalibrationModel.from_json(_DEFAULT["knowledge"]))
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -189,6 +224,7 @@ class Calibration:
         return cls(
             with_intents=CalibrationModel.from_json(data["with_intents"]),
             without_intents=CalibrationModel.from_json(data["without_intents"]),
+            knowledge=CalibrationModel.from_json(data.get("knowledge") or _DEFAULT["knowledge"]),
             meta=meta,
         )
 
@@ -197,11 +233,16 @@ class Calibration:
             **{k: v for k, v in self.meta.items() if k != "source"},
             "with_intents": self.with_intents.to_json(),
             "without_intents": self.without_intents.to_json(),
+            "knowledge": self.knowledge.to_json(),
         }
         path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
     def model(self, use_intents: bool) -> CalibrationModel:
         return self.with_intents if use_intents else self.without_intents
+
+    def named(self, name: str) -> CalibrationModel:
+        model: CalibrationModel = getattr(self, name)
+        return model
 
 
 @dataclass
@@ -217,6 +258,7 @@ def score_confidence(
     calibration: Calibration,
     *,
     use_intents: bool,
+    knowledge: bool = False,
     self_assessment: float | None = None,
     grounded: bool = True,
 ) -> Score:
@@ -226,7 +268,7 @@ def score_confidence(
     the score: the model's confidence is not evidence the retrieval lacked). An ungrounded reply keeps its
     number; the `coverage` entry records that there is nothing to send, and the decision escalates.
     """
-    model = calibration.model(use_intents)
+    model = calibration.knowledge if knowledge else calibration.model(use_intents)
     raw, breakdown = model.raw(signals)
     calibrated = model.calibrate(raw)
     confidence = calibrated

@@ -1,6 +1,9 @@
 """Risk signals in a ticket that no confidence may override: demands for actions the agent cannot take, prompt
 injection, security / data-loss / outage reports, legal threats and repeated contact about the same problem.
 
+These are the patterns; `agent.scoring.risk_model` is the learned detector beside them, for reports and demands
+in words no pattern lists (both run in `prioritize`).
+
 Patterns are generic phrasings in English, German, Spanish, French and Portuguese, matched on a folded copy of the
 text (NFKC, invisible characters dropped, lower case, accents stripped), so obfuscation the ingest normalizer
 missed, or text that never went through it, is still caught.
@@ -36,8 +39,9 @@ RiskKind = Literal[
     "legal_threat",
     "repeated_contact",
     "data_exfiltration",
+    "account_takeover",
 ]
-# escalate: never sent, no further automatic cycles (a re-run cannot change a demand or an injection).
+# escalate: never sent, no further automatic cycles (a re-run cannot change a demand, a threat or an injection).
 # escalate_urgent: never sent, priority urgent. review: may be sent, but only flagged for a human.
 RiskAction = Literal["escalate", "escalate_urgent", "review"]
 
@@ -51,25 +55,34 @@ ACTIONS: dict[str, RiskAction] = {
     "security_incident": "escalate_urgent",
     "data_loss": "escalate_urgent",
     "outage": "escalate_urgent",
-    "legal_threat": "review",
+    "account_takeover": "escalate_urgent",
+    "legal_threat": "escalate",
     "repeated_contact": "review",
 }
 DEMANDS = frozenset({"refund_demand", "credit_demand", "account_change_demand", "action_demand"})
 # Kinds a later cycle cannot change: escalate once and leave for a person.
 NO_RETRY = DEMANDS | {"prompt_injection", "data_exfiltration"}
-URGENT = frozenset({"security_incident", "data_loss", "outage"})
+URGENT = frozenset({"security_incident", "data_loss", "outage", "account_takeover"})
 
 
 @dataclass(frozen=True, slots=True)
 class Risk:
     kind: RiskKind
     evidence: str
+    # Set by the learned detector (`agent.scoring.risk_model`): its probability of a risk and its threshold.
+    score: float | None = None
+    threshold: float | None = None
 
     @property
     def action(self) -> RiskAction:
         return ACTIONS[self.kind]
 
     def describe(self) -> str:
+        if self.score is not None:
+            return (
+                f"{self.kind.replace('_', ' ')} (learned detector {self.score:.2f} \u2265 {self.threshold or 0:.2f}): "
+                f"\u201c{self.evidence}\u201d"
+            )
         return f"{self.kind.replace('_', ' ')}: \u201c{self.evidence}\u201d"
 
 
@@ -347,7 +360,10 @@ _OUTAGE = _automaton(
     r"\b(?:interrupcao (?:do|no|de) (?:servico|sistema)|fora do ar|(?:servico|servidor|sistema) (?:caiu|indisponivel|esta fora))\b",
 )
 _LEGAL = _automaton(
-    r"\b(?:my |our )?(?:lawyer|lawyers|attorney|attorneys|solicitor|legal counsel|legal team)\b",
+    # A lawyer brought in is a threat; "our legal team needs the DPA" or "our lawyer reviewed the terms" is not.
+    r"\b(?:my|our) (?:lawyer|attorney|solicitor)s? (?:will|is going to|are going to|shall|'ll|has been|have been|is now|are now|will be)\b",
+    r"\b(?:hear|hearing) from (?:my|our) (?:lawyer|attorney|solicitor|legal counsel|legal team|counsel)s?\b",
+    r"\b(?:contact(?:ing)?|call(?:ing)?|involv(?:e|ing)|consult(?:ing)?|hir(?:e|ing)|get|getting|speak(?:ing)? (?:to|with)|talk(?:ing)? to|(?:forward|pass|hand|send|turn)(?:ing)? (?:this|it|the matter|the case|everything) (?:on |over )?to) (?:a|my|our) (?:lawyer|attorney|solicitor|legal counsel|legal team|legal department)s?\b",
     r"\b(?:sue|suing|sued) (?:you|your|the company|them)\b",
     r"\b(?:lawsuit|class action|small claims|legal action|legal proceedings|legal steps|take (?:you|this|the matter) to court)\b",
     r"\b(?:file|filing|open|opening|initiate|start|raise) (?:a |an )?(?:chargeback|charge back|dispute with (?:my|the) (?:bank|card issuer|credit card company))\b",

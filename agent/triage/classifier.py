@@ -1,5 +1,7 @@
 """The routing engine's learned side: category, issue (intent) and priority models fitted on the labelled past
-resolutions, cached per knowledge version and refitted in the background when the history changes.
+resolutions, cached per knowledge version and refitted in the background when the history changes. The knowledge
+base's passages are labelled category examples too (their article's category), so a deployment with a help centre
+and a short history routes from day one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ MIN_INTENT_COVERAGE = 0.5
 MIN_EXAMPLES_PER_ISSUE = 5
 MIN_PRIORITY_LABELS = 30
 NEIGHBOURS_KEPT = 10
+# A KB passage counts as 1 / (1 + history / KB_HALF_WEIGHT_HISTORY) of a past ticket: nearly a full example
+# while the history is a few dozen tickets, a tenth of one at a few thousand, when the tickets themselves say
+# how customers word things. Passages are written by the product team, not by customers.
+KB_HALF_WEIGHT_HISTORY = 500
+MAX_KB_EXAMPLES = 5_000
+
+
+def kb_example_weight(history_size: int) -> float:
+    return 1.0 / (1.0 + history_size / KB_HALF_WEIGHT_HISTORY)
+
+
+def kb_example_weights(categories: Sequence[str], history_size: int) -> np.ndarray:
+    """Each KB passage's weight: `kb_example_weight` on average, with every category's passages together
+    weighing the same. How much a help centre writes per category says nothing about what customers ask."""
+    if not categories:
+        return np.zeros(0)
+    counts = Counter(categories)
+    share = len(categories) / len(counts)
+    return np.array([kb_example_weight(history_size) * share / counts[c] for c in categories])
 
 
 def category_prior(texts: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -98,8 +119,30 @@ def as_array(vector: Any) -> np.ndarray:
 
 
 @dataclass
+class KbExamples:
+    """Knowledge-base passages (title and text) labelled with their article's category."""
+
+    texts: list[str]
+    embeddings: np.ndarray
+    categories: list[str]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Any]) -> KbExamples:
+        if not rows:
+            return cls([], np.zeros((0, 384), dtype=np.float32), [])
+        return cls(
+            texts=[f"{r['title']}\n\n{r['content']}".strip() for r in rows],
+            embeddings=np.stack([as_array(r["embedding"]) for r in rows]),
+            categories=[r["category"] for r in rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
 class History:
-    """Labelled past resolutions as the models see them (most recent first)."""
+    """Labelled past resolutions as the models see them (most recent first), and the KB's category examples."""
 
     ids: list[str]
     texts: list[str]
@@ -108,11 +151,13 @@ class History:
     intents: list[str | None]
     priorities: list[str | None]
     ticket_ids: list[str | None]
+    kb: KbExamples = field(default_factory=lambda: KbExamples.from_rows([]))
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Any]) -> History:
+    def from_rows(cls, rows: Sequence[Any], kb_rows: Sequence[Any] = ()) -> History:
+        kb = KbExamples.from_rows(kb_rows)
         if not rows:
-            return cls([], [], np.zeros((0, 384), dtype=np.float32), [], [], [], [])
+            return cls([], [], np.zeros((0, 384), dtype=np.float32), [], [], [], [], kb)
         return cls(
             ids=[str(r["id"]) for r in rows],
             texts=[r["ticket_text"] for r in rows],
@@ -121,10 +166,21 @@ class History:
             intents=[r["intent"] for r in rows],
             priorities=[r["priority"] for r in rows],
             ticket_ids=[str(r["ticket_id"]) if r["ticket_id"] else None for r in rows],
+            kb=kb,
         )
 
     def __len__(self) -> int:
+        """Past resolutions only: the KB passages are examples, not tickets."""
         return len(self.ids)
+
+    @property
+    def example_texts(self) -> list[str]:
+        """Past tickets, then KB passages: the rows every head indexes into."""
+        return self.texts + self.kb.texts
+
+    @property
+    def example_embeddings(self) -> np.ndarray:
+        return np.vstack([self.embeddings, self.kb.embeddings]) if len(self.kb) else self.embeddings
 
 
 @dataclass
@@ -147,6 +203,8 @@ class RoutingModels:
     features: TextFeatures | None = None
     fitted_at: float = field(default_factory=time.time)
     fit_seconds: float = 0.0
+    # Past tickets then KB passages (`History.example_embeddings`): what a query's similarities are taken to.
+    example_embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), dtype=np.float32))
 
     @classmethod
     def fit(cls, history: History, version: int) -> RoutingModels:
@@ -154,8 +212,11 @@ class RoutingModels:
         features: TextFeatures | None = None
         x_word: Any = None
         x_char: Any = None
-        if len(history):
-            features, x_word, x_char = TextFeatures.fit(history.texts)
+        texts = history.example_texts
+        embeddings = history.example_embeddings
+        if texts:
+            features, x_word, x_char = TextFeatures.fit(texts)
+        weights = np.concatenate([np.ones(len(history)), kb_example_weights(history.kb.categories, len(history))])
 
         def head(labels: Sequence[str | None], allowed: Sequence[str] | None, prior: Any) -> _Head | None:
             rows = np.array(
@@ -164,16 +225,18 @@ class RoutingModels:
             if len(rows) == 0:
                 return None
             classifier = StackedClassifier.fit(
-                [history.texts[i] for i in rows],
-                history.embeddings[rows],
+                [texts[i] for i in rows],
+                embeddings[rows],
                 [str(labels[i]) for i in rows],
                 prior=prior,
                 features=features,
                 matrices=(x_word[rows], x_char[rows]),
+                sample_weight=weights[rows] if len(history.kb) else None,
             )
             return _Head(classifier, rows) if classifier is not None else None
 
-        category = head(history.categories, CATEGORIES, category_prior)
+        # Only the category head learns from the KB: a passage has no issue or priority of its own.
+        category = head([*history.categories, *history.kb.categories], CATEGORIES, category_prior)
         intent = None
         labelled = [v for v in history.intents if v]
         per_issue = sorted(Counter(labelled).values())
@@ -189,12 +252,20 @@ class RoutingModels:
         if sum(1 for v in history.priorities if v) >= MIN_PRIORITY_LABELS:
             priority = head(history.priorities, PRIORITIES, priority_prior)
         models = cls(
-            version=version, history=history, category=category, intent=intent, priority=priority, features=features
+            version=version,
+            history=history,
+            category=category,
+            intent=intent,
+            priority=priority,
+            features=features,
+            example_embeddings=embeddings,
         )
         models.fit_seconds = time.perf_counter() - started
         log.info(
-            "routing models fitted on %d past resolutions (knowledge v%d) in %.1fs: category=%s intent=%s priority=%s",
+            "routing models fitted on %d past resolutions and %d KB passages (knowledge v%d) in %.1fs: "
+            "category=%s intent=%s priority=%s",
             len(history),
+            len(history.kb),
             version,
             models.fit_seconds,
             category is not None,
@@ -211,6 +282,8 @@ class RoutingModels:
         return {
             "knowledge_version": self.version,
             "history": len(self.history),
+            "kb_examples": len(self.history.kb),
+            "kb_example_weight": round(kb_example_weight(len(self.history)), 4),  # the mean; balanced by category
             "category": self.category.classifier.describe() if self.category else None,
             "intent": self.intent.classifier.describe() if self.intent else None,
             "priority": self.priority.classifier.describe() if self.priority else None,
@@ -218,10 +291,11 @@ class RoutingModels:
 
     def predict(self, text: str, embedding: np.ndarray, *, exclude_ticket_id: str | None = None) -> RoutingPrediction:
         query = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-        sims = (query @ self.history.embeddings.T) if len(self.history) else np.zeros((1, 0), dtype=np.float32)
+        examples = self.example_embeddings
+        sims = (query @ examples.T) if len(examples) else np.zeros((1, 0), dtype=np.float32)
         if exclude_ticket_id is not None and len(self.history):
             # A re-run of a ticket that already became history must not find itself.
-            mask = np.array([t == exclude_ticket_id for t in self.history.ticket_ids])
+            mask = np.array([t == exclude_ticket_id for t in self.history.ticket_ids] + [False] * len(self.history.kb))
             sims = np.where(mask[None, :], -1.0, sims)
 
         # One TF-IDF transform serves every head.
@@ -240,21 +314,23 @@ class RoutingModels:
         category_probs, category_views = run(self.category)
         intent_probs, _ = run(self.intent)
         priority_probs, _ = run(self.priority)
+        # Neighbours are past tickets (the first columns), never KB passages.
         neighbours: list[Neighbour] = []
         if len(self.history):
+            ticket_sims = sims[0][: len(self.history)]
             k = min(NEIGHBOURS_KEPT, len(self.history))
-            top = np.argpartition(-sims[0], k - 1)[:k]
-            top = top[np.argsort(-sims[0][top])]
+            top = np.argpartition(-ticket_sims, k - 1)[:k]
+            top = top[np.argsort(-ticket_sims[top])]
             neighbours = [
                 Neighbour(
                     id=self.history.ids[i],
-                    similarity=float(sims[0][i]),
+                    similarity=float(ticket_sims[i]),
                     category=self.history.categories[i],
                     intent=self.history.intents[i],
                     priority=self.history.priorities[i],
                 )
                 for i in top
-                if sims[0][i] > -1.0
+                if ticket_sims[i] > -1.0
             ]
         return RoutingPrediction(
             category_probs=category_probs,
@@ -265,16 +341,30 @@ class RoutingModels:
             model={
                 "knowledge_version": self.version,
                 "history": len(self.history),
+                "kb_examples": len(self.history.kb),
                 "category_weights": self.category.classifier.describe()["weights"] if self.category else None,
             },
         )
 
 
+# Ties (a history loaded in one transaction shares its created_at) break on content, not on random ids: the same
+# rows give the same folds, so the same fit.
 _HISTORY_SQL = """
     SELECT id, ticket_text, category, priority, intent, ticket_id, embedding
-    FROM past_resolutions ORDER BY created_at DESC, id LIMIT $1
+    FROM past_resolutions ORDER BY created_at DESC, content_hash LIMIT $1
 """
-_FINGERPRINT_SQL = "SELECT count(*) AS n, max(created_at) AS latest FROM past_resolutions"
+_KB_EXAMPLES_SQL = """
+    SELECT c.title, c.content, c.embedding, d.category
+    FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id
+    WHERE d.category IS NOT NULL
+    ORDER BY d.updated_at DESC, d.source, c.seq LIMIT $1
+"""
+_FINGERPRINT_SQL = """
+    SELECT (SELECT count(*) FROM past_resolutions), (SELECT max(created_at) FROM past_resolutions),
+           (SELECT count(*) FROM kb_documents WHERE category IS NOT NULL),
+           (SELECT max(updated_at) FROM kb_documents WHERE category IS NOT NULL),
+           (SELECT count(*) FROM kb_chunks)
+"""
 
 
 class RoutingModelCache:
@@ -328,11 +418,12 @@ class RoutingModelCache:
     async def _fit(self, conn: Any, version: int) -> None:
         fingerprint = tuple(await conn.fetchrow(_FINGERPRINT_SQL))
         if self._models is not None and fingerprint == self._fingerprint:
-            # Only the KB changed: the history the models learned from is the same.
+            # Neither the history nor the KB's labelled passages changed (e.g. an article without a category).
             self._models.version = version
             return
         rows = await conn.fetch(_HISTORY_SQL, self.max_rows)
-        history = History.from_rows(rows)
+        kb_rows = await conn.fetch(_KB_EXAMPLES_SQL, MAX_KB_EXAMPLES)
+        history = History.from_rows(rows, kb_rows)
         self._models = await asyncio.to_thread(_fit_on_every_core, history, version)
         self._fingerprint = fingerprint
         self._last_fit = time.monotonic()

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.scoring.risk import URGENT, Risk
+from agent.scoring.risk import DEMANDS, URGENT, Risk
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.keywords import CATEGORIES, PRIORITIES, category_keywords, priority_keywords
+from core.settings import TierPolicy
 
-PAYING_TIERS = frozenset({"starter", "pro", "business", "enterprise"})
+DEFAULT_TIERS = TierPolicy()
 BILLING_EVENTS = {
     "payment_failed": 0.7,
     "refund_issued": 0.6,
@@ -67,9 +68,15 @@ def _softmax(logits: dict[str, float]) -> dict[str, float]:
 
 
 def decide_category(
-    text: str, prediction: RoutingPrediction | None, account: dict[str, Any], *, now: datetime | None = None
+    text: str,
+    prediction: RoutingPrediction | None,
+    account: dict[str, Any],
+    *,
+    now: datetime | None = None,
+    tiers: TierPolicy = DEFAULT_TIERS,
 ) -> dict[str, Any]:
-    """The `classify` output: category, certainty, scores, reasons, keywords, neighbours."""
+    """The `classify` output: category, certainty, scores, reasons, keywords, neighbours. `tiers` says which of
+    the operator's plan names are trials."""
     now = now or datetime.now(UTC)
     keywords = category_keywords(text)
     reasons: list[str] = []
@@ -110,12 +117,13 @@ def decide_category(
             break
     tier = account.get("tier")
     customer_age = _age_days(account.get("customer_since"), now)
-    if tier == "trial" or (customer_age is not None and customer_age <= 30):
+    trial = tiers.is_trial(tier)
+    if trial or (customer_age is not None and customer_age <= 30):
         lowered = text.lower()
         bonus = 0.5 if any(w in lowered for w in _SETUP_WORDS) else 0.2
         logits["onboarding"] += bonus
         reasons.append(
-            ("trial account" if tier == "trial" else f"account {customer_age:.0f} days old") + f": onboarding +{bonus}"
+            (f"trial account ({tier})" if trial else f"account {customer_age:.0f} days old") + f": onboarding +{bonus}"
         )
     for prior in (account.get("prior_tickets") or [])[:5]:
         category = prior.get("category")
@@ -158,8 +166,10 @@ def decide_priority(
     risks: Sequence[Risk],
     *,
     repeated_contact: bool,
+    tiers: TierPolicy = DEFAULT_TIERS,
 ) -> dict[str, Any]:
-    """The `prioritize` output: priority, reasons, signals."""
+    """The `prioritize` output: priority, reasons, signals. `tiers` says which plan names pay and which are the
+    top plans."""
     found = priority_keywords(text)
     incidents = [r for r in risks if r.kind in URGENT]
     learned = {p: v for p, v in (prediction.priority_probs if prediction else {}).items() if p in _LEVEL}
@@ -179,16 +189,23 @@ def decide_priority(
     if incidents:
         priority = "urgent"
         reasons.append("incident report (" + ", ".join(sorted({r.kind for r in incidents})) + "): urgent")
+    demands = sorted({r.kind for r in risks if r.kind in DEMANDS or r.kind == "legal_threat"})
+    if demands and priority == "low":
+        # Low is for enquiries and feature requests; a demand or a threat waits on a person's action.
+        priority = "normal"
+        reasons.append("demand a person must act on (" + ", ".join(demands) + "): at least normal")
     tier = account.get("tier")
     blocked = bool(found["high"])
-    if tier in PAYING_TIERS and blocked and priority != "urgent":
+    # A paying customer blocked is high; a top-plan customer reporting a problem at all is at least normal. An
+    # enquiry or a feature request stays low whatever the plan (the contract: "an enterprise customer blocked").
+    if tiers.is_paying(tier) and blocked and priority != "urgent":
         before = priority
         priority = _raise(priority, "high")
         if priority != before:
-            reasons.append(f"{tier} customer blocked: raised to high")
-    elif tier == "enterprise" and priority == "low":
+            reasons.append(f"paying customer ({tier}) blocked: raised to high")
+    elif tiers.is_top(tier) and priority == "low" and found["normal"]:
         priority = "normal"
-        reasons.append("enterprise customer: at least normal")
+        reasons.append(f"top-plan customer ({tier}) reporting a problem: at least normal")
     if repeated_contact and priority != "urgent":
         before = priority
         priority = PRIORITIES[min(_LEVEL[priority] + 1, _LEVEL["high"])]
@@ -202,6 +219,7 @@ def decide_priority(
             "keywords": {level: terms for level, terms in found.items() if terms},
             "incident": sorted({r.kind for r in incidents}),
             "tier": tier,
+            "paying": tiers.is_paying(tier),
             "blocked": blocked,
             "repeated_contact": repeated_contact,
         },

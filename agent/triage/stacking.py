@@ -57,8 +57,11 @@ def _decision(model: LinearSVC, x: object, classes: np.ndarray) -> np.ndarray:
     return out
 
 
-def knn_scores(sims: np.ndarray, labels: np.ndarray, n_classes: int, k: int = KNN_K) -> np.ndarray:
-    """Log of a similarity-weighted vote of the k nearest labelled examples; `labels` are class indices."""
+def knn_scores(
+    sims: np.ndarray, labels: np.ndarray, n_classes: int, k: int = KNN_K, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Log of a similarity-weighted vote of the k nearest labelled examples; `labels` are class indices,
+    `weights` scale each example's vote (default 1)."""
     n, m = sims.shape
     out = np.full((n, n_classes), np.log(KNN_FLOOR))
     if m == 0:
@@ -67,30 +70,38 @@ def knn_scores(sims: np.ndarray, labels: np.ndarray, n_classes: int, k: int = KN
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     rows = np.arange(n)[:, None]
     top_sims = sims[rows, top]
-    weights = np.exp(KNN_TEMPERATURE * (top_sims - top_sims.max(axis=1, keepdims=True)))
+    votes_of = np.exp(KNN_TEMPERATURE * (top_sims - top_sims.max(axis=1, keepdims=True)))
+    if weights is not None:
+        votes_of = votes_of * weights[top]
     votes = np.zeros((n, n_classes))
-    np.add.at(votes, (np.repeat(np.arange(n), k), labels[top].ravel()), weights.ravel())
+    np.add.at(votes, (np.repeat(np.arange(n), k), labels[top].ravel()), votes_of.ravel())
     votes /= votes.sum(axis=1, keepdims=True)
     result: np.ndarray = np.log(votes + KNN_FLOOR)
     return result
 
 
 def _fit_tied_weights(
-    blocks: list[np.ndarray], y: np.ndarray, n_classes: int, l2: float = 1e-2
+    blocks: list[np.ndarray], y: np.ndarray, n_classes: int, l2: float = 1e-2, sample_weight: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One weight per model and a bias per class minimising the multinomial log loss of sum_m w_m * s_m + b."""
+    """One weight per model and a bias per class minimising the (weighted) multinomial log loss of
+    sum_m w_m * s_m + b."""
     stacked = np.stack(blocks)  # (M, n, C)
     n_models, n = stacked.shape[0], stacked.shape[1]
     rows = np.arange(n)
+    share = None if sample_weight is None else sample_weight / sample_weight.sum()
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[:n_models], theta[n_models:]
         z = np.tensordot(w, stacked, 1) + b
         lse = logsumexp(z, axis=1)
-        value = float((lse - z[rows, y]).mean() + l2 * (b @ b))
+        per_example = lse - z[rows, y]
+        value = float((per_example.mean() if share is None else per_example @ share) + l2 * (b @ b))
         grad_z = np.exp(z - lse[:, None])
         grad_z[rows, y] -= 1.0
-        grad_z /= n
+        if share is None:
+            grad_z /= n
+        else:
+            grad_z *= share[:, None]
         grad_w = np.einsum("mnc,nc->m", stacked, grad_z)
         grad_b = grad_z.sum(axis=0) + 2 * l2 * b
         return value, np.concatenate([grad_w, grad_b])
@@ -200,6 +211,8 @@ class StackedClassifier:
     prior: Prior | None = None
     n_train: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
+    # Per-example weights of the neighbour vote (None: every example counts once).
+    train_weights: np.ndarray | None = None
 
     @classmethod
     def fit(
@@ -213,11 +226,13 @@ class StackedClassifier:
         seed: int = 0,
         features: TextFeatures | None = None,
         matrices: tuple[Any, Any] | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> StackedClassifier | None:
         """Fit on labelled examples; None when there is too little to learn from (fewer than two classes).
 
         `features` and `matrices` (word and char TF-IDF rows of exactly these texts) share one vectorizer
-        between several classifiers of the same history."""
+        between several classifiers of the same history. `sample_weight` weighs examples in every model and in
+        the combination (None: all 1)."""
         y_names = np.asarray(labels, dtype=object).astype(str)
         classes, y = np.unique(y_names, return_inverse=True)
         if len(classes) < 2 or len(y) < MIN_EXAMPLES:
@@ -228,6 +243,7 @@ class StackedClassifier:
         else:
             x_word, x_char = matrices
         emb = np.asarray(embeddings, dtype=np.float32)
+        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         model_names: tuple[str, ...] = ("word", "char", "embedding", "neighbours") + (("prior",) if prior else ())
         prior_scores = prior(text_list, list(classes)) if prior else None
 
@@ -244,25 +260,27 @@ class StackedClassifier:
             for train, test in splitter.split(np.zeros(len(y)), y):
                 if len(np.unique(y[train])) < 2:
                     continue
+                fold_weight = None if sw is None else sw[train]
                 blocks = cls._base(
-                    _svm(0.5).fit(x_word[train], y[train]),
-                    _svm(0.5).fit(x_char[train], y[train]),
-                    _svm(1.0).fit(emb[train], y[train]),
+                    _svm(0.5).fit(x_word[train], y[train], sample_weight=fold_weight),
+                    _svm(0.5).fit(x_char[train], y[train], sample_weight=fold_weight),
+                    _svm(1.0).fit(emb[train], y[train], sample_weight=fold_weight),
                     x_word[test],
                     x_char[test],
                     emb[test],
                     emb[test] @ emb[train].T,
                     y[train],
                     len(classes),
+                    fold_weight,
                 )
                 for i, block in enumerate(blocks):
                     oof[i][test] = block
                 if prior_scores is not None:
                     oof[-1][test] = prior_scores[test]
-            weights, bias = _fit_tied_weights(oof, y, len(classes))
-            word_svm = _svm(0.5).fit(x_word, y)
-            char_svm = _svm(0.5).fit(x_char, y)
-            embedding_svm = _svm(1.0).fit(emb, y)
+            weights, bias = _fit_tied_weights(oof, y, len(classes), sample_weight=sw)
+            word_svm = _svm(0.5).fit(x_word, y, sample_weight=sw)
+            char_svm = _svm(0.5).fit(x_char, y, sample_weight=sw)
+            embedding_svm = _svm(1.0).fit(emb, y, sample_weight=sw)
         return cls(
             classes=classes,
             features=features,
@@ -276,6 +294,7 @@ class StackedClassifier:
             prior=prior,
             n_train=len(y),
             class_counts={str(c): int(n) for c, n in zip(classes, counts, strict=True)},
+            train_weights=sw,
         )
 
     @staticmethod
@@ -289,13 +308,14 @@ class StackedClassifier:
         sims: np.ndarray,
         train_labels: np.ndarray,
         n_classes: int,
+        train_weights: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         classes = np.arange(n_classes)
         return [
             _decision(word_svm, x_word, classes),
             _decision(char_svm, x_char, classes),
             _decision(embedding_svm, emb, classes),
-            knn_scores(sims, train_labels, n_classes),
+            knn_scores(sims, train_labels, n_classes, weights=train_weights),
         ]
 
     def predict(
@@ -320,6 +340,7 @@ class StackedClassifier:
             sims,
             self.train_labels,
             len(self.classes),
+            self.train_weights,
         )
         if self.prior is not None:
             blocks.append(self.prior(text_list, list(self.classes)))

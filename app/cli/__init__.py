@@ -1,4 +1,5 @@
-"""The `deskpilot` command line: serve, worker, migrate, db-url, customers, and the knowledge/agent commands."""
+"""The `deskpilot` command line: serve, worker, migrate, db-url, customers, mailbox, and the knowledge/agent
+commands."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.cli.kb import kb
+from app.cli.mailbox import mailbox
 from app.cli.quality import calibrate, evaluate
+from app.cli.report import report
 from app.cli.startup import (
     configure_logging,
     database_url_or_exit,
     load_settings,
     migrate_or_exit,
-    require_admin_token_off_loopback,
+    require_secrets_off_loopback,
 )
 from core import db
 from core.settings import redact_url
@@ -53,7 +56,8 @@ def main(log_level: str) -> None:
 def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> None:
     """Migrate, then run the API with an in-process worker.
 
-    Off loopback (e.g. --host 0.0.0.0) DESKPILOT_ADMIN_TOKEN is required: without it the command refuses to start.
+    Off loopback (e.g. --host 0.0.0.0) DESKPILOT_ADMIN_TOKEN and DESKPILOT_WEBHOOK_SECRET are required: without
+    either the command refuses to start.
     """
     import uvicorn
 
@@ -62,16 +66,16 @@ def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> 
     if processes > 1 and not no_worker:
         raise click.UsageError("--processes needs --no-worker: run the ticket workers with `deskpilot worker`")
     settings = load_settings()
-    # Before anything is started or bound: an open admin API is acceptable on this machine only.
-    require_admin_token_off_loopback(host, settings)
+    # Before anything is started or bound: an open admin API or unsigned ingest is acceptable on this machine only.
+    require_secrets_off_loopback(host, settings)
     url = database_url_or_exit(settings)
     applied = migrate_or_exit(url)
     if applied:
         click.echo(f"applied migrations: {', '.join(applied)}", err=True)
     if not settings.webhook_secret:
         click.secho(
-            "WARNING: DESKPILOT_WEBHOOK_SECRET is not set: the ingest webhook accepts UNSIGNED requests. "
-            "Set it in production.",
+            "WARNING: DESKPILOT_WEBHOOK_SECRET is not set: the ingest webhook accepts UNSIGNED requests and "
+            "takes the customer they name on trust (serving on a non-loopback address needs it).",
             fg="yellow",
             bold=True,
             err=True,
@@ -140,9 +144,9 @@ def migrate_when_reachable(url: str) -> None:
     supervisor restarting a crashed worker during a database restart), and must not exit then."""
     import time
 
-    from app.worker import TRANSIENT_DB_ERRORS, Backoff
+    from app.worker import TRANSIENT_DB_ERRORS, DatabaseBackoff
 
-    backoff = Backoff(cap_s=10.0)
+    backoff = DatabaseBackoff(cap_s=10.0)
     while True:
         try:
             asyncio.run(db.migrate(url))
@@ -199,6 +203,8 @@ def customers_load(file: Path) -> None:
 main.add_command(kb)
 main.add_command(evaluate, "eval")
 main.add_command(calibrate)
+main.add_command(mailbox)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

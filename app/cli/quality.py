@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from agent.scoring.confidence import CALIBRATION_PATH
+from agent.scoring.confidence import CALIBRATION_PATH, Calibration
+from app.cli.report import calibrate_from_reviews
 from app.cli.startup import load_settings
 
 
@@ -92,6 +93,69 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(f"history: {report.get('history')}; timings: {report.get('timings')}")
 
 
+def print_deployment_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    kinds = report.get("by_kind") or {}
+    answerable = kinds.get("answerable") or {}
+    table = Table(title=f"DeskPilot deployment evaluation: {report.get('dataset')}  (n={report['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    right = f" ({answerable.get('answered_right')}/{answerable.get('n')})" if answerable else ""
+    table.add_row("answered right (answerable, reply sent)", _fmt(report["answered_right_rate"]) + right)
+    table.add_row("replied right (answerable, any decision)", _fmt(report["replied_right_rate"]))
+    table.add_row(
+        "auto-resolve rate (all / answerable)",
+        f"{_fmt(report['auto_resolve_rate'])} / {_fmt(report['auto_resolve_rate_answerable'])}",
+    )
+    table.add_row("auto-resolve precision", _fmt(report["auto_resolve_precision"]))
+    table.add_row("flag rate / precision", f"{_fmt(report['flag_rate'])} / {_fmt(report['flag_precision'])}")
+    table.add_row("escalate rate", _fmt(report["escalate_rate"]))
+    table.add_row(
+        "not covered, auto-resolved (sent at all)", f"{report['not_covered_auto']} ({report['not_covered_sent']})"
+    )
+    table.add_row("must escalate, reply sent", str(report["must_escalate_replied"]))
+    table.add_row("category accuracy", _fmt(report["category_accuracy"]))
+    table.add_row("priority accuracy", _fmt(report["priority_accuracy"]))
+    table.add_row("ECE (10 bins)", _fmt(report["ece"], False))
+    table.add_row("tickets/s", _fmt(report["tickets_per_second"], False))
+    console.print(table)
+    per_kind = Table(title="by kind")
+    for column in ("kind", "n", "deliver", "flag", "escalate", "answered right", "category", "priority"):
+        per_kind.add_column(column, justify="left" if column == "kind" else "right")
+    for kind, row in kinds.items():
+        per_kind.add_row(
+            kind,
+            str(row["n"]),
+            str(row["deliver"]),
+            str(row["flag_for_review"]),
+            str(row["escalate"]),
+            "" if row["answered_right"] is None else str(row["answered_right"]),
+            _fmt(row["category_accuracy"]),
+            _fmt(row["priority_accuracy"]),
+        )
+    console.print(per_kind)
+    failures = report.get("failures") or []
+    if failures:
+        listing = Table(title=f"failures ({len(failures)})")
+        for column in ("id", "kind", "decision", "confidence", "why", "missing facts"):
+            listing.add_column(column)
+        for failure in failures:
+            listing.add_row(
+                failure["id"],
+                failure["kind"],
+                failure["decision"],
+                f"{failure['confidence']:.3f}",
+                failure["reason"],
+                "; ".join(failure["missing_facts"]),
+            )
+        console.print(listing)
+    console.print(f"rightness: {report.get('rightness')}")
+    console.print(f"deployment: {report.get('deployment')}; timings: {report.get('timings')}")
+
+
 @click.command("eval")
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -111,6 +175,12 @@ def print_report(report: dict[str, Any]) -> None:
 )
 @click.option("--limit", type=click.IntRange(1), help="Use at most N rows of DATASET (a deterministic sample).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split and the sample.")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="DATASET is a deployment-shaped set (ingest payloads plus `expect`): run it against the demo KB, history "
+    "and customers in a scratch database.",
+)
 def evaluate(
     dataset: Path,
     history: Path | None,
@@ -119,11 +189,17 @@ def evaluate(
     holdout: float,
     limit: int | None,
     seed: int,
+    demo: bool,
 ) -> None:
     """Run labelled tickets through routing and the agent without delivering; print the quality report."""
     from agent.quality.evaluation import evaluate as run_evaluation
     from agent.quality.evaluation import finite
 
+    if demo:
+        if history is not None or kb is not None:
+            raise click.UsageError("--demo brings its own knowledge base and history: drop --history and --kb")
+        _evaluate_deployment(dataset, json_out)
+        return
     settings = _settings()
     bars = _Bars()
     with bars.progress:
@@ -145,7 +221,53 @@ def evaluate(
         click.echo(f"report written to {json_out}")
 
 
+def _evaluate_deployment(dataset: Path, json_out: Path | None) -> None:
+    from agent.quality.evaluation import evaluate_deployment, finite
+    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+
+    settings = _settings()
+    bars = _Bars()
+    try:
+        with bars.progress:
+            run = asyncio.run(
+                evaluate_deployment(
+                    dataset,
+                    settings=settings,
+                    examples=EXAMPLES_DIR,
+                    newest_event_at=demo_newest_event_at(),
+                    progress=bars,
+                )
+            )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_deployment_report(run.report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(finite(run.report), indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"report written to {json_out}")
+
+
 @click.command("calibrate")
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="Refit on this deployment's reviewed decisions instead (versioned in the database, activated only when "
+    "better on the held-out reviews).",
+)
+@click.option(
+    "--holdout-share",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0.05, 0.9),
+    help="With --from-reviews: share of the reviews held out to compare the refit with the current calibration.",
+)
+@click.option(
+    "--min-reviews",
+    default=100,
+    show_default=True,
+    type=click.IntRange(10),
+    help="With --from-reviews: below this many reviews the current calibration stays.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --from-reviews: print the result as JSON.")
 @click.option(
     "--history",
     "histories",
@@ -167,16 +289,33 @@ def evaluate(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Refit from rows saved by --save-signals instead of running the graph.",
 )
+@click.option(
+    "--deployment",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fit only the knowledge-base replies' mapping, on this deployment-shaped set against the demo deployment.",
+)
 def calibrate(
     histories: tuple[Path, ...],
+    deployment: Path | None,
     out: Path,
     folds: int,
     limit: int | None,
     seed: int,
     save_signals: Path | None,
     from_signals: Path | None,
+    from_reviews: bool,
+    holdout_share: float,
+    min_reviews: int,
+    as_json: bool,
 ) -> None:
-    """Fit the confidence calibration on held-out folds of labelled history and write it as JSON."""
+    """Fit the confidence calibration on held-out folds of labelled history and write it as JSON (or, with
+    --from-reviews, refit it on this deployment's reviews)."""
+    if from_reviews:
+        calibrate_from_reviews(holdout_share=holdout_share, min_reviews=min_reviews, as_json=as_json)
+        return
+    if deployment is not None:
+        calibrate_knowledge(deployment, out)
+        return
     from agent.quality.calibration import fit_calibration, fit_from_signals
 
     if from_signals is not None:
@@ -207,6 +346,33 @@ def calibrate(
                     signals_out=save_signals,
                 )
             )
+    # The history fit leaves the knowledge-base replies' mapping (`--deployment`) as it was.
+    calibration.knowledge = Calibration.load(out).knowledge
     calibration.save(out)
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"calibration written to {out}")
+
+
+def calibrate_knowledge(dataset: Path, out: Path) -> None:
+    """`deskpilot calibrate --deployment FILE`: refit the knowledge-base replies' mapping, keep the others."""
+    from agent.quality.calibration import fit_knowledge_calibration
+    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+
+    settings = _settings()
+    bars = _Bars()
+    with bars.progress:
+        model, summary = asyncio.run(
+            fit_knowledge_calibration(
+                dataset,
+                settings=settings,
+                examples=EXAMPLES_DIR,
+                newest_event_at=demo_newest_event_at(),
+                progress=bars,
+            )
+        )
+    calibration = Calibration.load(out)
+    calibration.knowledge = model
+    calibration.meta.setdefault("summary", {})["knowledge"] = summary
+    calibration.save(out)
+    click.echo(json.dumps({"knowledge": summary}, indent=2))
+    click.echo(f"knowledge-base mapping written to {out}")

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from app.observability import install_log_redaction
 from core import db
 from core.settings import Settings, SettingsError
 
@@ -40,6 +41,8 @@ def configure_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Callback and model URLs can carry tokens in their query: the HTTP clients' log lines go without them.
+    install_log_redaction()
 
 
 def is_loopback_host(host: str) -> bool:
@@ -53,12 +56,26 @@ def is_loopback_host(host: str) -> bool:
         return False  # a hostname or a wildcard (0.0.0.0, ::) may be reachable from anywhere
 
 
-def require_admin_token_off_loopback(host: str, settings: Settings) -> None:
-    """The admin API and console are open without DESKPILOT_ADMIN_TOKEN; that is allowed on loopback only."""
-    if settings.admin_token or is_loopback_host(host):
+def require_secrets_off_loopback(host: str, settings: Settings) -> None:
+    """Off loopback both secrets are required: without DESKPILOT_ADMIN_TOKEN the admin API and console are open,
+    without DESKPILOT_WEBHOOK_SECRET anyone who reaches the port can post tickets as any customer. Names each one
+    that is missing."""
+    if is_loopback_host(host):
         return
+    missing = {
+        "DESKPILOT_ADMIN_TOKEN": "the admin API and the console would be open to anyone who can reach this port "
+        "(clients send `Authorization: Bearer <token>`)",
+        "DESKPILOT_WEBHOOK_SECRET": "anyone who can reach this port could post tickets as any customer "
+        "(integrations sign each request, Standard Webhooks)",
+    }
+    if settings.admin_token:
+        del missing["DESKPILOT_ADMIN_TOKEN"]
+    if settings.webhook_secret:
+        del missing["DESKPILOT_WEBHOOK_SECRET"]
+    if not missing:
+        return
+    reasons = "; ".join(f"without {name}, {why}" for name, why in missing.items())
     raise click.ClickException(
-        f"refusing to serve on {host} without DESKPILOT_ADMIN_TOKEN: the admin API and the console would be "
-        "open to anyone who can reach this port. Set DESKPILOT_ADMIN_TOKEN (a long random string; clients send "
-        "`Authorization: Bearer <token>`), or bind to 127.0.0.1."
+        f"refusing to serve on {host} without {' and '.join(missing)}: {reasons}. "
+        f"Set {' and '.join(missing)} (long random strings), or bind to 127.0.0.1."
     )

@@ -6,22 +6,28 @@ from typing import Any
 
 from app.controllers.customer_messages import CustomerMessagesController
 from app.controllers.customers import CustomerController
+from app.controllers.golive import GoLiveController
 from app.controllers.health import HealthController
+from app.controllers.inbound import InboundController
 from app.controllers.ingest import IngestController
 from app.controllers.knowledge import KnowledgeController
 from app.controllers.review import ReviewController
 from app.controllers.support_health import SupportHealthController
 from app.controllers.tickets import TicketController
 from app.controllers.web import web_router
+from app.controllers.widget import WidgetController
 
 ROUTE_HANDLERS: list[Any] = [
     HealthController,
     IngestController,
+    InboundController,
     TicketController,
     CustomerController,
     web_router,
     ReviewController,
+    GoLiveController,
     SupportHealthController,
     CustomerMessagesController,
     KnowledgeController,
+    WidgetController,
 ]

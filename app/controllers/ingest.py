@@ -14,19 +14,20 @@ from litestar.openapi.spec import Example, OpenAPIMediaType, Operation, RequestB
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from app.plugin import Runtime
+from app.controllers.email_intake import accept_email, http_error, parse_off_loop, read_body
+from app.runtime import Runtime
 from core.errors import (
     DeskPilotError,
-    InvalidInput,
-    MalformedRequest,
-    PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
     problem_responses,
 )
+from core.settings import Settings
+from ingest.inbound import mime_limits
+from ingest.mime import IgnoredEmail, parse_mime
 from ingest.schemas import IngestPayload, NormalizedTicket, PayloadError, normalize_payload, parse_payload
 from ingest.signatures import SignatureError, verify_webhook
-from ingest.store import ingest_once
+from ingest.store import IngestResult, ingest_once
 
 _STRING = Schema(type=OpenAPIType.STRING)
 
@@ -50,7 +51,8 @@ def _payload_schema() -> Schema:
             "metadata": Schema(type=OpenAPIType.OBJECT),
             "thread_ref": Schema(
                 one_of=[_STRING, Schema(type=OpenAPIType.NULL)],
-                description="external id or ticket id of the ticket this follows up on",
+                description="external id or ticket id of the same customer's ticket this follows up on "
+                "(another customer's ticket is never joined: the message becomes a new ticket)",
             ),
             "message_id": Schema(
                 one_of=[_STRING, Schema(type=OpenAPIType.NULL)], description="email Message-ID (email bridge)"
@@ -82,7 +84,15 @@ class IngestOperation(Operation):
                             }
                         )
                     },
-                )
+                ),
+                "message/rfc822": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        format="binary",  # type: ignore[arg-type]
+                        description="A whole RFC 5322 email; its Message-ID is the idempotency key. Auto-replies "
+                        "and bounces are answered 200 {ignored: true, reason} and never become tickets.",
+                    )
+                ),
             },
         )
 
@@ -115,6 +125,18 @@ class IngestAccepted(msgspec.Struct, kw_only=True, omit_defaults=True):
     message_id: str | None = None
 
 
+class EmailIgnored(msgspec.Struct, kw_only=True):
+    """An auto-reply or bounce: answered 200 so the sender does not retry, and never a ticket."""
+
+    ignored: bool
+    reason: str
+    detail: str
+
+
+# What an email door answers with 200: a duplicate's original ticket, or an ignored auto-reply (for OpenAPI).
+EMAIL_ANSWER: Any = IngestAccepted | EmailIgnored
+
+
 def _parse_and_normalize(raw: bytes) -> tuple[IngestPayload, dict[str, Any], NormalizedTicket]:
     payload, raw_object = parse_payload(raw)
     return payload, raw_object, normalize_payload(payload)
@@ -128,14 +150,20 @@ class IngestController(Controller):
         "/ingest",
         operation_id="ingestTicket",
         responses={
-            200: ResponseSpec(data_container=IngestAccepted, description="Duplicate: the original ticket"),
-            **problem_responses(400, 401, 409, 413, 415, 422, 503),
+            200: ResponseSpec(
+                data_container=EMAIL_ANSWER,
+                generate_examples=False,
+                description="Duplicate: the original ticket; or an email that is an auto-reply or bounce (ignored)",
+            ),
+            **problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
         },
         summary="Receive a support ticket or a follow-up message",
         operation_class=IngestOperation,
         status_code=HTTP_201_CREATED,
+        # The limit depends on the content type (JSON or a whole email): `read_body` enforces it.
+        request_max_body_size=None,
     )
-    async def ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[IngestAccepted]:
+    async def ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[Any]:
         metrics = runtime.metrics
         try:
             response = await self._ingest(request, runtime)
@@ -144,22 +172,16 @@ class IngestController(Controller):
             raise
         return response
 
-    async def _ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[IngestAccepted]:
+    async def _ingest(self, request: Request[Any, Any, Any], runtime: Runtime) -> Response[Any]:
         settings = runtime.settings
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise PayloadTooLarge(f"the request body is over the {settings.max_body_bytes}-byte limit")
-        raw = await request.body()
-        if len(raw) > settings.max_body_bytes:
-            raise PayloadTooLarge(f"the request body is over the {settings.max_body_bytes}-byte limit")
-        if settings.webhook_secret:
-            # Authenticate before parsing anything: unsigned input is not even looked at.
-            try:
-                verify_webhook(settings.webhook_secret, request.headers, raw)
-            except SignatureError as exc:
-                raise Unauthorized(f"webhook signature rejected: {exc.reason}") from None
+        if _content_type_is_rfc822(request.headers.get("content-type", "")):
+            return await _ingest_rfc822(request, runtime)
+        raw = await read_body(request, settings.max_body_bytes, "request body")  # 413 above the limit
+        _authenticate(settings, request, raw)
         if not _content_type_is_json(request.headers.get("content-type", "")):
-            raise UnsupportedMediaType("send the ticket as application/json (UTF-8)", field="content-type")
+            raise UnsupportedMediaType(
+                "send the ticket as application/json (UTF-8), or an email as message/rfc822", field="content-type"
+            )
         try:
             if len(raw) > _INLINE_PARSE_BYTES:
                 # Hostile HTML can take a parser a noticeable fraction of a second: keep the event loop free.
@@ -167,11 +189,13 @@ class IngestController(Controller):
             else:
                 _, raw_object, ticket = _parse_and_normalize(raw)
         except PayloadError as exc:
-            error_type = MalformedRequest if exc.status == 400 else InvalidInput
-            raise error_type(exc.detail, field=exc.field) from None
+            raise http_error(exc) from None
         pool: asyncpg.Pool = runtime.require_pool()
         async with pool.acquire() as conn:
-            result = await ingest_once(conn, ticket, raw_object)
+            # Signed: the integration that holds the secret vouches for the customer it names.
+            result = await ingest_once(
+                conn, ticket, raw_object, settings=settings, customer_verified=bool(settings.webhook_secret)
+            )
         if result.duplicate:
             runtime.metrics.ingest_duplicates.inc()
             return Response(IngestAccepted(**result.to_json()), status_code=HTTP_200_OK)
@@ -180,3 +204,40 @@ class IngestController(Controller):
         else:
             runtime.metrics.tickets_ingested.labels(ticket.channel).inc()
         return Response(IngestAccepted(**result.to_json()), status_code=HTTP_201_CREATED)
+
+
+# --- raw email (message/rfc822) -----------------------------------------------------------------------------
+
+
+def _authenticate(settings: Settings, request: Request[Any, Any, Any], raw: bytes) -> None:
+    if settings.webhook_secret:
+        # Authenticate before parsing anything: unsigned input is not even looked at.
+        try:
+            verify_webhook(settings.webhook_secret, request.headers, raw)
+        except SignatureError as exc:
+            raise Unauthorized(f"webhook signature rejected: {exc.reason}") from None
+
+
+def _content_type_is_rfc822(value: str) -> bool:
+    return value.partition(";")[0].strip().lower() == "message/rfc822"
+
+
+def email_response(outcome: IngestResult | IgnoredEmail) -> Response[Any]:
+    """The answer to an inbound email, whichever door it came through: 201 a new ticket or follow-up, 200 a
+    duplicate (the original ticket), 200 `{"ignored": true, "reason"}` for an auto-reply or bounce."""
+    if isinstance(outcome, IgnoredEmail):
+        return Response(EmailIgnored(ignored=True, reason=outcome.reason, detail=outcome.detail), status_code=200)
+    status = HTTP_200_OK if outcome.duplicate else HTTP_201_CREATED
+    return Response(IngestAccepted(**outcome.to_json()), status_code=status)
+
+
+async def _ingest_rfc822(request: Request[Any, Any, Any], runtime: Runtime) -> Response[Any]:
+    """A whole RFC 5322 message (Cloudflare Email Workers, SES via SNS, Mailgun's MIME routes): the same
+    signature rules as JSON, its own size limit (DESKPILOT_MAX_EMAIL_BYTES); the Message-ID is the idempotency
+    key."""
+    settings = runtime.settings
+    raw = await read_body(request, settings.max_email_bytes, "message")
+    _authenticate(settings, request, raw)
+    limits = mime_limits(settings)
+    parsed = await parse_off_loop(lambda: parse_mime(raw, limits=limits), len(raw))
+    return email_response(await accept_email(runtime, parsed, len(raw)))

@@ -22,7 +22,7 @@ from tickets import reads as tickets
 
 class ReviewIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """approve: send the latest draft; edit: send `text` instead; reject: send nothing (`close` closes it
-    too).
+    too). `reason` (why the draft was wrong) is required with reject, optional with edit.
     """
 
     action: Literal["approve", "edit", "reject"]
@@ -30,6 +30,7 @@ class ReviewIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     note: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     close: bool = False
     reviewer: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    reason: review.ReviewReason | None = None
 
 
 class ReviewController(Controller):
@@ -65,7 +66,12 @@ class ReviewController(Controller):
         self, pool: asyncpg.Pool, settings: Settings, ticket_id: UUID, data: ReviewIn
     ) -> dict[str, Any]:
         request = review.ReviewRequest(
-            action=data.action, text=data.text, note=data.note, close=data.close, reviewer=data.reviewer
+            action=data.action,
+            text=data.text,
+            note=data.note,
+            close=data.close,
+            reviewer=data.reviewer,
+            reason=data.reason,
         )
         return await review.submit_review(pool, settings, ticket_id, request)
 

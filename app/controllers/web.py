@@ -18,7 +18,16 @@ from litestar.exceptions import ValidationException
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
-from app.plugin import ADMIN_COOKIE, admin_authenticated, admin_token_valid
+from app.controllers.golive import request_actor
+from app.plugin import (
+    ADMIN_COOKIE,
+    admin_authenticated,
+    admin_authorized,
+    admin_token_valid,
+    client_address,
+    revoke_session,
+    runtime_of_state,
+)
 from app.web import STATIC_DIR, console
 from app.web.security import (
     CSRF_COOKIE,
@@ -36,6 +45,7 @@ from app.web.security import (
 )
 from app.web.trace_view import present_trace
 from core.errors import DeskPilotError, InvalidInput, NotFound
+from review import golive, modes
 from review import submit as review
 from tickets import reads as tickets
 from tickets import trace
@@ -104,6 +114,14 @@ class ReviewForm:
     text: str = ""
     note: str = ""
     close: str = ""
+    reason: str = ""
+    csrf_token: str = ""
+
+
+@dataclass
+class ModeForm:
+    mode: str = ""
+    category: str = ""
     csrf_token: str = ""
 
 
@@ -194,6 +212,44 @@ class ConsoleController(Controller):
             section="review",
         )
 
+    @get("/console/go-live", name="console-go-live")
+    async def go_live(
+        self, request: Request[Any, Any, Any], pool: asyncpg.Pool, switched: str | None = None
+    ) -> Template:
+        settings = settings_of(request)
+        async with pool.acquire() as conn:
+            report = await golive.build_go_live_report(conn, settings)
+            mode_view = await modes.mode_view(conn, settings.mode)
+            audit = await modes.audit_log(conn, limit=20)
+        notice = f"Mode set: {switched}." if switched and len(switched) <= 60 and switched.isprintable() else None
+        return render(
+            request,
+            "go_live.html",
+            {"report": golive.report_as_dict(report), "modes": mode_view, "audit": audit, "notice": notice},
+            section="go-live",
+        )
+
+    @post("/console/mode", name="console-mode", status_code=303)
+    async def mode_action(
+        self,
+        request: Request[Any, Any, Any],
+        pool: asyncpg.Pool,
+        data: Annotated[ModeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Redirect:
+        require_csrf(request, data.csrf_token)
+        settings = settings_of(request)
+        async with pool.acquire() as conn:
+            change = await modes.set_mode(
+                conn,
+                mode=data.mode,
+                category=data.category or None,
+                actor=request_actor(request, settings, None),
+                default=settings.mode,
+            )
+        scope = "deployment" if change["scope"] == modes.DEPLOYMENT else change["scope"]
+        switched = f"{scope} {change['to']}"
+        return Redirect(f"/console/go-live?{urlencode({'switched': switched})}", status_code=303)
+
     @get("/traces/{ticket_id:uuid}", name="trace")
     async def trace_page(
         self,
@@ -236,6 +292,11 @@ class ConsoleController(Controller):
             note=data.note.strip() or None,
             close=data.close == "on",
             reviewer="console",
+            # The form always posts its select; an approve ignores it.
+            reason=cast(
+                review.ReviewReason | None,
+                one_of("reason", data.reason, review.REVIEW_REASONS) if action != "approve" else None,
+            ),
         )
         await review.submit_review(pool, settings_of(request), ticket_id, decision)
         return Redirect(f"/traces/{ticket_id}?{urlencode({'reviewed': action})}", status_code=303)
@@ -248,7 +309,7 @@ class SessionController(Controller):
     async def login_form(self, request: Request[Any, Any, Any], next: str | None = None) -> Template | Redirect:
         settings = settings_of(request)
         target = safe_next(next)
-        if not settings.admin_token or admin_authenticated(request):
+        if not settings.admin_token or await admin_authorized(request):
             return Redirect(target, status_code=303)  # nothing to sign in to, or signed in already
         return render(request, "login.html", {"next_path": target, "error": None})
 
@@ -263,13 +324,19 @@ class SessionController(Controller):
         target = safe_next(data.next)
         if not settings.admin_token:
             return Redirect(target, status_code=303)
+        # Failed sign-ins per client address: slowed down, then refused with 429 (`app.ratelimit`).
+        limiter = runtime_of_state(request.app.state).auth_limiter
+        address = client_address(request)
+        limiter.check(address)
         if not admin_token_valid(settings, data.token.strip() or None):
+            await limiter.failed(address)
             return render(
                 request,
                 "login.html",
                 {"next_path": target, "error": "That token is not valid."},
                 status_code=401,
             )
+        limiter.succeeded(address)
         return Redirect(
             target,
             status_code=303,
@@ -277,21 +344,25 @@ class SessionController(Controller):
         )
 
     @get("/logout", name="logout-link")
-    async def logout_link(self) -> Redirect:
-        return signed_out()
+    async def logout_link(self, request: Request[Any, Any, Any], pool: asyncpg.Pool) -> Redirect:
+        return await signed_out(request, pool)
 
     @post("/logout", name="logout", status_code=303)
     async def logout(
         self,
         request: Request[Any, Any, Any],
+        pool: asyncpg.Pool,
         data: Annotated[LogoutForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Redirect:
         require_csrf(request, data.csrf_token)
-        return signed_out()
+        return await signed_out(request, pool)
 
 
-def signed_out() -> Redirect:
-    # Signing out is harmless to trigger, so GET works too; the cookie is dropped either way.
+async def signed_out(request: Request[Any, Any, Any], pool: asyncpg.Pool) -> Redirect:
+    # Signing out is harmless to trigger, so GET works too. The session is revoked server-side (a copy of the
+    # cookie stops working too), and the browser's cookie is dropped.
+    async with pool.acquire() as conn:
+        await revoke_session(conn, settings_of(request), request.cookies.get(ADMIN_COOKIE))
     response = Redirect("/login", status_code=303)
     response.delete_cookie(ADMIN_COOKIE, path="/")
     return response

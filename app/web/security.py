@@ -1,5 +1,8 @@
 """Protections of the HTML pages: security headers, the admin login guard and CSRF tokens for the forms.
 
+Signing out revokes the session server-side (`app.plugin.revoke_session`, table `revoked_sessions`): a copied
+cookie stops working at once, not when its 12 hours are up.
+
 The pages are cookie-authenticated (`deskpilot_admin`, HttpOnly, SameSite=Strict), so every state-changing
 form also carries a CSRF token: a random per-browser cookie and, in the form, an HMAC of it keyed by the admin
 token (plain double-submit when no token is configured and the console is open anyway).
@@ -19,7 +22,7 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.plugin import ADMIN_COOKIE, SESSION_MAX_AGE_S, admin_authenticated, runtime_of_state, session_cookie_value
+from app.plugin import ADMIN_COOKIE, SESSION_MAX_AGE_S, admin_authorized, runtime_of_state, session_cookie_value
 from core.settings import Settings
 
 CSRF_COOKIE = "deskpilot_csrf"
@@ -76,9 +79,10 @@ def settings_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Settings:
     return runtime_of_state(connection.app.state).settings
 
 
-def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Pages need the admin token (a bearer header, or the session cookie from /login) when one is configured."""
-    if not admin_authenticated(connection):
+async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Pages need the admin token (a bearer header, or a session cookie from /login that was not signed out) when
+    one is configured."""
+    if not await admin_authorized(connection):
         target = connection.url.path
         if connection.url.query:
             target += "?" + connection.url.query

@@ -36,8 +36,12 @@ def review_target(attempts: list[dict[str, Any]]) -> dict[str, Any]:
         if attempt.get("state") not in ("running", "abandoned"):
             draft_step = next((s for s in attempt.get("steps") or [] if s["node"] == "draft"), None)
             step_draft = (draft_step.get("output") or {}).get("draft") if draft_step else None
-            return {"decision": attempt.get("decision"), "draft": attempt.get("draft") or step_draft}
-    return {"decision": None, "draft": None}
+            return {
+                "decision": attempt.get("decision"),
+                "draft": attempt.get("draft") or step_draft,
+                "mode": attempt.get("mode"),
+            }
+    return {"decision": None, "draft": None, "mode": None}
 
 
 def ticket_state(ticket: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:

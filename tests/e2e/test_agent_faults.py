@@ -44,7 +44,6 @@ from app.asgi import create_app
 from core.metrics import Metrics
 from core.settings import PROJECT_ROOT, Settings
 from ingest.signatures import verify_webhook
-from tests.conftest import empty_data_tables, load_example_resolutions
 from tests.support.agent_worker import KILL_MARK, PAUSE_MARK, POINTS, AgentWorkerProcess
 from tests.support.http_receiver import HttpReceiver, ReceivedRequest
 from tests.support.server import free_port
@@ -128,14 +127,6 @@ def smtp_sink() -> Iterator[SmtpSink]:
 # --- seeding and posting --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-async def history(pool: asyncpg.Pool, embedder: Any) -> None:
-    """Empty tables, then the example past resolutions through the real loader (`deskpilot kb load`)."""
-    await empty_data_tables(pool)
-    async with pool.acquire() as conn:
-        await load_example_resolutions(conn, embedder)
-
-
 def worker_env(database_url: str, sink: SmtpSink, data_dir: Path) -> dict[str, str]:
     return {
         "DESKPILOT_DATABASE_URL": database_url,
@@ -204,7 +195,7 @@ class NodeKills:
 
 @pytest.fixture(scope="module")
 async def node_kills(
-    history: None, pool: asyncpg.Pool, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    history: int, pool: asyncpg.Pool, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> NodeKills:
     """One victim per point, all at once (each takes one ticket, concurrency 1, and dies on it), then one
     `deskpilot worker` that rescues whatever they left. Victims do not send mail: a victim still alive could
@@ -356,7 +347,7 @@ async def answer_in_this_process(pool: asyncpg.Pool, settings: Settings, embedde
     "moment", ["DATA", "QUIT"], ids=["killed-while-the-server-holds-the-data", "killed-after-the-250"]
 )
 async def test_a_worker_killed_inside_smtp_delivery_resends_with_the_same_message_id(
-    history: None,
+    history: int,
     pool: asyncpg.Pool,
     database_url: str,
     embedder: Any,
@@ -445,7 +436,7 @@ def kill_once(pid: int, seen_at: list[float]) -> Callable[[ReceivedRequest], Non
     ids=["killed-while-the-receiver-holds-the-request", "killed-after-the-2xx"],
 )
 async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_webhook_id(
-    history: None,
+    history: int,
     pool: asyncpg.Pool,
     database_url: str,
     embedder: Any,
@@ -465,6 +456,7 @@ async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_web
         "DESKPILOT_POLL_INTERVAL": "0.5",
         "DESKPILOT_CALLBACK_SECRET": CALLBACK_SECRET,
         "DESKPILOT_ALLOW_PRIVATE_CALLBACKS": "true",
+        "DESKPILOT_CALLBACK_HOSTS": "127.0.0.1",  # the ticket's own callback URL, on loopback
     }
     killed_at: list[float] = []
     victim: AgentWorkerProcess | None = None
@@ -478,7 +470,7 @@ async def test_a_worker_killed_inside_webhook_delivery_resends_with_the_same_web
             channel="webhook",
             metadata={"callback_url": receiver.url(CALLBACK_PATH)},
         )
-        await answer_in_this_process(pool, make_settings(), embedder)
+        await answer_in_this_process(pool, make_settings(DESKPILOT_CALLBACK_HOSTS="127.0.0.1"), embedder)
         victim = await AgentWorkerProcess.start_cli(env, tmp_path / "victim.log", concurrency=1)
         # Armed long before the victim can reach the receiver: it is still starting Python.
         hook = kill_once(victim.pid, killed_at)
@@ -540,7 +532,7 @@ PAUSE_POINT = "after:draft"
 
 
 async def test_a_real_agent_worker_paused_past_its_lease_sends_nothing_after_it_resumes(
-    history: None, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    history: int, pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
     """A real agent worker stops itself (SIGSTOP, heartbeats and all) once `draft` is done, before its decision.
     Its lease runs out; `deskpilot worker` takes the ticket over and answers it. Resumed, the paused worker runs
@@ -654,7 +646,7 @@ def lease_run_out(pool: asyncpg.Pool, ticket_id: UUID) -> Callable[[], Awaitable
 
 
 async def test_a_ticket_that_kills_every_worker_is_parked_and_the_rest_flow(
-    history: None, pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    history: int, pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
     """Every worker that runs one ticket dies on it (SIGKILL once `classify` is done with it), as a ticket that
     crashes the interpreter or exhausts memory would; a normal ticket is posted alongside. As a supervisor

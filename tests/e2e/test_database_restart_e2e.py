@@ -14,7 +14,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ import pytest
 
 from core import db
 from core.settings import PROJECT_ROOT, Settings
-from tests.conftest import load_example_resolutions
 from tests.support.fake_openai import FakeOpenAI, reply_json, slow
+from tests.support.knowledge import load_example_resolutions
 from tests.support.pg import ThrowawayPostgres
 from tests.support.server import ServerProcess
 from tests.support.workers import eventually, truthy
@@ -47,13 +46,6 @@ ANSWER = reply_json(
         "needs_human": False,
     }
 )
-
-
-@pytest.fixture
-def throwaway_pg() -> Iterator[ThrowawayPostgres]:
-    server = ThrowawayPostgres()
-    yield server
-    server.cleanup()
 
 
 async def seed_history(url: str, embedder: Any) -> None:

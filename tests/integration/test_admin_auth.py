@@ -30,12 +30,13 @@ ADMIN_SETTINGS = Settings(admin_token=ADMIN_TOKEN)
 SESSION = session_cookie_value(ADMIN_SETTINGS)
 INGEST = "/api/webhooks/support/ingest"
 
-# Public on purpose: liveness and metrics for probes and scrapers, the schema, the webhook (it has its own
-# signature check), the sign-in form and sign-out, and the console's static assets.
-PUBLIC_PATHS = {"/health", "/metrics", INGEST, "/login", "/logout"}
+# Public on purpose: liveness for probes (reduced to status and database without the token), the schema, the
+# webhook (it has its own signature check), the sign-in form and sign-out, and the console's static assets.
+PUBLIC_PATHS = {"/health", INGEST, "/login", "/logout"}
 PUBLIC_PREFIXES = ("/schema", "/static/")
-# Protected: the JSON admin API answers 401; the console pages redirect to the sign-in form.
+# Protected: the JSON admin API (and the metrics scrape) answers 401; the console pages redirect to sign-in.
 API_PREFIX = "/api/"
+API_PATHS = {"/metrics"}
 PAGE_PATHS = {"/", "/console"}
 PAGE_PREFIXES = ("/console/", "/traces/")
 
@@ -66,7 +67,7 @@ class Endpoint:
 def classify(path: str) -> str:
     if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return "public"
-    if path.startswith(API_PREFIX):
+    if path.startswith(API_PREFIX) or path in API_PATHS:
         return "api"
     if path in PAGE_PATHS or path.startswith(PAGE_PREFIXES):
         return "page"
@@ -108,7 +109,12 @@ def test_every_route_is_classified_and_guarded_accordingly() -> None:
 @pytest.fixture
 async def guarded_client(database_url: str, make_settings: Callable[..., Settings]) -> Any:
     """The app with an admin token and a webhook secret. No table is emptied first: nothing here reads data."""
-    settings = make_settings(DESKPILOT_ADMIN_TOKEN=ADMIN_TOKEN, DESKPILOT_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    settings = make_settings(
+        DESKPILOT_ADMIN_TOKEN=ADMIN_TOKEN,
+        DESKPILOT_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        # Every wrong credential in turn from one address: the failed-auth limit is tested in test_hardening.py.
+        DESKPILOT_AUTH_FAILURE_LIMIT="100000",
+    )
     app = create_app(settings, database_url=database_url)
     async with AsyncTestClient(app=app, raise_server_exceptions=False) as client:
         yield client

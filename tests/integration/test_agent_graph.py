@@ -3,9 +3,7 @@ its fenced transaction, lease loss, escalation cycles and requeue on knowledge c
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -14,17 +12,16 @@ import asyncpg
 import pytest
 
 from agent.context import MemoryRecorder
-from agent.drafting.drafter import Draft, DraftRequest, OfflineDrafter
+from agent.drafting.drafter import OfflineDrafter
+from agent.drafting.request import Draft, DraftRequest
 from agent.runner import TicketProcessor, requeue_on_knowledge_change, run_graph_offline
-from agent.scoring.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, CalibrationModel
 from agent.state import TicketInput
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import PROJECT_ROOT, Settings
 from delivery import webhook
-from knowledge.store import ResolutionRow, insert_resolutions
-from tests.conftest import DATA_TABLES
-from tickets.queue import Claim, LeaseLost
+from tests.support.agent_graph import claim, fixed_calibration, new_ticket
+from tickets.queue import LeaseLost
 
 EXAMPLES = PROJECT_ROOT / "examples" / "resolutions.jsonl"
 NODES = ["classify", "prioritize", "dispatch", "load_context", "retrieve", "draft", "score"]
@@ -40,43 +37,6 @@ STEP_KEYS = {
     "flag_for_review": {"decision", "reasons", "delivery_id"},
     "escalate": {"decision", "reasons", "delivery_id"},
 }
-
-
-def fixed_calibration(confidence: float) -> Calibration:
-    """A calibration that ignores the evidence: every grounded reply gets `confidence` (branch tests)."""
-    intercept = math.log(confidence / (1 - confidence))
-
-    def model(names: tuple[str, ...]) -> CalibrationModel:
-        return CalibrationModel(signals=names, coef=[0.0] * len(names), intercept=intercept, iso_x=[], iso_y=[])
-
-    return Calibration(with_intents=model(INTENT_SIGNALS), without_intents=model(SIMILARITY_SIGNALS))
-
-
-@pytest.fixture(scope="module")
-async def history(pool: asyncpg.Pool, embedder: Any) -> AsyncIterator[int]:
-    """The example past resolutions, loaded once for this module (its tests never empty the tables)."""
-    await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
-    await pool.execute("UPDATE knowledge_version SET version = 0")
-    records = [json.loads(line) for line in EXAMPLES.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = [f"{r['subject']}\n\n{r['body']}" for r in records]
-    vectors = embedder.encode(texts)
-    rows = [
-        ResolutionRow(
-            ticket_text=text,
-            resolution=r["answer"],
-            embedding=vector,
-            source="history",
-            source_ref=r["id"],
-            category=r["category"],
-            priority=r.get("priority"),
-            intent=r.get("intent"),
-            language="en",
-        )
-        for text, r, vector in zip(texts, records, vectors, strict=True)
-    ]
-    async with pool.acquire() as conn:
-        added = await insert_resolutions(conn, rows)
-    return added
 
 
 @pytest.fixture(scope="module")
@@ -100,65 +60,6 @@ def processor_for(
         )
 
     return build
-
-
-async def new_ticket(
-    pool: asyncpg.Pool,
-    *,
-    subject: str,
-    body: str,
-    email: str = "ada@example.com",
-    name: str | None = "Ada",
-    tier: str = "pro",
-    channel: str = "email",
-    cycle_count: int = 0,
-    metadata: dict[str, Any] | None = None,
-) -> UUID:
-    async with pool.acquire() as conn, conn.transaction():
-        customer_id = await conn.fetchval(
-            """INSERT INTO customers (email, name, tier) VALUES ($1, $2, $3)
-               ON CONFLICT (email) DO UPDATE SET tier = EXCLUDED.tier RETURNING id""",
-            email,
-            name,
-            tier,
-        )
-        ticket_id: UUID = await conn.fetchval(
-            """INSERT INTO tickets (external_id, customer_id, channel, subject, body, customer_name, raw_payload,
-                                    next_attempt_at, cycle_count, metadata)
-               VALUES ('t-' || gen_random_uuid(), $1, $2, $3, $4, $5, '{}'::jsonb, now(), $6, $7) RETURNING id""",
-            customer_id,
-            channel,
-            subject,
-            body,
-            name,
-            cycle_count,
-            metadata or {},
-        )
-        await conn.execute(
-            """INSERT INTO ticket_messages (ticket_id, direction, channel, author, subject, body)
-               VALUES ($1, 'inbound', $2, 'customer', $3, $4)""",
-            ticket_id,
-            channel,
-            subject,
-            body,
-        )
-        await conn.execute(
-            """INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason)
-               VALUES ($1, NULL, 'open', 'test')""",
-            ticket_id,
-        )
-    return ticket_id
-
-
-async def claim(pool: asyncpg.Pool, ticket_id: UUID) -> Claim:
-    """Claim this ticket the way `claim_next_ticket` claims the next one."""
-    row = await pool.fetchrow(
-        """UPDATE tickets SET lease_owner = 'test-worker', lease_expires_at = now() + interval '60 seconds',
-                  lease_token = nextval('lease_token_seq'), attempt_count = attempt_count + 1
-           WHERE id = $1 RETURNING lease_token, attempt_count, now() AS claimed_at""",
-        ticket_id,
-    )
-    return Claim(ticket_id, row["lease_token"], "test-worker", row["attempt_count"], row["claimed_at"])
 
 
 async def steps_of(pool: asyncpg.Pool, ticket_id: UUID) -> list[asyncpg.Record]:
@@ -259,10 +160,14 @@ async def test_a_webhook_reply_records_the_callback_url_it_will_be_sent_to(
     """The delivery's recipient is the URL the webhook sender will POST to: the ticket's own
     `metadata.callback_url` when it has one, else DESKPILOT_CALLBACK_URL (not always the default)."""
     default_url = "https://hooks.default.example/replies"
-    processor = processor_for(confidence=0.7, DESKPILOT_CALLBACK_URL=default_url)
+    processor = processor_for(
+        confidence=0.7, DESKPILOT_CALLBACK_URL=default_url, DESKPILOT_CALLBACK_HOSTS="partner.example"
+    )
     own_url = "https://partner.example/integrations/acme/replies"
     cases: list[tuple[dict[str, Any], str]] = [
         ({"callback_url": own_url}, own_url),
+        # A host not on DESKPILOT_CALLBACK_HOSTS: the ticket's caller does not choose where the reply goes.
+        ({"callback_url": "https://attacker.example/collect"}, default_url),
         ({}, default_url),
         # Not an http(s) URL: the sender ignores it and uses the default, and so does the record.
         ({"callback_url": "file:///etc/passwd"}, default_url),
@@ -512,7 +417,7 @@ async def test_llm_drafter_plugs_into_draft_and_score(
         state = await run_graph_offline(processor, ticket)
         assert state["drafted"]["drafter"] == "offline"
         assert any("LLM failed" in note for note in state["drafted"]["notes"])
-        await drafter.llm.aclose()  # type: ignore[attr-defined]
+        await drafter.aclose()  # type: ignore[attr-defined]
 
 
 async def test_trace_of_a_processed_ticket(pool: asyncpg.Pool, processor_for: Callable[..., TicketProcessor]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,13 +11,6 @@ from litestar.testing import AsyncTestClient
 from app.asgi import create_app
 from core.settings import Settings
 from tests.support.pg import ThrowawayPostgres
-
-
-@pytest.fixture
-def throwaway_pg() -> Iterator[ThrowawayPostgres]:
-    server = ThrowawayPostgres()
-    yield server
-    server.cleanup()
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

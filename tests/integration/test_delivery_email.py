@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -311,21 +312,34 @@ async def test_header_injection_is_refused_not_sent(
     assert smtp_server.handler.messages == []
 
 
-@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-async def test_smtp_auth_credentials_from_the_url(
-    clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings]
-) -> None:
-    seen: list[tuple[str, str]] = []
+# A self-signed certificate for 127.0.0.1 (valid until 2126), trusted by the client through SSL_CERT_FILE.
+TLS_DIR = Path(__file__).resolve().parents[1] / "data" / "tls"
 
+
+def _recording_authenticator(seen: list[tuple[str, str]]) -> Callable[..., AuthResult]:
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         assert isinstance(data, LoginPassword)
         seen.append((data.login.decode(), data.password.decode()))
         ok = data.login == b"mailer" and data.password == b"p@ss:word"
         return AuthResult(success=ok)
 
+    return authenticator
+
+
+async def test_smtp_auth_credentials_from_the_url_over_starttls(
+    clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(TLS_DIR / "loopback-cert.pem", TLS_DIR / "loopback-key.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS_DIR / "loopback-cert.pem"))
+    seen: list[tuple[str, str]] = []
     handler = RecordingHandler()
     controller, port = _start(
-        handler, authenticator=authenticator, auth_require_tls=False, auth_required=True
+        handler,
+        authenticator=_recording_authenticator(seen),
+        auth_required=True,
+        tls_context=server_tls,
+        require_starttls=True,
     )
     try:
         settings = mail_settings(DESKPILOT_SMTP_URL=f"smtp://mailer:p%40ss%3Aword@127.0.0.1:{port}")
@@ -336,6 +350,44 @@ async def test_smtp_auth_credentials_from_the_url(
     assert seen == [("mailer", "p@ss:word")]
     assert len(handler.messages) == 1
     assert (await delivery_row(clean_db, delivery_id))["status"] == "sent"
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_smtp_credentials_are_never_sent_without_starttls(
+    clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings]
+) -> None:
+    """A server (or a man in the middle stripping the offer) without STARTTLS gets no AUTH in clear: the reply is
+    not sent and the delivery says why; opportunistic STARTTLS would have logged in in clear and sent it."""
+    seen: list[tuple[str, str]] = []
+    handler = RecordingHandler()
+    controller, port = _start(
+        handler, authenticator=_recording_authenticator(seen), auth_require_tls=False, auth_required=True
+    )
+    try:
+        settings = mail_settings(DESKPILOT_SMTP_URL=f"smtp://mailer:p%40ss%3Aword@127.0.0.1:{port}")
+        _ticket_id, _attempt_id, delivery_id = await queued_email_reply(clean_db)
+        assert await outbox.drain_outbox(clean_db, settings, None, "w-1") == 1
+    finally:
+        controller.stop()
+    assert seen == []  # the credentials never left
+    assert handler.messages == []
+    row = await delivery_row(clean_db, delivery_id)
+    assert row["status"] == "pending" and row["sent_at"] is None
+    assert "STARTTLS" in row["last_error"]
+
+
+async def test_an_email_reply_goes_only_to_the_tickets_customer(
+    clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings], smtp_server: SmtpServer
+) -> None:
+    """Whatever address a delivery row came to carry, the email goes to the ticket's own customer or nowhere."""
+    settings = mail_settings(DESKPILOT_SMTP_URL=smtp_server.url)
+    _ticket_id, _attempt_id, delivery_id = await queued_email_reply(clean_db)
+    await clean_db.execute("UPDATE deliveries SET recipient = 'mallory@evil.example' WHERE id = $1", delivery_id)
+    assert await outbox.drain_outbox(clean_db, settings, None, "w-1") == 1
+    row = await delivery_row(clean_db, delivery_id)
+    assert row["status"] == "failed"
+    assert "not the ticket's customer" in row["last_error"]
+    assert smtp_server.handler.messages == []
 
 
 async def test_spool_writes_one_eml_per_key_even_when_resent(

@@ -13,6 +13,7 @@ import pytest
 
 from ingest import signatures
 from ingest.signatures import DEFAULT_TOLERANCE_S, sign_webhook
+from tickets.subjects import reply_subject
 
 URL = "/api/webhooks/support/ingest"
 
@@ -155,12 +156,32 @@ async def test_email_reply_threads_by_headers_and_by_subject(client: Any, clean_
     assert other_customer.json()["ticket_id"] != first["ticket_id"]
 
 
-async def test_thread_ref_must_exist_and_belong_to_the_customer(client: Any, clean_db: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("prefix", ["", "AW: ", "SV: Re: ", "Réf. : ", "RÉF.: RE[3]: ", "tr: fwd: "])
+async def test_a_reply_to_our_reply_threads_by_its_subject(prefix: str, client: Any, clean_db: asyncpg.Pool) -> None:
+    """The subject we send (`tickets.subjects.reply_subject`) comes back under the customer's mail client's
+    prefixes and still finds its ticket, whose own subject had a forward prefix (stripped in SQL by the same rule)."""
+    first = (await post(client, ticket("s-1", subject="Fwd: Cannot download my invoice"))).json()
+    ours = reply_subject("Fwd: Cannot download my invoice")
+    assert ours == "Re: Cannot download my invoice"
+    followup = await post(client, ticket("s-2", subject=prefix + ours, body="Still no invoice, sorry"))
+    assert followup.status_code == 201, followup.text
+    assert followup.json()["ticket_id"] == first["ticket_id"]
+
+
+async def test_thread_ref_must_exist_and_another_customers_becomes_a_new_ticket(
+    client: Any, clean_db: asyncpg.Pool
+) -> None:
     assert_problem(await post(client, ticket("x-1", thread_ref="nope")), 422, "thread_ref")
-    await post(client, ticket("own-1"))
-    stranger = await post(client, ticket("x-2", thread_ref="own-1", customer_email="mallory@evil.example"))
-    assert_problem(stranger, 422, "thread_ref")
-    assert await count(clean_db, "ticket_messages") == 1
+    own = (await post(client, ticket("own-1"))).json()
+    for n, ref in enumerate(["own-1", own["ticket_id"]]):
+        stranger = await post(client, ticket(f"x-{n + 2}", thread_ref=ref, customer_email="mallory@evil.example"))
+        assert stranger.status_code == 201, stranger.text
+        assert "followup" not in stranger.json() and stranger.json()["ticket_id"] != own["ticket_id"]
+    # Nothing was appended to the first customer's thread.
+    assert await clean_db.fetchval(
+        "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1::uuid", own["ticket_id"]
+    ) == 1
+    assert await count(clean_db, "tickets") == 3
 
 
 async def test_mass_assignment_fields_are_ignored(client: Any, clean_db: asyncpg.Pool) -> None:

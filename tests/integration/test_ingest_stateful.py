@@ -159,18 +159,24 @@ class IngestMachine(RuleBasedStateMachine):
         self.accepted[accepted.external_id] = accepted
         return accepted
 
-    @rule(parent=tickets)
-    def followup_from_another_customer(self, parent: Accepted) -> None:
+    @rule(target=tickets, parent=tickets)
+    def followup_from_another_customer(self, parent: Accepted) -> Accepted:
         stranger = next(c for c in CUSTOMERS if c != parent.payload["customer_email"])
-        response = self.harness.post(
-            {
-                "external_id": self.fresh_id("x"),
-                "customer_email": stranger,
-                "body": "let me into this thread",
-                "thread_ref": parent.external_id,
-            }
-        )
-        assert response.status_code == 422 and response.json()["field"] == "thread_ref", response.text
+        payload = {
+            "external_id": self.fresh_id("x"),
+            "channel": "in_app",
+            "customer_email": stranger,
+            "body": "let me into this thread",
+            "thread_ref": parent.external_id,
+        }
+        response = self.harness.post(payload)
+        # Another customer's thread is never joined: the message becomes a ticket of its own.
+        assert response.status_code == 201, response.text
+        answer = response.json()
+        assert "followup" not in answer and answer["ticket_id"] != parent.ticket_id
+        accepted = Accepted(payload["external_id"], payload, answer["ticket_id"], followup=False)
+        self.accepted[accepted.external_id] = accepted
+        return accepted
 
     @rule(
         mistake=st.sampled_from(

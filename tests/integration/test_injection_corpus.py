@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.scoring.risk import detect_risks, strongest_action
+from agent.scoring.risk_model import risk_model
 from ingest.normalize import normalize_body, normalize_subject
 from knowledge.loader import article_from_text
 
@@ -85,6 +86,21 @@ def test_benign_lookalikes_are_mostly_answered_normally() -> None:
     ]
     # "Mostly": at most one in ten withheld from the customer. Measured at writing: 2 of 31 (ben-012, ben-031).
     assert len(escalated) <= len(BENIGN) // 10, escalated
+
+
+def test_benign_lookalikes_are_mostly_answered_with_the_learned_detector_too(embedder: Any) -> None:
+    """The learned detector (`agent.scoring.risk_model`) runs beside the patterns in `prioritize`; it favours
+    recall, so it withholds more look-alikes. Measured at writing: 7 of 31 with both (ben-004, ben-012, ben-014,
+    ben-024, ben-025, ben-029, ben-031), at the limit: at most one in four may be withheld."""
+    model = risk_model(embedder)
+    texts = ["\n".join(agent_view(row)) for row in BENIGN]
+    vectors = embedder.encode(texts)
+    escalated = [
+        row["id"]
+        for row, text, vector in zip(BENIGN, texts, vectors, strict=True)
+        if strongest_action(detect_risks(text) + model.detect(text, vector)) in ESCALATING
+    ]
+    assert len(escalated) <= len(BENIGN) // 4, escalated
 
 
 def test_kb_chunks_carry_no_hidden_instructions() -> None:

@@ -5,6 +5,7 @@ and no reply carries the system prompt or another customer's data."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from agent.drafting.prompts import PROMPT_CANARY
 from agent.runner import make_ticket_processor
 from core.metrics import Metrics
 from knowledge.loader import load_paths
-from tests.support.server import REPO
+from tests.support.knowledge import load_example_articles, load_example_resolutions
 from tickets.queue import claim_next_ticket
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -27,10 +28,17 @@ VICTIM_SECRET = "vault code 5531-QX-victim"
 
 
 @pytest.fixture
+async def client(make_client: Callable[..., Any]) -> AsyncIterator[Any]:
+    """One attacker posts the whole corpus: above the per-customer hourly quota, which is tested on its own."""
+    async with make_client(DESKPILOT_TICKETS_PER_CUSTOMER_HOUR=str(2 * len(CORPUS))) as c:
+        yield c
+
+
+@pytest.fixture
 async def loaded_knowledge(clean_db: asyncpg.Pool, embedder: Any) -> asyncpg.Pool:
     async with clean_db.acquire() as conn:
-        await load_paths(conn, [REPO / "examples" / "kb"], embedder=embedder, kind="article")
-        await load_paths(conn, [REPO / "examples" / "resolutions.jsonl"], embedder=embedder, kind="resolution")
+        await load_example_articles(conn, embedder)
+        await load_example_resolutions(conn, embedder)
         report = await load_paths(conn, [DATA / "injected_kb"], embedder=embedder, kind="article")
         assert not report.errors
         # Another customer whose data must never reach an attacker's reply.

@@ -10,17 +10,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from knowledge.loader import load_paths
-from tests.integration.kb_support import EXAMPLES_DIR, memo_embedder
-
-
-@pytest.fixture
-async def demo_kb(clean_db: asyncpg.Pool, embedder: Any) -> asyncpg.Pool:
-    memo = memo_embedder(embedder)
-    async with clean_db.acquire() as conn:
-        await load_paths(conn, [EXAMPLES_DIR / "kb"], embedder=memo)
-        await load_paths(conn, [EXAMPLES_DIR / "resolutions.jsonl"], embedder=memo, kind="resolution")
-    return clean_db
+from tests.support.knowledge import SEARCH_HIT_KEYS
 
 
 async def test_search_returns_scored_hits_of_both_kinds(demo_kb: asyncpg.Pool, client: Any) -> None:
@@ -35,18 +25,7 @@ async def test_search_returns_scored_hits_of_both_kinds(demo_kb: asyncpg.Pool, c
     first_article = next(item for item in items if item["kind"] == "kb_chunk")
     assert first_article["source"] == "kb/technical/reset-password.md"
     for item in items:
-        assert {
-            "kind",
-            "id",
-            "title",
-            "text",
-            "source",
-            "category",
-            "intent",
-            "similarity",
-            "text_rank",
-            "score",
-        } <= set(item)
+        assert set(item) >= SEARCH_HIT_KEYS
         assert 0 < item["similarity"] <= 1
     assert [item["score"] for item in items] == sorted((item["score"] for item in items), reverse=True)
 
@@ -91,11 +70,13 @@ async def test_bad_queries_are_422_naming_the_parameter(client: Any, params: dic
 async def test_admin_token_is_required_when_configured(
     demo_kb: asyncpg.Pool, make_client: Callable[..., AsyncTestClient[Litestar]]
 ) -> None:
-    async with make_client(DESKPILOT_ADMIN_TOKEN="kb-secret") as client:
+    async with make_client(DESKPILOT_ADMIN_TOKEN="kb-secret-admin-token-0123456789") as client:
         anonymous = await client.get("/api/kb/search", params={"q": "refund"})
         wrong = await client.get("/api/kb/search", params={"q": "refund"}, headers={"Authorization": "Bearer nope"})
         allowed = await client.get(
-            "/api/kb/search", params={"q": "refund"}, headers={"Authorization": "Bearer kb-secret"}
+            "/api/kb/search",
+            params={"q": "refund"},
+            headers={"Authorization": "Bearer kb-secret-admin-token-0123456789"},
         )
 
     assert anonymous.status_code == 401

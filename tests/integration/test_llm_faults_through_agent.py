@@ -22,16 +22,13 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from agent.drafting.drafter import LLMDrafterAdapter
 from agent.drafting.llm import LLMDrafter
 from agent.runner import TicketProcessor
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
 from delivery import outbox
-from tests.conftest import empty_data_tables, load_example_resolutions
-from tests.integration.kb_support import memo_embedder
-from tests.integration.test_agent_graph import claim, fixed_calibration, new_ticket
+from tests.support.agent_graph import claim, fixed_calibration, new_ticket
 from tests.support.fake_openai import FakeOpenAI, Step, hang, invalid_json, refusal, reply_json, reset, status
 from tests.support.http_receiver import HttpReceiver, Reply
 
@@ -67,14 +64,6 @@ FAULTS: dict[str, tuple[Callable[[], list[Step]], str, int]] = {
     ),
     "refusal": (lambda: [refusal(), refusal(), reply_json(ANSWER)], "refusal", 2),
 }
-
-
-@pytest.fixture(scope="module")
-async def history(pool: asyncpg.Pool, embedder: Any) -> int:
-    """The example past resolutions, loaded once for this module: the ticket below has a grounded answer."""
-    await empty_data_tables(pool)
-    async with pool.acquire() as conn:
-        return await load_example_resolutions(conn, memo_embedder(embedder))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +107,7 @@ async def agent_for(
             settings,
             Metrics(),
             embedder=embedder,
-            drafter=LLMDrafterAdapter(drafter, fallback=settings.llm_fallback),
+            drafter=drafter,
             models=models,
             # Any grounded reply is confident enough to go out: only the model's failure can stop it.
             calibration=fixed_calibration(0.95),

@@ -106,7 +106,7 @@ async def test_console_review_form_ignores_extra_fields(client: Any, clean_db: a
     client.follow_redirects = False
     done = await client.post(
         f"/console/tickets/{traces.escalated}/review",
-        data={"action": "reject", "csrf_token": csrf.group(1), **forged},
+        data={"action": "reject", "reason": "tone", "csrf_token": csrf.group(1), **forged},
     )
     assert done.status_code == 303, done.text
     after = await ticket_row(clean_db, traces.escalated)

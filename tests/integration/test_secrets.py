@@ -103,6 +103,7 @@ async def test_no_secret_in_responses_pages_traces_or_logs(
     async with secret_client as client:
         for path in ("/health", "/metrics", "/schema/openapi.json", "/schema/openapi.yaml"):
             seen.add(path, await client.get(path))
+            seen.add(f"{path} as the admin", await client.get(path, headers=ADMIN))
 
         # Ingest: accepted, replayed, conflicting, and every way of being refused.
         created = seen.add("ingest new", await client.post(INGEST, **signed(ticket("sec-1"))))
@@ -249,7 +250,7 @@ async def test_credentials_in_the_llm_base_url_are_not_shown(
         for ticket_id in ticket_ids:
             for path in (f"/api/tickets/{ticket_id}", f"/api/tickets/{ticket_id}/trace", f"/traces/{ticket_id}"):
                 seen.add(path, await client.get(path))
-    await processor.drafter.llm.aclose()  # type: ignore[attr-defined]
+    await processor.drafter.aclose()  # type: ignore[attr-defined]
 
     assert len(llm.requests) == 4
     assert {request.headers.get("authorization") for request in llm.requests} == {f"Basic {encoded}"}

@@ -69,18 +69,40 @@ async def test_support_health_gauges_by_tier(client: Any, clean_db: asyncpg.Pool
     await seed_ticket(clean_db, email="p1@example.com", tier="pro", status="open", confidence=0.4)
     await seed_ticket(clean_db, email="p2@example.com", tier="pro", status="pending_customer", confidence=0.6)
     await seed_ticket(clean_db, email="f1@example.com", tier="free", status="closed")
+    # The operator's own plan names, and a customer with none (as one an inbound ticket creates).
+    await clean_db.execute("INSERT INTO customers (email, tier) VALUES ('s1@example.com', 'Scale plan')")
+    await clean_db.execute("INSERT INTO customers (email) VALUES ('anon@example.com')")
     text = (await client.get("/metrics")).text
     assert 'deskpilot_support_open_tickets{tier="pro"} 2.0' in text
     assert 'deskpilot_support_unresolved_tickets{tier="pro"} 2.0' in text
     assert 'deskpilot_support_escalated_tickets{tier="pro"} 1.0' in text
     assert 'deskpilot_support_open_tickets{tier="free"} 0.0' in text
-    assert 'deskpilot_support_open_tickets{tier="enterprise"} 0.0' in text
+    assert 'deskpilot_support_open_tickets{tier="Scale plan"} 0.0' in text
+    assert 'deskpilot_support_mean_confidence{tier="Scale plan"} NaN' in text
+    assert 'deskpilot_support_open_tickets{tier="none"} 0.0' in text
     assert 'deskpilot_support_mean_confidence{tier="pro"} 0.5' in text
-    assert 'deskpilot_support_mean_confidence{tier="enterprise"} NaN' in text
     assert 'deskpilot_support_tickets_30d{tier="free"} 1.0' in text
+    # Series per plan the customers actually have: no fixed list of plan names.
+    assert 'tier="enterprise"' not in text
     assert "deskpilot_support_failed_deliveries" in text
     assert "deskpilot_support_reopens" in text
     assert 'deskpilot_support_last_contact_timestamp_seconds{tier="pro"}' in text
+
+
+async def test_a_plan_no_customer_has_any_more_leaves_the_gauges(clean_db: asyncpg.Pool) -> None:
+    from core.metrics import Metrics
+    from tickets.support_health import refresh_support_health_gauges
+
+    metrics = Metrics()
+    await clean_db.execute("INSERT INTO customers (email, tier) VALUES ('s1@example.com', 'Scale plan')")
+    async with clean_db.acquire() as conn:
+        await refresh_support_health_gauges(conn, metrics)
+        assert 'deskpilot_support_open_tickets{tier="Scale plan"} 0.0' in metrics.render().decode()
+        await conn.execute("UPDATE customers SET tier = 'Scale' WHERE tier = 'Scale plan'")
+        await refresh_support_health_gauges(conn, metrics)
+    text = metrics.render().decode()
+    assert 'deskpilot_support_open_tickets{tier="Scale"} 0.0' in text
+    assert 'tier="Scale plan"' not in text
 
 
 # --- closing quiet tickets --------------------------------------------------------------------------------

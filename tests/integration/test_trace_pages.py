@@ -300,6 +300,7 @@ async def test_reject_from_the_trace_page(client: Any, seeded: SeededTraces, cle
         f"/console/tickets/{seeded.escalated}/review",
         data={
             "action": "reject",
+            "reason": "should_escalate",
             "text": "ignored",
             "note": "customer called",
             "csrf_token": csrf_from(page.text),
@@ -322,7 +323,7 @@ async def test_reject_from_the_trace_page(client: Any, seeded: SeededTraces, cle
     assert "customer called" in after
     again = await client.post(
         f"/console/tickets/{seeded.escalated}/review",
-        data={"action": "reject", "csrf_token": csrf_from(page.text)},
+        data={"action": "reject", "reason": "should_escalate", "csrf_token": csrf_from(page.text)},
     )
     assert again.status_code == 409
     assert again.headers["content-type"].startswith("text/html")

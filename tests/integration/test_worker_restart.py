@@ -15,7 +15,7 @@ from app.worker import Worker
 from core import db
 from core.metrics import Metrics
 from core.settings import Settings
-from tests.support.pg import ThrowawayPostgres
+from tests.support.pg import ThrowawayPostgres, throwaway_postgres
 from tests.support.workers import (
     FakeProcessor,
     eventually,
@@ -30,10 +30,9 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def throwaway_pg() -> Iterator[ThrowawayPostgres]:
-    server = ThrowawayPostgres()
-    db._run_sync(db.migrate(server.url))
-    yield server
-    server.cleanup()
+    """One migrated server for both restart modes (conftest's is per test): starting one takes seconds."""
+    with throwaway_postgres(migrated=True) as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from app import worker as worker_module
 from app.maintenance import MAINTENANCE_LOCK_KEY, Hook, run_maintenance
-from app.plugin import Runtime
+from app.runtime import Runtime
 from core.metrics import Metrics
 from core.settings import Settings
 from tests.support.workers import eventually, insert_queued_tickets

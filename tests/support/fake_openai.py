@@ -3,9 +3,20 @@
 The real `ChatOpenAI` client talks to it over a socket, so timeouts, resets, status codes and headers take the
 same code path they would against a real provider. Every request is recorded for assertions on the prompt.
 
-Structured output: when a request forces a tool (`tools` + `tool_choice`, langchain's `function_calling`
-method, the one DeskPilot uses) a JSON step is answered as that tool's call; with `response_format`
-(`json_schema` / `json_object`) or no tools, the JSON is the message content.
+Structured output: when a request forces a tool (`tools` + `tool_choice`) a JSON step is answered as that
+tool's call; with `response_format` (`json_schema` / `json_object`) or no tools, the JSON is the message content.
+`flavor` makes the server behave like one that supports less (issue 17, measured on real servers):
+
+- "openai" (default): forced tool calls, json_schema and json_object response formats all work.
+- "llama_cpp_python" (`python -m llama_cpp.server`): a forced tool call works; a json_schema response format is
+  answered 500.
+- "llama_server" (`llama-server --jinja`): json_schema works; a forced tool is ignored and the JSON comes back as
+  plain text.
+- "plain_text": every request is answered as plain text, tools and response formats ignored.
+
+DeskPilot's structured-output probes (a request carrying `PROBE_MARKER`) are answered `{"ok": true}` as the
+flavor allows, recorded in `probes` rather than `requests`, and never take a scripted step: a test scripts the
+drafts only.
 
     with FakeOpenAI() as server:
         server.script(status(429, headers={"Retry-After": "1"}), reply_json({...}), slow(20, reply_json({...})))
@@ -23,11 +34,15 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-StepKind = Literal["json", "text", "status", "hang", "reset", "invalid_json", "refusal"]
+from agent.drafting.llm import PROBE_MARKER
+
+Flavor = Literal["openai", "llama_cpp_python", "llama_server", "plain_text"]
+StepKind = Literal["json", "text", "status", "hang", "reset", "invalid_json", "refusal", "computed"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,11 @@ def reply_json(obj: Any, *, usage: dict[str, int] | None = None) -> Step:
 def reply_text(text: str, *, usage: dict[str, int] | None = None, finish_reason: str = "stop") -> Step:
     """A plain assistant message, no tool call: what a server that ignores `tool_choice` sends."""
     return Step("text", payload=text, usage=usage, finish_reason=finish_reason)
+
+
+def computed(answer: Callable[[RecordedRequest], Step]) -> Step:
+    """The step `answer` returns for the request: a reply built from what the model was shown (its labels, say)."""
+    return Step("computed", payload=answer)
 
 
 def status(code: int, *, headers: dict[str, str] | None = None, message: str | None = None) -> Step:
@@ -146,6 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             received_at=time.monotonic(),
         )
+        if PROBE_MARKER in request.message_text():
+            with owner._lock:
+                owner.probes.append(request)
+            self._answer(Step("json", payload={"ok": True}), request.json, probe=True)
+            return
         step = owner._record_and_next(request)
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, _error_body(f"unknown path {self.path}", "invalid_request_error"))
@@ -154,11 +179,21 @@ class _Handler(BaseHTTPRequestHandler):
             problem = _error_body("fake_openai: the test scripted no reply for this request", "server_error")
             self._send_json(500, problem)
             return
+        if step.kind == "computed":
+            step = step.payload(request)
         self._answer(step, request.json)
 
-    def _answer(self, step: Step, req: dict[str, Any]) -> None:
+    def _answer(self, step: Step, req: dict[str, Any], *, probe: bool = False) -> None:
         if step.delay_s and self.server.owner._stopping.wait(step.delay_s):
             return
+        flavor = self.server.owner.flavor
+        response_format = (req.get("response_format") or {}).get("type")
+        if flavor == "llama_cpp_python" and response_format == "json_schema":
+            # What `python -m llama_cpp.server` does with a json_schema response format.
+            self._send_json(500, _error_body("Internal Server Error", "server_error"))
+            return
+        if probe and flavor == "plain_text":
+            step = Step("text", payload="Sure! ok is true.")
         if step.kind == "status":
             kind = "invalid_request_error"
             if step.code == 429:
@@ -180,7 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, _completion(req, message, step.finish_reason or "stop", step.usage))
         else:
             raw = json.dumps(step.payload) if step.kind == "json" else str(step.payload)
-            tool = _forced_tool(req)
+            # llama-server --jinja ignores a forced tool and writes the JSON as the message.
+            tool = _forced_tool(req) if flavor in ("openai", "llama_cpp_python") else None
             if tool is not None:
                 function = {"name": tool, "arguments": raw}
                 call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "function": function}
@@ -247,10 +283,13 @@ def _completion(
 
 
 class FakeOpenAI:
-    """The server; `script(...)` queues replies, `requests` lists what arrived, in order."""
+    """The server; `script(...)` queues replies, `requests` lists the drafts that arrived, `probes` the probes."""
 
-    def __init__(self) -> None:
+    def __init__(self, flavor: Flavor = "openai") -> None:
+        self.flavor: Flavor = flavor
         self.requests: list[RecordedRequest] = []
+        # DeskPilot's structured-output probes, answered apart from the script.
+        self.probes: list[RecordedRequest] = []
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -14,10 +14,10 @@ from delivery.mail import (
     build_reply,
     html_body,
     message_id_for_key,
-    reply_subject,
     spool_file_name,
 )
 from delivery.model import Delivery
+from tickets.subjects import reply_subject
 
 
 def delivery(**overrides: object) -> Delivery:
@@ -42,17 +42,18 @@ def delivery(**overrides: object) -> Delivery:
 
 
 @pytest.mark.parametrize(
-    ("subject", "expected"),
+    ("stored", "ticket_subject", "expected"),
     [
-        ("Invoice missing", "Re: Invoice missing"),
-        ("Re: Invoice missing", "Re: Invoice missing"),
-        ("RE: re: Re[2]: Invoice missing", "Re: Invoice missing"),
-        ("  ", "Re: your support request"),
-        ("Regarding invoices", "Re: Regarding invoices"),
+        ("", "Invoice missing", "Re: Invoice missing"),
+        ("Re: Invoice missing", "Invoice missing", "Re: Invoice missing"),
+        ("", "AW: Fwd: RE[2]: Invoice missing", "Re: Invoice missing"),
+        ("", "", "Re: your support request"),
     ],
 )
-def test_reply_subject_is_never_doubled(subject: str, expected: str) -> None:
-    assert reply_subject(subject) == expected
+def test_the_email_subject_is_the_one_reply_subject_rule(stored: str, ticket_subject: str, expected: str) -> None:
+    """The delivery's own subject (or the ticket's) through `tickets.subjects.reply_subject`, never doubled."""
+    message = build_reply(delivery(subject=stored, ticket_subject=ticket_subject), Settings())
+    assert message["Subject"] == expected == reply_subject(stored or ticket_subject)
 
 
 def test_message_id_is_the_key_or_derived_stably() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.drafting.llm import DraftResult, confidence_factor, summarize_account
+from agent.drafting.llm import DraftResult, confidence_factor
+from agent.drafting.prompts import summarize_account
 
 REVIEW_THRESHOLD = 0.60
 

@@ -95,11 +95,27 @@ def test_incidents_escalate_as_urgent(text: str, kind: str) -> None:
         "I'll dispute the charge with my credit card company.",
         "Ich werde rechtliche Schritte einleiten.",
         "Voy a hablar con mi abogado.",
+        "I am forwarding this to my lawyer.",
+        "You will hear from our attorneys.",
     ],
 )
-def test_legal_threats_go_to_review(text: str) -> None:
+def test_legal_threats_escalate(text: str) -> None:
+    """A hard gate (issue 15): a legal threat waits for a person, it is not answered and flagged."""
     assert "legal_threat" in kinds(text)
-    assert strongest_action(detect_risks(text)) == "review"
+    assert strongest_action(detect_risks(text)) == "escalate"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Our legal team needs a copy of your data processing agreement.",
+        "Can you send the terms to our legal department?",
+        "The lawyer field on the client form is too short for long firm names.",
+        "Our lawyer reviewed your terms and wants to add a clause about liability.",
+    ],
+)
+def test_a_legal_department_asking_for_papers_is_no_threat(text: str) -> None:
+    assert "legal_threat" not in kinds(text)
 
 
 def test_complaint_how_to_is_not_a_legal_threat() -> None:

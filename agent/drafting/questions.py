@@ -1,0 +1,152 @@
+"""A ticket split into what it asks: its questions and requests, each with the sentence of context before it.
+
+Customers often ask two or three things in one message ("how do I update those? and which rate wins?"); the reply
+answers each from its own evidence, and a question nothing answers is handed to a person instead of guessed.
+Pure functions: no model, no database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_QUESTIONS = 4
+# A question shorter than this says too little to be answered on its own ("Why?", "Any news?"): it joins the
+# sentence before it.
+MIN_QUESTION_CHARS = 12
+SHORT_QUESTION_CHARS = 40
+
+# Sentence ends: terminal punctuation followed by space, or a line break (bullets and short lines are sentences).
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*[ \t]+|\s*\n+\s*")
+# Abbreviations whose full stop does not end a sentence; the space after them is made non-breaking.
+_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|vs|approx|z\.\s?B|bzw|ca|usw|p\.\s?ex|p\.\s?e|Nr|No|Dr|Mr|Mrs|Ms)\.[ \t]",
+                           re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+_GREETING = re.compile(
+    r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
+    r"guten (?:tag|morgen)|estimad[oa]s?|hola|buen(?:os|as) d[ií]as|querid[oa]|bonjour|cher|ch[èe]re|madame|"
+    r"monsieur|prezad[oa]s?|ol[áa]|bom dia|boa tarde|caro|cara)\b[^\n]{0,60}$",
+    re.IGNORECASE,
+)
+_SIGNOFF = re.compile(
+    r"^(?:(?:best|kind|warm|many)\s+)?(?:regards|wishes|best|cheers|thanks(?: (?:a lot|in advance|so much))?|"
+    r"thank you(?: in advance)?|sincerely|mit freundlichen gr(?:ü|ue|u)(?:ß|ss|s)en|viele gr(?:ü|ue|u)(?:ß|ss|s)e|"
+    r"beste gr(?:ü|ue|u)(?:ß|ss|s)e|danke(?: schön| im voraus)?|saludos(?: cordiales)?|atentamente|un saludo|"
+    r"gracias(?: de antemano)?|cordialement|bien cordialement|merci(?: d'avance| beaucoup)?|atenciosamente|"
+    r"cumprimentos|obrigad[oa])\b[^\n]{0,40}$",
+    re.IGNORECASE,
+)
+# Words that open a question or a request, in the languages the phrasing module speaks.
+_INTERROGATIVE = re.compile(
+    r"^(?:how|what|where|when|why|which|who|whom|whose|can|could|may|might|is|are|was|were|do|does|did|will|would|"
+    r"should|shall|have|has|am|wie|was|wo|wohin|wann|warum|wieso|weshalb|welche[rsnm]?|wer|kann|k[öo]nnen|"
+    r"k[öo]nnt|ist|sind|gibt|muss|m[üu]ssen|soll|sollen|darf|d[üu]rfen|habe|haben|hat|werden|wird|c[óo]mo|qu[ée]|"
+    r"d[óo]nde|cu[áa]ndo|por qu[ée]|cu[áa]l(?:es)?|qui[ée]n(?:es)?|puedo|puede|podemos|pueden|hay|es posible|"
+    r"comment|quoi|o[ùu]|quand|pourquoi|quel(?:le)?s?|qui|est-ce|peut-on|puis-je|pouvez-vous|peux-tu|y a-t-il|"
+    r"como|o que|onde|quando|por que|qual|quais|quem|posso|pode|podem|podemos|[ée] poss[íi]vel)\b",
+    re.IGNORECASE,
+)
+_REQUEST = re.compile(
+    r"\b(?:please|pls|kindly|i need to|we need to|i want to|we want to|i'd like to|we'd like to|i would like to|"
+    r"we would like to|help me|help us|let me know|tell me|tell us|explain|is there a way|any way to|bitte|"
+    r"ich m[öo]chte|wir m[öo]chten|ich will|wir wollen|por favor|quisiera|quisi[ée]ramos|necesito|necesitamos|"
+    r"me gustar[íi]a|s'il vous pla[îi]t|merci de|je voudrais|nous voudrions|j'aimerais|nous aimerions|"
+    r"je souhaite|nous souhaitons|gostaria|gostar[íi]amos|preciso|precisamos|por gentileza)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One thing the customer asks. `context` is the sentence before it, which often carries what it is about."""
+
+    text: str
+    context: str = ""
+    explicit: bool = True
+
+    @property
+    def query(self) -> str:
+        """What to search and read with: the question with its context."""
+        return f"{self.context} {self.text}".strip() if self.context else self.text
+
+
+def sentences(text: str) -> list[str]:
+    """The text's sentences and short lines, bullets unwrapped, greeting and sign-off lines left out."""
+    out: list[str] = []
+    text = _ABBREVIATION.sub(lambda m: m[0].replace(" ", "\u00a0"), text)
+    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
+    # A sign-off line ends the message: what follows is a name, a title, a signature.
+    for i, line in enumerate(lines):
+        if _SIGNOFF.match(line):
+            lines = lines[:i]
+            break
+    for line in lines:
+        if not line or _GREETING.match(line):
+            continue
+        line = _BULLET.sub("", line)
+        out.extend(part.replace("\u00a0", " ").strip() for part in _SENTENCE_END.split(line) if part and part.strip())
+    return out
+
+
+def is_question(sentence: str) -> bool:
+    stripped = sentence.strip().lstrip("¿¡-–—•*>( ")
+    if stripped.endswith("?") or "?" in stripped[-3:]:
+        return True
+    return bool(_INTERROGATIVE.match(stripped) and len(stripped.split()) >= 3) or bool(_REQUEST.search(stripped))
+
+
+def split_questions(subject: str, body: str) -> list[Question]:
+    """The ticket's questions and requests in order, each with the sentence before it as context.
+
+    A message that asks nothing explicitly (a report: "the export button does nothing") is one implicit
+    question: its subject and opening sentences.
+    """
+    found: list[Question] = []
+    previous = ""
+    for sentence in sentences(body):
+        if is_question(sentence):
+            if len(sentence) < MIN_QUESTION_CHARS and found:
+                last = found[-1]
+                found[-1] = Question(f"{last.text} {sentence}", last.context, last.explicit)
+            elif not any(_same(sentence, q.text) for q in found):
+                # A short question leans on the sentence before it ("Can I pick them?"), even another question.
+                leans = len(sentence) < SHORT_QUESTION_CHARS
+                context = previous if previous and (leans or not is_question(previous)) else ""
+                found.append(Question(sentence, context=context))
+        previous = sentence
+    if not found and subject.strip() and is_question(subject.strip()):
+        found.append(Question(subject.strip()))
+    if not found:
+        opening = " ".join(sentences(body)[:2])
+        text = f"{subject.strip()}. {opening}".strip(". ") if subject.strip() else opening
+        return [Question(text or subject.strip(), explicit=False)] if (text or subject.strip()) else []
+    if len(found) == 1 and not found[0].context and subject.strip():
+        # A lone question reads with the subject as its context ("Billing currency after moving": "can we...?").
+        found[0] = Question(found[0].text, context=subject.strip(), explicit=True)
+    return found[:MAX_QUESTIONS]
+
+
+def _same(a: str, b: str) -> bool:
+    fa, fb = _words(a), _words(b)
+    return bool(fa) and len(fa & fb) / len(fa | fb) >= 0.8
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+_LANGUAGE_WORDS: dict[str, frozenset[str]] = {
+    "en": frozenset("the and is are you we our my how what can do does with for this that have not".split()),
+    "de": frozenset("der die das und ist sind wir unser ich wie was kann können nicht mit für ein eine haben den dem auf sich sie zu".split()),
+    "es": frozenset("el la los las y es son nosotros nuestro cómo qué puedo podemos no con para una tengo hay del mi mis su por muy".split()),
+    "fr": frozenset("le la les et est sont nous notre je comment quoi peut pouvons pas avec pour une avons vous des du mes mon ma au aux ce cette".split()),
+    "pt": frozenset("o a os as e é são nós nosso como que posso podemos não com para uma temos do da dos das meu minha um você".split()),
+}
+
+
+def language_of(text: str) -> str:
+    """The ticket's language among those the reply phrases exist in, by its most common function words."""
+    words = re.findall(r"[\wéèêàâçíóúãõüöäß]+", text.lower())
+    counts = {lang: sum(w in vocab for w in words) for lang, vocab in _LANGUAGE_WORDS.items()}
+    best = max(counts, key=lambda lang: counts[lang])
+    return best if counts[best] > counts["en"] else "en"

@@ -1,0 +1,113 @@
+"""The LLM path through the real graph on the demo help centre: the model is given the reader's per-question
+evidence, and a reply whose factual sentences its cited passages do not support escalates the ticket."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agent.drafting.llm import LLMDrafter
+from agent.runner import TicketProcessor, run_graph_offline
+from agent.state import AgentState
+from agent.triage.classifier import RoutingModelCache
+from core.metrics import Metrics
+from core.settings import Settings
+from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Step, computed, reply_json
+
+pytestmark = pytest.mark.timeout(240)
+
+INVENTED = (
+    "Our engineers also migrate the invoices from your old system for free within 2 hours.",
+    "Every plan includes a dedicated account manager who phones you weekly.",
+)
+
+
+@pytest.fixture
+async def run(
+    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
+) -> AsyncIterator[tuple[Callable[..., Any], FakeOpenAI]]:
+    with FakeOpenAI() as server:
+        settings = make_settings(OPENAI_BASE_URL=server.base_url, DESKPILOT_LLM_MAX_RETRIES="0")
+        drafter = LLMDrafter(settings)
+        processor = TicketProcessor(
+            demo_kb, settings, Metrics(), embedder=embedder, drafter=drafter, models=RoutingModelCache()
+        )
+
+        async def go(subject: str, body: str) -> AgentState:
+            ticket = {"subject": subject, "body": body, "channel": "email", "customer_name": "Sam"}
+            return await run_graph_offline(processor, ticket)  # type: ignore[arg-type]
+
+        yield go, server
+        await drafter.aclose()
+
+
+def first_passage(request: RecordedRequest) -> tuple[str, str]:
+    """The first passage label the model was shown, and the longest of the first sentences of its text."""
+    user = request.message_text("user")
+    match = re.search(r"\[(KB-[0-9a-f]{8,12})\] Knowledge-base passage: [^\n]*\n([^\n]+)", user)
+    assert match is not None, user
+    sentences = re.split(r"(?<=[.!?])\s+", match.group(2))[:3]
+    return match.group(1), max(sentences, key=len)
+
+
+def answer_with_invented_sentences(request: RecordedRequest) -> Step:
+    label, quoted = first_passage(request)
+    reply = " ".join([quoted.rstrip(".") + f" [{label}].", *(s[:-1] + f" [{label}]." for s in INVENTED)])
+    return reply_json(
+        {
+            "reply": f"Hi Sam,\n\n{reply}\n\nKind regards,\nSupport",
+            "cited_ids": [label],
+            "confidence": 0.9,
+            "reasons": ["cited"],
+            "needs_human": False,
+        }
+    )
+
+
+async def test_the_model_gets_the_readers_evidence_and_unsupported_sentences_escalate(run: Any) -> None:
+    go, server = run
+    server.script(computed(answer_with_invented_sentences))
+    state = await go(
+        "Invoicing on the free plan?",
+        "I tracked hours on the free plan and can't find an invoice button. Which plan has invoicing?",
+    )
+
+    # The same per-question evidence the offline reply would quote, labelled as the offline reply cites it.
+    question = state["retrieval"]["questions"][0]
+    user = server.requests[0].message_text("user")
+    assert f"Question 1: \u201c{question['question']}\u201d" in user
+    label, _ = first_passage(server.requests[0])
+    assert question["passage"].startswith(label.removeprefix("KB-"))
+
+    drafted = state["drafted"]
+    assert drafted["drafter"] == "llm"
+    assert drafted["removed"] == list(INVENTED)
+    assert all(sentence not in drafted["draft"] for sentence in INVENTED)
+    assert drafted["llm"]["support"]["removed"] == list(INVENTED)
+    assert state["scoring"]["gate"] == "escalate"
+    assert any("had no support in the passages they cite" in r for r in state["scoring"]["gate_reasons"])
+    assert state["outcome"]["decision"] == "escalate"
+
+
+async def test_a_reply_citing_nothing_it_was_given_escalates(run: Any) -> None:
+    go, server = run
+    server.script(
+        reply_json(
+            {
+                "reply": "Hello! Invoicing comes with every plan, including Free.",
+                "cited_ids": ["R1"],
+                "confidence": 0.95,
+                "reasons": ["R1"],
+                "needs_human": False,
+            }
+        )
+    )
+    state = await go("Invoicing?", "Which plan has invoicing? I am on the free plan.")
+    drafted = state["drafted"]
+    assert drafted["removed"] == ["Invoicing comes with every plan, including Free."]
+    assert drafted["llm"]["invalid_citations"] == ["R1"]
+    assert state["outcome"]["decision"] == "escalate"

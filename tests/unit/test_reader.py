@@ -1,0 +1,84 @@
+"""The reader's choice of passage and sentences per question, and the reply composed from it
+(agent/drafting/reader.py, agent/drafting/composer.py). Vectors are made by hand so the choice is known."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from agent.drafting.composer import compose_answers
+from agent.drafting.questions import Question
+from agent.drafting.reader import Evidence, ReadPassage, choose, passage_units, plain
+from knowledge.retrieval import RetrievedItem
+
+
+def item(title: str, text: str, document: str) -> RetrievedItem:
+    return RetrievedItem(
+        kind="kb_chunk", id=uuid.uuid4(), title=title, text=text, resolution=None, category="billing",
+        intent=None, source="kb", similarity=0.5, text_rank=None, vector_rank=None, score=0.1,
+        metadata={"document_id": document},
+    )
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=float)
+    return v / np.linalg.norm(v)
+
+
+def test_units_are_sentences_and_list_items_with_markdown_removed() -> None:
+    text = "Tallyhive has four plans:\n\n- **Free** – up to 2 members. No invoicing.\n- **Starter** – invoicing."
+    assert plain("**Free** and __bold__") == "Free and bold"
+    assert passage_units(text) == [
+        "Tallyhive has four plans: Free – up to 2 members.",
+        "No invoicing.",
+        "Starter – invoicing.",
+    ]
+
+
+def test_the_passage_whose_best_sentence_answers_the_question_wins_over_the_closer_passage() -> None:
+    plans = item("Plans › What each plan includes", "...", "plans")
+    invoices = item("Invoices › Download", "...", "invoices")
+    question = unit(1, 0, 0)
+    ticket = unit(0.3, 0.3, 1)
+    read = [
+        ReadPassage(("Free has no invoicing.", "Starter has invoicing."), np.stack([unit(1, 0.1, 0), unit(0.8, 0.5, 0)]),
+                    unit(0.2, 0.2, 1)),
+        ReadPassage(("Download invoices from Billing.",), np.stack([unit(0.3, 1, 0)]), unit(0.3, 0.3, 1)),
+    ]
+    evidence = choose(Question("Which plan has invoicing?"), question, ticket, [plans, invoices], read)
+    assert evidence.item is plans
+    assert evidence.units == ["Free has no invoicing.", "Starter has invoicing."]
+    assert evidence.runner_up < evidence.score
+    assert [i for i, _ in evidence.ranking] == [str(plans.id), str(invoices.id)]
+
+
+def test_far_sentences_of_a_long_passage_are_not_quoted() -> None:
+    passage = item("Trial", "...", "trial")
+    units = tuple(f"Sentence {n}." for n in range(6))
+    vectors = np.stack([unit(1, 0)] + [unit(0, 1)] * 5)
+    evidence = choose(Question("q?"), unit(1, 0), unit(1, 0), [passage], [ReadPassage(units, vectors, unit(1, 0))])
+    assert evidence.units == ["Sentence 0."]
+
+
+def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:
+    return Evidence(Question(question), item(title, " ".join(units), title), units, score, score, 0.0)
+
+
+def test_each_answered_question_is_introduced_and_cited_and_the_rest_handed_over() -> None:
+    answered = evidence("Which plan has invoicing?", ["Starter – invoicing."], 0.7)
+    unanswered = evidence("Do you sign a HIPAA agreement?", ["Unrelated."], 0.2)
+    composition = compose_answers([answered, unanswered], language="en", tier="Starter")
+    text = "\n\n".join(composition.paragraphs)
+    assert "You asked \u201cWhich plan has invoicing?\u201d" in text
+    assert "Your account is on Starter." in text
+    assert f"(Source: Plans, KB-{str(answered.item.id)[:8]})" in text  # type: ignore[union-attr]
+    assert "passed your other question" in text and "HIPAA" in text
+    assert composition.citations == [str(answered.item.id)]  # type: ignore[union-attr]
+    assert [e.question.text for e in composition.handed_over] == ["Do you sign a HIPAA agreement?"]
+
+
+def test_nothing_answered_is_a_handover_without_quotes() -> None:
+    composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
+    assert composition.answered == []
+    assert composition.paragraphs == ["Wir haben Ihre Anfrage an unser Team weitergeleitet und melden uns bei Ihnen."]

@@ -1,0 +1,155 @@
+"""The learned risk detector (`agent.scoring.risk_model`): its shipped examples, the threshold cross-validation
+chooses, paraphrased reports in five languages, how-to questions, and the held-out reports of tests/data."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.scoring.risk import ACTIONS, URGENT, detect_risks, strongest_action
+from agent.scoring.risk_model import (
+    KIND_OF_LABEL,
+    NONE,
+    RECALL_TARGET,
+    RiskModel,
+    _stored_vectors,
+    load_examples,
+    risk_model,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def model(embedder: Any) -> RiskModel:
+    return risk_model(embedder)
+
+
+def detect(model: RiskModel, embedder: Any, text: str) -> set[str]:
+    return {r.kind for r in model.detect(text, embedder.encode([text])[0])}
+
+
+def test_the_examples_ship_with_the_package_and_cover_every_kind_in_five_languages() -> None:
+    examples = load_examples()
+    assert len(examples) >= 400
+    labels = Counter(e.label for e in examples)
+    assert set(labels) == {*KIND_OF_LABEL, NONE}
+    assert labels[NONE] >= len(examples) // 3  # benign look-alikes, many
+    for label in KIND_OF_LABEL:
+        assert {e.lang for e in examples if e.label == label} == {"en", "de", "es", "fr", "pt"}, label
+    held_out = {json.loads(line)["text"] for line in (DATA / "risk_reports.jsonl").read_text().splitlines() if line}
+    assert not held_out & {e.text for e in examples}  # the test set is never trained on
+
+
+def test_the_stored_vectors_are_those_of_the_shipped_examples(embedder: Any) -> None:
+    """After editing risk_examples.jsonl, run `python -m agent.scoring.risk_model` (else every worker encodes the
+    examples before its first ticket)."""
+    examples = load_examples()
+    stored = _stored_vectors(embedder, examples)
+    assert stored is not None
+    fresh = embedder.encode([examples[0].text, examples[-1].text])
+    assert np.abs(fresh - stored[[0, -1]]).max() < 0.01
+
+
+def test_the_threshold_is_the_highest_that_keeps_the_cross_validated_recall(model: RiskModel) -> None:
+    cv = model.cross_validation
+    assert cv["threshold"] == model.threshold
+    assert cv["recall"] >= RECALL_TARGET
+    assert 0.05 <= model.threshold <= 0.95
+    # Recall is favoured, but not by flagging everything.
+    assert cv["false_positive_rate"] < 0.25
+
+
+def test_the_kinds_map_to_the_actions_of_the_brief() -> None:
+    for label in ("data_loss", "outage", "security", "account_takeover"):
+        assert ACTIONS[KIND_OF_LABEL[label]] == "escalate_urgent" and KIND_OF_LABEL[label] in URGENT
+    for label in ("refund_demand", "legal_threat"):
+        assert ACTIONS[KIND_OF_LABEL[label]] == "escalate"
+
+
+# Written for this test: not in the examples, not in tests/data, and no pattern of agent.scoring.risk matches them.
+PARAPHRASED = [
+    ("This morning all of September is blank in our reports although we had over 800 hours in there.", "data_loss"),
+    (
+        "Somebody I have never heard of is now listed as owner of our workspace and I was made a plain member.",
+        "account_takeover",
+    ),
+    ("Our developer put the workspace API key on a public website by accident last night.", "security_incident"),
+    ("Since nine o'clock not one of our forty people can get the app to open, it just hangs.", "outage"),
+    ("Seit dem Update sind die Einträge meines ganzen Teams vom letzten Monat einfach weg.", "data_loss"),
+    ("Alguien entró en mi cuenta, cambió la contraseña y ahora ya no puedo acceder.", "account_takeover"),
+    (
+        "Des personnes extérieures à notre société peuvent consulter nos rapports sans se connecter.",
+        "security_incident",
+    ),
+    ("Todos os lançamentos da semana passada sumiram e ninguém aqui apagou nada.", "data_loss"),
+    ("You took the renewal after we had cancelled. Put that money back on our card this week.", "refund_demand"),
+    ("One more week without an answer and we will let a judge decide who pays for this.", "legal_threat"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), PARAPHRASED)
+def test_paraphrased_reports_are_caught_with_their_action(
+    model: RiskModel, embedder: Any, text: str, kind: str
+) -> None:
+    assert kind not in {r.kind for r in detect_risks(text)}  # words no pattern lists
+    risks = model.detect(text, embedder.encode([text])[0])
+    assert risks, text
+    # The action is what matters (urgent escalation or escalation); the exact kind is reported in the trace.
+    assert strongest_action(risks) == ACTIONS[kind], (text, [r.describe() for r in risks])
+
+
+def test_a_learned_risk_says_why_in_the_trace(model: RiskModel, embedder: Any) -> None:
+    text = PARAPHRASED[0][0]
+    (risk,) = model.detect(text, embedder.encode([text])[0])
+    assert risk.score is not None and risk.score >= model.threshold
+    assert risk.threshold == model.threshold
+    assert f"learned detector {risk.score:.2f}" in risk.describe()
+    assert "September" in risk.describe()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How do I export last month's timesheets as a PDF for our accountant?",
+        "Where can I change the hourly rate of a single project?",
+        "Wie lade ich neue Kolleginnen in unseren Arbeitsbereich ein?",
+        "¿Cómo cambio la moneda en la que se emiten las facturas?",
+        "Comment ajouter un nouveau client à un projet existant ?",
+        "Como defino o dia em que a semana começa nos relatórios?",
+    ],
+)
+def test_everyday_questions_are_not_flagged(model: RiskModel, embedder: Any, text: str) -> None:
+    assert detect(model, embedder, text) == set()
+
+
+def test_nothing_is_flagged_without_an_embedding_or_text(model: RiskModel) -> None:
+    assert model.detect("All our data is gone.", None) == []
+    assert model.detect("   ", np.zeros(384, dtype=np.float32)) == []
+
+
+def test_held_out_reports_are_caught_and_their_look_alikes_mostly_not(model: RiskModel, embedder: Any) -> None:
+    """tests/data/risk_reports.jsonl, written by someone else and never trained on (see its README). Measured
+    when written: 95 of 96 reports caught (one English legal threat missed), 2 of 66 look-alikes flagged."""
+    rows = [json.loads(line) for line in (DATA / "risk_reports.jsonl").read_text().splitlines() if line.strip()]
+    vectors = embedder.encode([r["text"] for r in rows])
+    flagged = [bool(model.detect(r["text"], v)) for r, v in zip(rows, vectors, strict=True)]
+    caught: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    false_alarms = 0
+    for row, hit in zip(rows, flagged, strict=True):
+        if row["label"] == NONE:
+            false_alarms += hit
+            continue
+        for key in (row["label"], row["lang"]):
+            total[key] += 1
+            caught[key] += hit
+    assert sum(caught[label] for label in KIND_OF_LABEL) >= 0.9 * sum(total[label] for label in KIND_OF_LABEL)
+    for key in total:
+        assert caught[key] >= 0.8 * total[key], (key, caught[key], total[key])
+    assert false_alarms <= 0.15 * sum(1 for r in rows if r["label"] == NONE)

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -18,11 +19,11 @@ from langgraph.runtime import Runtime
 from agent import outcome
 from agent.account import load_account, offline_account
 from agent.context import Context
-from agent.drafting.request import Draft, DraftRequest
+from agent.drafting.composer import ANSWER_FLOOR
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
 from agent.drafting.reader import Evidence
-from agent.drafting.composer import ANSWER_FLOOR
+from agent.drafting.request import Draft, DraftRequest
 from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
 from agent.scoring.risk_model import risk_model
@@ -386,6 +387,7 @@ async def draft(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
         risks=list(state.get("risks", [])),
         evidence=list(state.get("evidence") or []),
         language=language_of(ticket_text(ticket)),
+        support_email=parseaddr(ctx.settings.smtp_from)[1] or None,
     )
     result: Draft = await ctx.drafter.draft(request)
     if result.fell_back and ctx.fallback_drafter is not None:
@@ -489,6 +491,7 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
             "gate_reasons": gate_reasons,
             "retryable": retryable,
             "thresholds": {"auto_resolve": settings.auto_resolve_threshold, "review": settings.review_threshold},
+            "calibration_version": ctx.calibration.meta.get("version"),
         }
     }
 

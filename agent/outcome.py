@@ -80,7 +80,7 @@ async def _finish_attempt(
             context = $6::text::jsonb, retrieved = $7::text::jsonb, prompt = $8, draft = $9,
             citations = $10::text::jsonb, confidence = $11, confidence_breakdown = $12::text::jsonb,
             decision = $13, decision_reasons = $14::text::jsonb, model = $15::text::jsonb, query_embedding = $16,
-            escalation_retryable = $17, mode = $18
+            escalation_retryable = $17, mode = $18, calibration_version = $19
         WHERE id = $1
         """,
         attempt_id,
@@ -103,6 +103,7 @@ async def _finish_attempt(
         np.asarray(embedding, dtype=np.float32) if embedding is not None else None,
         retryable,
         mode,
+        scoring.get("calibration_version"),
     )
 
 

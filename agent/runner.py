@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import asyncpg
@@ -22,7 +23,7 @@ from agent.drafting.request import Drafter
 from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
-from agent.scoring.confidence import Calibration
+from agent.scoring.confidence import Calibration, active_calibration
 from agent.state import AgentState, TicketInput
 from agent.triage.classifier import RoutingModelCache
 from core.db import Connection
@@ -34,6 +35,8 @@ from tickets.queue import Claim, LeaseLost, notify_work
 log = logging.getLogger(__name__)
 
 _GRAPH = build_graph().compile()
+# How stale a worker's view of the activated calibration version may be.
+CALIBRATION_TTL_S = 30.0
 
 
 class TicketProcessor:
@@ -65,8 +68,21 @@ class TicketProcessor:
         self.drafter = drafter or default_drafter(settings, metrics)
         self.fallback_drafter: Drafter = OfflineDrafter()
         self.models = models or RoutingModelCache()
-        self.calibration = calibration or Calibration.load()
+        self.shipped_calibration = calibration or Calibration.load()
+        self.calibration = self.shipped_calibration
+        # A fixed calibration (tests, evaluation) is used as given; otherwise the deployment's activated refit.
+        self._calibration_fixed = calibration is not None
+        self._calibration_checked = -CALIBRATION_TTL_S
         self.graph = _GRAPH
+
+    async def current_calibration(self, conn: Connection) -> Calibration:
+        """The activated refit of this deployment's reviews, else the shipped calibration; looked up at most
+        every `CALIBRATION_TTL_S`, so an activation reaches every worker within that."""
+        now = time.monotonic()
+        if not self._calibration_fixed and now - self._calibration_checked >= CALIBRATION_TTL_S:
+            self.calibration = await active_calibration(conn) or self.shipped_calibration
+            self._calibration_checked = now
+        return self.calibration
 
     async def embeddings(self) -> QueryEmbedder:
         if self._queries is None:
@@ -112,8 +128,10 @@ class TicketProcessor:
                 await finish_without_work(self.pool, claim)
                 return "skipped"
             attempt_id, knowledge_version = await start_attempt(conn, claim)
+            calibration = await self.current_calibration(conn)
         recorder = DatabaseRecorder(self.pool, attempt_id)
         ctx = self.context(claim=claim, attempt_id=attempt_id, recorder=recorder, embeddings=embeddings)
+        ctx.calibration = calibration
         ctx.knowledge_version = knowledge_version
         try:
             final = cast(AgentState, await self.graph.ainvoke(AgentState(ticket=ticket), context=ctx))

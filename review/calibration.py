@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.quality.calibration import binned_isotonic
 from agent.quality.evaluation import expected_calibration_error
-from agent.scoring.confidence import MODELS, Calibration, CalibrationModel
+from agent.scoring.confidence import MODELS, Calibration, CalibrationModel, calibration_to_json
 from core.db import Connection
 
 DEFAULT_HOLDOUT_SHARE = 0.3
@@ -157,20 +157,6 @@ def refit_from_reviews(
     )
 
 
-def calibration_to_json(calibration: Calibration) -> dict[str, Any]:
-    return {name: calibration.named(name).to_json() for name in MODELS}
-
-
-def calibration_from_json(mapping: Mapping[str, Any], *, version: int) -> Calibration:
-    models = {name: CalibrationModel.from_json(mapping[name]) for name in MODELS}
-    return Calibration(
-        with_intents=models["with_intents"],
-        without_intents=models["without_intents"],
-        knowledge=models["knowledge"],
-        meta={"source": f"database version {version}", "version": version},
-    )
-
-
 async def load_review_labels(conn: Connection) -> list[ReviewLabel]:
     """The latest labelled review of each scored attempt, with the signals its score step recorded."""
     rows = await conn.fetch(
@@ -187,14 +173,6 @@ async def load_review_labels(conn: Connection) -> list[ReviewLabel]:
         )
         for row in rows
     ]
-
-
-async def active_calibration(conn: Connection) -> Calibration | None:
-    """The activated refit (its `meta["version"]` is the version an attempt records), or None: shipped one."""
-    row = await conn.fetchrow("SELECT version, mapping FROM calibration_versions WHERE active")
-    if row is None:
-        return None
-    return calibration_from_json(row["mapping"], version=row["version"])
 
 
 async def store_refit(conn: Connection, refit: Refit, *, actor: str) -> int:

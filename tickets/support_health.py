@@ -1,5 +1,5 @@
-"""Support-health signals for account health scoring: per customer over the API, per tier as Prometheus
-gauges.
+"""Support-health signals for account health scoring: per customer over the API (one customer, or every customer
+a page at a time: the export), per tier as Prometheus gauges.
 
 One query computes the figures for both, so the endpoint and the gauges always mean the same thing: open = not
 closed; unresolved = open, in progress or waiting on the customer; escalated = not closed and waiting on a
@@ -18,12 +18,13 @@ from uuid import UUID
 from core.db import Connection
 from core.errors import NotFound
 from core.metrics import Metrics
+from tickets.reads import decode_cursor, encode_cursor
 
 # The label of customers with no known plan (tier NULL: e.g. created by an inbound ticket).
 NO_TIER_LABEL = "none"
 
-_FIGURES_SQL = """
-SELECT c.tier,
+# The figures, over the tickets `t` of the customers `c` grouped by; `fd`: each ticket's failed deliveries.
+_FIGURE_COLUMNS = """
        count(t.id) AS total_tickets,
        count(t.id) FILTER (WHERE t.status <> 'closed') AS open_tickets,
        count(t.id) FILTER (
@@ -37,13 +38,36 @@ SELECT c.tier,
        COALESCE(sum(t.reopen_count), 0)::bigint AS reopen_count,
        max(t.last_customer_message_at) AS last_contact_at,
        COALESCE(sum(fd.n), 0)::bigint AS failed_deliveries
-FROM customers c
+"""
+_FIGURE_JOINS = """
 LEFT JOIN tickets t ON t.customer_id = c.id
 LEFT JOIN (
     SELECT ticket_id, count(*) AS n FROM deliveries WHERE status IN ('failed', 'disabled') GROUP BY ticket_id
 ) fd ON fd.ticket_id = t.id
+"""
+
+_FIGURES_SQL = f"""
+SELECT c.tier, {_FIGURE_COLUMNS}
+FROM customers c
+{_FIGURE_JOINS}
 WHERE $1::uuid IS NULL OR c.id = $1::uuid
 GROUP BY c.tier
+"""
+
+# The export: one page of customers in the order they were created (a customer created later lands on a later
+# page, so a walk through the pages sees each customer once), the figures computed for that page only.
+_EXPORT_SQL = f"""
+WITH page AS (
+    SELECT id, email, tier, created_at FROM customers
+    WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1::timestamptz, $2::uuid)
+    ORDER BY created_at, id
+    LIMIT $3
+)
+SELECT c.id AS customer_id, c.email, c.tier, c.created_at, {_FIGURE_COLUMNS}
+FROM page c
+{_FIGURE_JOINS}
+GROUP BY c.id, c.email, c.tier, c.created_at
+ORDER BY c.created_at, c.id
 """
 
 FIGURES = (
@@ -99,6 +123,29 @@ async def customer_support_health(conn: Connection, customer_id: UUID) -> dict[s
         "total_tickets": figures.get("total_tickets", 0),
         **{name: figures.get(name) for name in FIGURES},
     }
+
+
+async def list_support_health(
+    conn: Connection, *, cursor: str | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Every customer's support-health figures, oldest customer first, a page at a time: the page and the cursor
+    of the next one (None on the last page). Each item has the keys of `customer_support_health`."""
+    after_at, after_id = decode_cursor(cursor) if cursor else (None, None)
+    rows = await conn.fetch(_EXPORT_SQL, after_at, after_id, limit + 1)
+    items = [
+        {
+            "customer_id": row["customer_id"],
+            "email": row["email"],
+            "tier": row["tier"],
+            "total_tickets": row["total_tickets"],
+            **{name: row[name] for name in FIGURES},
+        }
+        for row in rows[:limit]
+    ]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["customer_id"])
+    return items, next_cursor
 
 
 async def refresh_support_health_gauges(conn: Connection, metrics: Metrics) -> None:

@@ -295,3 +295,26 @@ def score_confidence(
         calibrated=round(calibrated, 4),
         breakdown=breakdown,
     )
+
+
+def calibration_from_json(mapping: Mapping[str, Any], *, version: int) -> Calibration:
+    """A calibration stored as a version in the database (`calibration_versions.mapping`)."""
+    models = {name: CalibrationModel.from_json(mapping.get(name) or _DEFAULT[name]) for name in MODELS}
+    return Calibration(
+        with_intents=models["with_intents"],
+        without_intents=models["without_intents"],
+        knowledge=models["knowledge"],
+        meta={"source": f"database version {version}", "version": version},
+    )
+
+
+def calibration_to_json(calibration: Calibration) -> dict[str, Any]:
+    return {name: calibration.named(name).to_json() for name in MODELS}
+
+
+async def active_calibration(conn: Any) -> Calibration | None:
+    """The activated refit (its `meta["version"]` is what an attempt records), or None: the shipped one."""
+    row = await conn.fetchrow("SELECT version, mapping FROM calibration_versions WHERE active")
+    if row is None:
+        return None
+    return calibration_from_json(row["mapping"], version=row["version"])

@@ -124,14 +124,14 @@ def calibrate_from_reviews(*, holdout_share: float, min_reviews: int, as_json: b
 
 
 async def _refit(url: str, settings: Settings, holdout_share: float, min_reviews: int) -> dict[str, Any]:
-    from agent.scoring.confidence import Calibration
+    from agent.scoring.confidence import Calibration, active_calibration
     from review import calibration
 
     pool = await db.create_pool(url, settings)
     try:
         async with pool.acquire() as conn:
             labels = await calibration.load_review_labels(conn)
-            current = await calibration.active_calibration(conn) or Calibration.load()
+            current = await active_calibration(conn) or Calibration.load()
             train, holdout = calibration.split(labels, holdout_share)
             refit = calibration.refit_from_reviews(train, holdout, current, min_reviews=min_reviews)
             # A refit too small to judge is not worth a version; one that lost to the current is, for the record.

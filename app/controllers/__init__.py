@@ -6,6 +6,7 @@ from typing import Any
 
 from app.controllers.customer_messages import CustomerMessagesController
 from app.controllers.customers import CustomerController
+from app.controllers.gaps import ContentGapsController, gaps_pages
 from app.controllers.golive import GoLiveController
 from app.controllers.health import HealthController
 from app.controllers.inbound import InboundController
@@ -26,6 +27,8 @@ ROUTE_HANDLERS: list[Any] = [
     web_router,
     ReviewController,
     GoLiveController,
+    ContentGapsController,
+    gaps_pages,
     SupportHealthController,
     CustomerMessagesController,
     KnowledgeController,

@@ -88,6 +88,9 @@ async def test_the_model_gets_the_readers_evidence_and_unsupported_sentences_esc
     assert drafted["removed"] == list(INVENTED)
     assert all(sentence not in drafted["draft"] for sentence in INVENTED)
     assert drafted["llm"]["support"]["removed"] == list(INVENTED)
+    # The structured-output method the probe chose is in the trace, with what the probe found.
+    assert drafted["model"]["structured_output"] == drafted["llm"]["structured_output"] == "function_calling"
+    assert drafted["llm"]["probe"]["results"] == {"function_calling": "works"}
     assert state["scoring"]["gate"] == "escalate"
     assert any("had no support in the passages they cite" in r for r in state["scoring"]["gate_reasons"])
     assert state["outcome"]["decision"] == "escalate"

@@ -8,11 +8,17 @@ import random
 
 import pytest
 
-from agent.scoring.confidence import INTENT_SIGNALS, SIMILARITY_SIGNALS, Calibration, CalibrationModel, sigmoid
-from review.calibration import (
-    ReviewLabel,
+from agent.scoring.confidence import (
+    INTENT_SIGNALS,
+    SIMILARITY_SIGNALS,
+    Calibration,
+    CalibrationModel,
     calibration_from_json,
     calibration_to_json,
+    sigmoid,
+)
+from review.calibration import (
+    ReviewLabel,
     in_holdout,
     predict,
     refit_from_reviews,

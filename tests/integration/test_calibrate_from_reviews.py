@@ -13,10 +13,15 @@ from typing import Any
 import asyncpg
 from click.testing import CliRunner
 
-from agent.scoring.confidence import SIMILARITY_SIGNALS, Calibration
+from agent.drafting.drafter import OfflineDrafter
+from agent.runner import TicketProcessor
+from agent.scoring.confidence import SIMILARITY_SIGNALS, Calibration, active_calibration
 from app.cli import main
-from review.calibration import active_calibration, load_review_labels
+from core.metrics import Metrics
+from review.calibration import load_review_labels
+from tests.support.agent_graph import claim, new_ticket
 from tests.support.delivery import seed_customer
+from tickets.trace import get_trace
 
 
 async def seed_scored_reviews(pool: asyncpg.Pool, n: int, *, seed: int = 0) -> None:
@@ -104,3 +109,24 @@ async def test_refit_versioned_activated_only_when_better(
         env={"DESKPILOT_DATABASE_URL": database_url, "DESKPILOT_DATA_DIR": str(tmp_path)},
     )
     assert refused.exit_code == 2 and "holdout-share" in refused.output
+
+
+async def test_the_activated_version_scores_live_attempts_and_the_trace_shows_it(
+    clean_db: asyncpg.Pool, database_url: str, tmp_path: Path, embedder: Any, make_settings: Any
+) -> None:
+    await seed_scored_reviews(clean_db, 400)
+    version = (await calibrate(database_url, tmp_path, "--min-reviews", "100"))["version"]
+    ticket_id = await new_ticket(clean_db, subject="Export", body="How do I export my timesheets?", email="v@example.com")
+    processor = TicketProcessor(clean_db, make_settings(), Metrics(), embedder=embedder, drafter=OfflineDrafter())
+    await processor(await claim(clean_db, ticket_id))
+    attempt = await clean_db.fetchrow(
+        "SELECT id, calibration_version FROM resolution_attempts WHERE ticket_id = $1", ticket_id
+    )
+    assert attempt["calibration_version"] == version
+    step = await clean_db.fetchval(
+        "SELECT output FROM attempt_steps WHERE attempt_id = $1 AND node = 'score'", attempt["id"]
+    )
+    assert step["calibration_version"] == version
+    async with clean_db.acquire() as conn:
+        trace = await get_trace(conn, ticket_id)
+    assert trace["attempts"][-1]["calibration_version"] == version

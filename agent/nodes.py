@@ -348,8 +348,12 @@ async def _read_knowledge(
     async with ctx.pool.acquire() as conn:
         if not passages:
             found = await search(
-                conn, query_embedding=embedding, query_text=ticket_text(ticket), kinds=("kb_chunk",),
-                k=QUESTION_PASSAGES, ef_search=settings.hnsw_ef_search,
+                conn,
+                query_embedding=embedding,
+                query_text=ticket_text(ticket),
+                kinds=("kb_chunk",),
+                k=QUESTION_PASSAGES,
+                ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
         if not passages:
@@ -360,8 +364,12 @@ async def _read_knowledge(
         vectors = await ctx.embeddings.encode_many([q.query for q in questions])
         for question, vector in zip(questions, vectors, strict=True):
             found = await search(
-                conn, query_embedding=vector, query_text=question.query, kinds=("kb_chunk",),
-                k=QUESTION_PASSAGES, ef_search=settings.hnsw_ef_search,
+                conn,
+                query_embedding=vector,
+                query_text=question.query,
+                kinds=("kb_chunk",),
+                k=QUESTION_PASSAGES,
+                ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
     evidence = await ctx.embeddings.reader.read(questions, vectors, embedding, list(passages.values()))

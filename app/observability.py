@@ -43,10 +43,13 @@ async def _read_database_gauges(runtime: Runtime) -> None:
     try:
         pool = runtime.require_pool()
         async with asyncio.timeout(5), pool.acquire() as conn:
-            counts = {r["status"]: r["n"] for r in await conn.fetch(
-                "SELECT status, count(*) AS n FROM tickets GROUP BY status")}
+            counts = {
+                r["status"]: r["n"]
+                for r in await conn.fetch("SELECT status, count(*) AS n FROM tickets GROUP BY status")
+            }
             queued = await conn.fetchval(
-                "SELECT count(*) FROM tickets WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL")
+                "SELECT count(*) FROM tickets WHERE next_attempt_at IS NOT NULL AND parked_at IS NULL"
+            )
             outbox = await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending'")
             await refresh_support_health_gauges(conn, metrics)
     except DATABASE_UNAVAILABLE as exc:

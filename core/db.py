@@ -199,8 +199,7 @@ async def apply_migrations(conn: Connection, directory: Path = MIGRATIONS_DIR) -
             """
         )
         applied = {
-            row["version"]: row
-            for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+            row["version"]: row for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
         }
         done: list[str] = []
         for migration in migrations:

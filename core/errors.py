@@ -113,9 +113,7 @@ class Unavailable(DeskPilotError):
     status = 503
     title = "Service unavailable"
 
-    def __init__(
-        self, detail: str = "the database is unreachable; retry shortly", retry_after: int = 5
-    ) -> None:
+    def __init__(self, detail: str = "the database is unreachable; retry shortly", retry_after: int = 5) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
@@ -160,9 +158,7 @@ def render_validation_error(_: Request[Any, Any, Any], exc: ValidationException)
     """Litestar's own parameter/body validation: name the offending field(s)."""
     errors = exc.extra if isinstance(exc.extra, list) else []
     fields = [str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key")]
-    detail = "; ".join(f"{e.get('key')}: {e.get('message')}" for e in errors if isinstance(e, dict)) or str(
-        exc.detail
-    )
+    detail = "; ".join(f"{e.get('key')}: {e.get('message')}" for e in errors if isinstance(e, dict)) or str(exc.detail)
     response = problem(422, "Invalid input", detail, field=fields[0] if fields else None)
     if len(errors) > 1 and isinstance(response.content, dict):
         response.content["errors"] = [

@@ -49,8 +49,7 @@ class Metrics:
         )
         self.worker_claims = Counter(
             "deskpilot_worker_claims_total",
-            "Tickets claimed by workers, by how the claim ended "
-            "(completed, failed, parked, lease_lost, released)",
+            "Tickets claimed by workers, by how the claim ended (completed, failed, parked, lease_lost, released)",
             ["outcome"],
             registry=r,
         )

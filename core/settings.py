@@ -314,8 +314,7 @@ class Settings:
         review = _float(env, "DESKPILOT_REVIEW_THRESHOLD", 0.60, 0.0, 1.0)
         if review > auto:
             raise SettingsError(
-                "DESKPILOT_REVIEW_THRESHOLD must not exceed DESKPILOT_AUTO_RESOLVE_THRESHOLD "
-                f"({review} > {auto})"
+                f"DESKPILOT_REVIEW_THRESHOLD must not exceed DESKPILOT_AUTO_RESOLVE_THRESHOLD ({review} > {auto})"
             )
         fallback = (_str(env, "DESKPILOT_LLM_FALLBACK", "offline") or "offline").lower()
         if fallback not in {"offline", "escalate"}:

@@ -247,11 +247,7 @@ async def record_outcome(
         current = await conn.fetchrow(
             "SELECT lease_token, status FROM deliveries WHERE id = $1 FOR UPDATE", delivery.id
         )
-        if (
-            current is None
-            or current["lease_token"] != delivery.lease_token
-            or current["status"] != "pending"
-        ):
+        if current is None or current["lease_token"] != delivery.lease_token or current["status"] != "pending":
             log.warning(
                 "delivery %s: lease %s lost before its outcome (%s) was recorded",
                 delivery.id,

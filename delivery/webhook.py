@@ -149,19 +149,13 @@ async def send_webhook(delivery: Delivery, settings: Settings) -> SendOutcome:
     if secret:
         try:
             headers.update(
-                standard_webhook_headers(
-                    secret, delivery.idempotency_key, body, timestamp=int(sent_at.timestamp())
-                )
+                standard_webhook_headers(secret, delivery.idempotency_key, body, timestamp=int(sent_at.timestamp()))
             )
         except ValueError as exc:
             return SendOutcome.retry(f"the callback secret is unusable: {exc}")
     else:
-        log.warning(
-            "webhook delivery %s is sent unsigned: no DESKPILOT_CALLBACK_SECRET configured", delivery.id
-        )
-        headers.update(
-            {"webhook-id": delivery.idempotency_key, "webhook-timestamp": str(int(sent_at.timestamp()))}
-        )
+        log.warning("webhook delivery %s is sent unsigned: no DESKPILOT_CALLBACK_SECRET configured", delivery.id)
+        headers.update({"webhook-id": delivery.idempotency_key, "webhook-timestamp": str(int(sent_at.timestamp()))})
     try:
         response = await post_pinned(target, body, headers)
     except httpx.TimeoutException:

@@ -107,9 +107,7 @@ _HTML_TAG_NAMES = frozenset(
 )  # fmt: skip
 # Anything shaped like a start or end tag; `_is_known_tag` then keeps the HTML ones. (An alternation of the
 # names would be retried at every "<" and is ten times slower on text full of them.)
-_TAG_SHAPE = re.compile(
-    r"<(?:(!doctype\s+html)\b[^<>]*|/?([A-Za-z][A-Za-z0-9:]*)(?:\s[^<>]*)?/?)>", re.IGNORECASE
-)
+_TAG_SHAPE = re.compile(r"<(?:(!doctype\s+html)\b[^<>]*|/?([A-Za-z][A-Za-z0-9:]*)(?:\s[^<>]*)?/?)>", re.IGNORECASE)
 
 
 def _is_known_tag(tag: re.Match[str]) -> bool:
@@ -148,9 +146,7 @@ _DROPPED_ELEMENTS = frozenset(
         "map", "input", "textarea",
     }
 )  # fmt: skip
-_PARAGRAPH_ELEMENTS = frozenset(
-    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "pre", "hr"}
-)
+_PARAGRAPH_ELEMENTS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "pre", "hr"})
 _BLOCK_ELEMENTS = frozenset(
     {
         "address", "article", "aside", "body", "caption", "center", "dd", "details", "dialog", "dir", "div",

@@ -184,9 +184,7 @@ def _require_identifier(value: str, field: str) -> None:
     if not 1 <= len(value) <= IDENTIFIER_MAX:
         raise PayloadError(422, f"{field} must be 1 to {IDENTIFIER_MAX} characters", field=field)
     if not value.isprintable() or not value.strip():
-        raise PayloadError(
-            422, f"{field} must be printable characters, no control or invisible ones", field=field
-        )
+        raise PayloadError(422, f"{field} must be printable characters, no control or invisible ones", field=field)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -49,9 +49,7 @@ def sign_webhook(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return f"{_SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
 
 
-def standard_webhook_headers(
-    secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None
-) -> dict[str, str]:
+def standard_webhook_headers(secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
     """The three Standard Webhooks headers for an outbound delivery of `body`."""
     sent_at = int(time.time()) if timestamp is None else timestamp
     return {

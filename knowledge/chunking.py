@@ -89,9 +89,7 @@ def chunk_markdown(text: str, *, title: str, max_chars: int = 1200, overlap_char
     return _chunk_sections(_parse_blocks(text, markdown=True), title, max_chars, overlap_chars)
 
 
-def chunk_plain_text(
-    text: str, *, title: str, max_chars: int = 1200, overlap_chars: int = 150
-) -> list[Chunk]:
+def chunk_plain_text(text: str, *, title: str, max_chars: int = 1200, overlap_chars: int = 150) -> list[Chunk]:
     """Pack the paragraphs of plain text into chunks; headings and code fences are not recognised."""
     _check_sizes(max_chars, overlap_chars)
     return _chunk_sections(_parse_blocks(text, markdown=False), title, max_chars, overlap_chars)
@@ -166,11 +164,7 @@ def _parse_blocks(text: str, *, markdown: bool) -> list[_Section]:
             if heading := _ATX_HEADING.match(line):
                 open_section(len(heading.group(1)), _clean_heading(heading.group(2)))
                 continue
-            if (
-                block is not None
-                and block.kind == "paragraph"
-                and (underline := _SETEXT_UNDERLINE.match(line))
-            ):
+            if block is not None and block.kind == "paragraph" and (underline := _SETEXT_UNDERLINE.match(line)):
                 heading_text = " ".join(part.strip() for part in block.lines)
                 block = None
                 open_section(1 if underline.group(1).startswith("=") else 2, heading_text)

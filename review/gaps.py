@@ -3,10 +3,11 @@ incomplete), grouped into topics by their embeddings; a category's most frequent
 blockers) the same way.
 
 A ticket is a gap while its latest completed attempt escalated for lack of evidence: a retryable escalation (no
-demand, injection or guard failure) whose score step found nothing to ground a reply in, or whose reader left a
-question unanswered (knowledge coverage below 1, questions handed over to a person). When the knowledge base
-changes such tickets are drafted again (`agent.runner.requeue_on_knowledge_change`): one the new article answers
-stops being a gap, so a topic shrinks as the knowledge base covers it.
+demand, injection, incident or guard failure held it back; what is left is the evidence) — its score step found
+nothing to ground a reply in, its reader left a question unanswered (knowledge coverage below 1, questions handed
+over to a person), or the passages it found matched too weakly for a confidence at the review threshold. When the
+knowledge base changes such tickets are drafted again (`agent.runner.requeue_on_knowledge_change`): one the new
+article answers stops being a gap, so a topic shrinks as the knowledge base covers it.
 
 The grouping is pure (`group_topics` over `GapTicket`s): average-linkage agglomerative clustering on cosine
 distance, cut at `DISTANCE_THRESHOLD`; a topic's label is its subjects' most distinctive words. The vectors are the
@@ -32,8 +33,9 @@ from core.db import Connection
 from knowledge.embedder import Embedder, embed
 
 # Average-linkage cosine distance at which two groups stop merging. MiniLM puts paraphrases of one question at
-# 0.2-0.4 and different questions of one product at 0.6-0.9: 0.5 keeps the first together and the second apart
-# (on the demo set's 23 not-covered tickets: one topic per question, docs/operations.md "Content gaps").
+# 0.15-0.55 of each other and different questions of one product mostly at 0.6-1.0. On the demo set's 23
+# not-covered tickets (23 different questions) 0.5 gives 21 topics (two pairs of neighbouring questions merged),
+# 0.4 gives 23, 0.55 19: 0.5 keeps most paraphrases together without merging much else.
 DISTANCE_THRESHOLD = 0.5
 DEFAULT_WEEKS = 6
 MAX_WEEKS = 52
@@ -171,7 +173,7 @@ WITH latest AS (
     ORDER BY a.ticket_id, a.attempt_no DESC
 )
 SELECT t.id AS ticket_id, t.subject, t.body, t.created_at, t.category, l.decision, l.escalation_retryable,
-       l.query_embedding,
+       l.query_embedding::real[] AS query_embedding,
        COALESCE(s.output, '{}'::jsonb) AS scoring,
        COALESCE(d.output, '{}'::jsonb) AS drafted,
        EXISTS (SELECT 1 FROM reviews r
@@ -207,10 +209,15 @@ def gap_reason(row: dict[str, Any]) -> str | None:
     handed_over = detail.get("handed_over") if isinstance(detail, dict) else None
     if handed_over:
         return f"{len(handed_over)} question(s) handed over: no passage answers them"
-    coverage = (scoring.get("signals") or {}).get("coverage")
+    signals = scoring.get("signals") or {}
+    coverage = signals.get("coverage")
     if scoring.get("model") == "knowledge" and isinstance(coverage, int | float) and coverage < 1:
         return f"knowledge coverage {coverage:.2f}: a question has no answering passage"
-    return None
+    # Retryable and below the review threshold: the passages found were too weak a match to answer with.
+    confidence = scoring.get("confidence")
+    weak = f"weak evidence: confidence {confidence:.2f}" if isinstance(confidence, int | float) else "weak evidence"
+    reader = signals.get("reader_min")
+    return f"{weak}, weakest answer match {reader:.2f}" if isinstance(reader, int | float) else weak
 
 
 class TicketVectors:
@@ -237,6 +244,22 @@ class TicketVectors:
 
 def ticket_text(subject: str, body: str) -> str:
     return f"{subject}\n{body}"[:TEXT_CHARS]
+
+
+# Is there a ticket in the window with no completed attempt that stored a query vector?
+_NEEDS_ENCODING_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM tickets t
+    WHERE t.created_at >= $1 AND ($2::text IS NULL OR t.category = $2::text)
+      AND NOT EXISTS (SELECT 1 FROM resolution_attempts a
+                      WHERE a.ticket_id = t.id AND a.state = 'completed' AND a.query_embedding IS NOT NULL)
+)
+"""
+
+
+async def needs_encoding(conn: Connection, *, since: datetime, category: str | None) -> bool:
+    """Whether a report over this window may have to encode ticket texts (so the model must be loaded)."""
+    return bool(await conn.fetchval(_NEEDS_ENCODING_SQL, since, category))
 
 
 async def load_topic_tickets(

@@ -39,9 +39,7 @@ FOR UPDATE OF t SKIP LOCKED
 """
 
 
-async def close_quiet_tickets(
-    conn: Connection, settings: Settings, *, now: datetime | None = None
-) -> int:
+async def close_quiet_tickets(conn: Connection, settings: Settings, *, now: datetime | None = None) -> int:
     """Close resolved tickets quiet for `settings.close_after_s`; returns how many closed.
 
     `now` replaces the database clock (tests drive time with it). Closes at most CLOSE_BATCH per call.

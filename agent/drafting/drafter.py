@@ -166,7 +166,6 @@ class OfflineDrafter:
             violations=violations,
         )
 
-
     def compose_from_knowledge(self, request: DraftRequest) -> Draft:
         """One answer per question from the passage the reader chose; unanswered questions handed over."""
         allowed_urls, allowed_emails = allowed_addresses(request)
@@ -184,7 +183,8 @@ class OfflineDrafter:
                 paragraphs.append(safe)
         greeting = f"{words['hello']} {name}," if name else f"{words['hello']},"
         opening = words["thanks_subject"].format(subject=subject) if subject else words["thanks"]
-        text = "\n".join([greeting, "", opening, "", "\n\n".join(paragraphs), "", words["signoff"], request.specialist.team])
+        answers = "\n\n".join(paragraphs)
+        text = "\n".join([greeting, "", opening, "", answers, "", words["signoff"], request.specialist.team])
         return Draft(
             text=text.strip(),
             citations=composition.citations,

@@ -738,9 +738,7 @@ class LLMDrafter:
             else:
                 return attempt, built
             retries_left -= 1
-            log.warning(
-                "LLM attempt %d failed (%s: %s); retrying in %.2f s", n, attempt.outcome, record.error, delay
-            )
+            log.warning("LLM attempt %d failed (%s: %s); retrying in %.2f s", n, attempt.outcome, record.error, delay)
             record.slept_s = round(delay, 3)
             if delay > 0:
                 await self._sleep(delay)

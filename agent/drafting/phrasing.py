@@ -10,7 +10,8 @@ OFFLINE_TEMPLATE = (
 
 KNOWLEDGE_TEMPLATE = (
     "{hello} {customer_name},\\n\\n{thanks_subject}\\n\\n"
-    "[per question: {you_asked} + {your_tier}? + answering sentences of the chosen passage + ({source}: title, KB-xxxxxxxx)]"
+    "[per question: {you_asked} + {your_tier}? + answering sentences of the chosen passage"
+    " + ({source}: title, KB-xxxxxxxx)]"
     "\\n\\n{passed_on: questions no passage answers}\\n\\n{signoff}\\n{team}"
 )
 
@@ -35,7 +36,9 @@ _PHRASES: dict[str, dict[str, str]] = {
         "you_asked": "Sie fragten {question}:",
         "your_tier": "Ihr Konto nutzt {tier}.",
         "source": "Quelle",
-        "passed_on": "Ihre weitere Frage haben wir an einen Kollegen weitergegeben, der sich bei Ihnen meldet: {questions}.",
+        "passed_on": (
+            "Ihre weitere Frage haben wir an einen Kollegen weitergegeben, der sich bei Ihnen meldet: {questions}."
+        ),
         "hello": "Hallo",
         "customer": "",
         "thanks": "Vielen Dank für Ihre Nachricht.",

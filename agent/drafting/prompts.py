@@ -54,8 +54,8 @@ class DraftVerdict(BaseModel):
     )
     cited_ids: list[str] = Field(
         description=(
-            "Labels of the reference items the reply relies on, exactly as shown, e.g. [\"R1\", \"K2\"] or "
-            "[\"KB-1a2b3c4d\"]. Only labels that appear in the reference material. Empty when nothing supports "
+            'Labels of the reference items the reply relies on, exactly as shown, e.g. ["R1", "K2"] or '
+            '["KB-1a2b3c4d"]. Only labels that appear in the reference material. Empty when nothing supports '
             "the reply."
         )
     )
@@ -328,8 +328,7 @@ def _render_item(label: str, item: RetrievedItem) -> str:
     if _is_resolution(item):
         resolution = escape_untrusted(_cut(str(item.resolution or "").strip(), ITEM_TEXT_CHARS))
         return (
-            f"[{label}] Past resolution{score}: {title}\n"
-            f"Customer's problem: {text}\nHow it was resolved: {resolution}"
+            f"[{label}] Past resolution{score}: {title}\nCustomer's problem: {text}\nHow it was resolved: {resolution}"
         )
     return f"[{label}] Knowledge-base passage{score}: {title}\n{text}"
 
@@ -550,4 +549,3 @@ def build_messages(
         method=method,
         token_source=counter.source,
     )
-

@@ -19,8 +19,9 @@ SHORT_QUESTION_CHARS = 40
 # Sentence ends: terminal punctuation followed by space, or a line break (bullets and short lines are sentences).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*[ \t]+|\s*\n+\s*")
 # Abbreviations whose full stop does not end a sentence; the space after them is made non-breaking.
-_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|vs|approx|z\.\s?B|bzw|ca|usw|p\.\s?ex|p\.\s?e|Nr|No|Dr|Mr|Mrs|Ms)\.[ \t]",
-                           re.IGNORECASE)
+_ABBREVIATION = re.compile(
+    r"\b(?:e\.g|i\.e|etc|vs|approx|z\.\s?B|bzw|ca|usw|p\.\s?ex|p\.\s?e|Nr|No|Dr|Mr|Mrs|Ms)\.[ \t]", re.IGNORECASE
+)
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 _GREETING = re.compile(
     r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
@@ -136,11 +137,18 @@ def _words(text: str) -> set[str]:
 
 
 _LANGUAGE_WORDS: dict[str, frozenset[str]] = {
-    "en": frozenset("the and is are you we our my how what can do does with for this that have not".split()),
-    "de": frozenset("der die das und ist sind wir unser ich wie was kann können nicht mit für ein eine haben den dem auf sich sie zu".split()),
-    "es": frozenset("el la los las y es son nosotros nuestro cómo qué puedo podemos no con para una tengo hay del mi mis su por muy".split()),
-    "fr": frozenset("le la les et est sont nous notre je comment quoi peut pouvons pas avec pour une avons vous des du mes mon ma au aux ce cette".split()),
-    "pt": frozenset("o a os as e é são nós nosso como que posso podemos não com para uma temos do da dos das meu minha um você".split()),
+    lang: frozenset(words.split())
+    for lang, words in {
+        "en": "the and is are you we our my how what can do does with for this that have not",
+        "de": "der die das und ist sind wir unser ich wie was kann können nicht mit für ein eine haben den dem auf "
+        "sich sie zu",
+        "es": "el la los las y es son nosotros nuestro cómo qué puedo podemos no con para una tengo hay del mi mis "
+        "su por muy",
+        "fr": "le la les et est sont nous notre je comment quoi peut pouvons pas avec pour une avons vous des du "
+        "mes mon ma au aux ce cette",
+        "pt": "o a os as e é são nós nosso como que posso podemos não com para uma temos do da dos das meu minha "
+        "um você",
+    }.items()
 }
 
 

@@ -246,7 +246,11 @@ async def fit_knowledge_calibration(
     wrong whatever was drafted; must-escalate tickets are left out (their gates, not the confidence, decide).
     """
     run = await evaluate_deployment(
-        dataset, settings=settings, examples=examples, newest_event_at=newest_event_at, embedder=embedder,
+        dataset,
+        settings=settings,
+        examples=examples,
+        newest_event_at=newest_event_at,
+        embedder=embedder,
         progress=progress,
     )
     rows = [r for r in run.results if r.signal_model == "knowledge" and r.kind != "must_escalate"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.triage.classifier import Neighbour
 from agent.drafting.reader import Evidence
+from agent.triage.classifier import Neighbour
 from knowledge.retrieval import RetrievedItem
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")

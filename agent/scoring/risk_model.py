@@ -4,12 +4,14 @@ lists ("every entry of last month is blank since this morning", "someone else is
 
 Two multinomial logistic regressions are fitted at first use on the labelled examples shipped beside this module
 (`risk_examples.jsonl`: en, de, es, fr, pt, with benign look-alikes: how-to questions about refunds, security
-settings, exports, deleting on purpose, the status page, "our legal team"): one over the ticket's MiniLM embedding,
-which the graph computes anyway, and one over character n-grams of the folded text, which carry the word stems of
-the languages MiniLM reads poorly. Their probabilities are averaged (the embedding's share halved for text that
-is not English). A text is flagged when the probability that it is one of the kinds reaches a threshold chosen
-on 5-fold cross-validation of the examples, favouring recall (a missed incident is sent an answer, a false alarm
-only waits for a person): the highest threshold that still catches 95 % of the examples' risks out of fold.
+settings, exports, deleting on purpose, the status page, "our legal team", and everyday problems: a reset email that
+does not arrive, a lockout, a lost 2FA phone, a 403, a failing sync or import, a 401 webhook, a 429): one over the
+ticket's MiniLM embedding, which the graph computes anyway, and one over character n-grams of the folded text, which
+carry the word stems of the languages MiniLM reads poorly. Their probabilities are averaged (the embedding's share
+halved for text that is not English). A text is flagged when the probability that it is one of the kinds reaches a
+threshold chosen on 5-fold cross-validation of the examples, favouring recall (a missed incident is sent an answer,
+a false alarm only waits for a person): the highest threshold that still catches 95 % of the examples' risks out of
+fold.
 """
 
 from __future__ import annotations
@@ -50,11 +52,14 @@ KIND_OF_LABEL: dict[str, RiskKind] = {
     "legal_threat": "legal_threat",
 }
 FOLDS = 5
-# The share of the examples' risks the threshold must catch out of fold. Measured on the 608 shipped examples,
-# out of fold: recall 0.91 flags 2.9 % of the look-alikes (threshold 0.45), 0.95 flags 6.5 % (0.41), 0.99 flags
-# 25 % (0.29).
+# The share of the examples' risks the threshold must catch out of fold. Measured on the 794 shipped examples,
+# out of fold: recall 0.91 flags 10 % of the benign ones (threshold 0.30), 0.95 flags 16 % (0.26), 0.99 flags 32 %
+# (0.19). The benign examples include everyday problems close to the reports (a reset email that does not arrive,
+# a lockout, a 403, a failing sync), so these rates are higher than on ordinary questions.
 RECALL_TARGET = 0.95
-EMBEDDING_C = 4.0
+# Weaker regularisation of the embedding head (C 8 rather than 4): out of fold at the 95 % recall threshold it flags
+# 14.7 % of the benign examples instead of 16.8 % (measured on 786 of the examples; 16 flagged 17.2 %).
+EMBEDDING_C = 8.0
 CHAR_C = 4.0
 EMBEDDING_WEIGHT = 0.5
 OTHER_LANGUAGE_EMBEDDING_WEIGHT = 0.25
@@ -251,7 +256,8 @@ def _stored_vectors(embedder: Embedder, examples: Sequence[Example]) -> np.ndarr
     if not stored.is_file():
         return None
     with stored.open("rb") as f, np.load(f) as data:
-        digest, model, vectors = str(data["digest"]), str(data["model"]), data["vectors"].astype(np.float32)
+        digest, model = str(data["digest"]), str(data["model"])
+        vectors: np.ndarray = np.asarray(data["vectors"], dtype=np.float32)
     if digest != _examples_digest() or model != embedder.name or vectors.shape != (len(examples), embedder.dimension):
         log.warning("%s is stale (run python -m agent.scoring.risk_model): encoding the risk examples", VECTORS)
         return None

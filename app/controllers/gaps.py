@@ -48,22 +48,13 @@ def parse_category(category: str | None) -> str | None:
 async def topic_report(pool: asyncpg.Pool, settings: Settings, weeks: int, category: str | None) -> dict[str, Any]:
     # The model loads only when some ticket has no stored vector (seconds, the first time, in a worker thread).
     async with pool.acquire() as conn:
-        needs_model = await conn.fetchval(_NEEDS_MODEL_SQL, gaps.window_start(datetime.now(UTC), weeks), category)
+        needs_model = await gaps.needs_encoding(
+            conn, since=gaps.window_start(datetime.now(UTC), weeks), category=category
+        )
         embedder = await load_embedder(settings.embedding_model) if needs_model else None
         return await gaps.build_topic_report(
             conn, now=datetime.now(UTC), weeks=weeks, category=category, embedder=embedder, vectors=_TICKET_VECTORS
         )
-
-
-# Is there a ticket in the window whose latest completed attempt stored no query vector (or that has none)?
-_NEEDS_MODEL_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM tickets t
-    WHERE t.created_at >= $1 AND ($2::text IS NULL OR t.category = $2::text)
-      AND NOT EXISTS (SELECT 1 FROM resolution_attempts a
-                      WHERE a.ticket_id = t.id AND a.state = 'completed' AND a.query_embedding IS NOT NULL)
-)
-"""
 
 
 class ContentGapsController(Controller):
@@ -75,7 +66,7 @@ class ContentGapsController(Controller):
     @get(
         "/",
         operation_id="getContentGaps",
-        responses=problem_responses(401, 422, 503),
+        responses=problem_responses(400, 401, 422, 503),
         summary="Topics the agent could not answer for lack of evidence, or a category's frequent topics",
         description=(
             "Without `category`: the tickets whose latest attempt escalated for lack of evidence (or whose reply a "

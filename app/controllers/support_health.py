@@ -33,7 +33,7 @@ class SupportHealthController(Controller):
     @get(
         "/support-health",
         operation_id="exportSupportHealth",
-        responses=problem_responses(401, 422, 503),
+        responses=problem_responses(400, 401, 422, 503),
         summary="Every customer's support-health signals, oldest customer first, with cursor pagination",
         description=(
             "Each item has the fields of `GET /api/customers/{id}/support-health`. Customers are ordered by when "

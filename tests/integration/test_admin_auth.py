@@ -31,9 +31,11 @@ SESSION = session_cookie_value(ADMIN_SETTINGS)
 INGEST = "/api/webhooks/support/ingest"
 
 # Public on purpose: liveness for probes (reduced to status and database without the token), the schema, the
-# webhook (it has its own signature check), the sign-in form and sign-out, and the console's static assets.
-PUBLIC_PATHS = {"/health", INGEST, "/login", "/logout"}
-PUBLIC_PREFIXES = ("/schema", "/static/")
+# webhook (it has its own signature check), the mail providers' inbound webhooks (each with the provider's own
+# authentication, tested in test_inbound_email.py), the contact-form widget and its endpoints (origin allow-list and
+# an HMAC of the customer's email, tested in test_widget.py), the sign-in form and sign-out, and static assets.
+PUBLIC_PATHS = {"/health", INGEST, "/login", "/logout", "/widget.js"}
+PUBLIC_PREFIXES = ("/schema", "/static/", "/api/webhooks/support/inbound/", "/api/widget/")
 # Protected: the JSON admin API (and the metrics scrape) answers 401; the console pages redirect to sign-in.
 API_PREFIX = "/api/"
 API_PATHS = {"/metrics"}

@@ -116,7 +116,9 @@ async def test_the_activated_version_scores_live_attempts_and_the_trace_shows_it
 ) -> None:
     await seed_scored_reviews(clean_db, 400)
     version = (await calibrate(database_url, tmp_path, "--min-reviews", "100"))["version"]
-    ticket_id = await new_ticket(clean_db, subject="Export", body="How do I export my timesheets?", email="v@example.com")
+    ticket_id = await new_ticket(
+        clean_db, subject="Export", body="How do I export my timesheets?", email="v@example.com"
+    )
     processor = TicketProcessor(clean_db, make_settings(), Metrics(), embedder=embedder, drafter=OfflineDrafter())
     await processor(await claim(clean_db, ticket_id))
     attempt = await clean_db.fetchrow(

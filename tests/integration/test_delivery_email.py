@@ -96,9 +96,7 @@ def in_seconds(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-async def queued_email_reply(
-    pool: asyncpg.Pool, *, subject: str = "Re: RE: Cannot log in"
-) -> tuple[Any, Any, Any]:
+async def queued_email_reply(pool: asyncpg.Pool, *, subject: str = "Re: RE: Cannot log in") -> tuple[Any, Any, Any]:
     ticket_id = await seed_ticket(
         pool,
         subject=subject,
@@ -112,9 +110,7 @@ async def queued_email_reply(
 async def test_one_message_per_reply_with_threading_headers_and_escaped_html(
     clean_db: asyncpg.Pool, mail_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    settings = mail_settings(
-        DESKPILOT_SMTP_URL=smtp_server.url, DESKPILOT_SMTP_FROM="Help <help@deskpilot.test>"
-    )
+    settings = mail_settings(DESKPILOT_SMTP_URL=smtp_server.url, DESKPILOT_SMTP_FROM="Help <help@deskpilot.test>")
     metrics = Metrics()
     _ticket_id, attempt_id, delivery_id = await queued_email_reply(clean_db)
 
@@ -150,9 +146,7 @@ async def test_one_message_per_reply_with_threading_headers_and_escaped_html(
     assert row["sent_at"] is not None
     assert row["tries"] == 1
     assert row["lease_owner"] is None
-    sample = metrics.registry.get_sample_value(
-        "deskpilot_deliveries_total", {"channel": "email", "outcome": "sent"}
-    )
+    sample = metrics.registry.get_sample_value("deskpilot_deliveries_total", {"channel": "email", "outcome": "sent"})
     assert sample == 1.0
 
 
@@ -246,9 +240,7 @@ async def test_temporary_refusal_backs_off_then_fails_visibly(
     first_delay = (row["next_attempt_at"] - start).total_seconds()
     assert outbox.BACKOFF_BASE_S / 2 <= first_delay <= outbox.BACKOFF_BASE_S + 1
     # Not due yet: nothing is sent before the backoff has passed.
-    assert (
-        await outbox.drain_outbox(clean_db, settings, metrics, "w-1", now=start + timedelta(seconds=5)) == 0
-    )
+    assert await outbox.drain_outbox(clean_db, settings, metrics, "w-1", now=start + timedelta(seconds=5)) == 0
 
     second = start + timedelta(hours=1)
     assert await outbox.drain_outbox(clean_db, settings, metrics, "w-1", now=second) == 1
@@ -266,9 +258,7 @@ async def test_temporary_refusal_backs_off_then_fails_visibly(
     assert "451" in row["last_error"]
     assert smtp_server.handler.messages == []
 
-    ticket = await clean_db.fetchrow(
-        "SELECT status, needs_review, last_error FROM tickets WHERE id = $1", ticket_id
-    )
+    ticket = await clean_db.fetchrow("SELECT status, needs_review, last_error FROM tickets WHERE id = $1", ticket_id)
     assert ticket["needs_review"] is True
     assert "email delivery failed" in ticket["last_error"]
     reasons = await clean_db.fetchval(
@@ -276,10 +266,7 @@ async def test_temporary_refusal_backs_off_then_fails_visibly(
     )
     assert any("delivery failed" in r for r in reasons)
     assert (
-        metrics.registry.get_sample_value(
-            "deskpilot_deliveries_total", {"channel": "email", "outcome": "retry"}
-        )
-        == 2.0
+        metrics.registry.get_sample_value("deskpilot_deliveries_total", {"channel": "email", "outcome": "retry"}) == 2.0
     )
     assert await outbox.drain_outbox(clean_db, settings, metrics, "w-1", now=second + timedelta(days=1)) == 0
 

@@ -51,12 +51,8 @@ def frozen_clock(moment: datetime) -> type[datetime]:
 async def queued_webhook_reply(
     pool: asyncpg.Pool, *, metadata: dict[str, Any] | None = None, email: str = "dev@integration.example"
 ) -> tuple[UUID, UUID, UUID]:
-    ticket_id = await seed_ticket(
-        pool, channel="webhook", email=email, subject="API returns 500", metadata=metadata
-    )
-    attempt_id = await seed_attempt(
-        pool, ticket_id, draft="Rotate your API key and retry.", decision="deliver"
-    )
+    ticket_id = await seed_ticket(pool, channel="webhook", email=email, subject="API returns 500", metadata=metadata)
+    attempt_id = await seed_attempt(pool, ticket_id, draft="Rotate your API key and retry.", decision="deliver")
     delivery_id = await seed_agent_reply(pool, ticket_id, attempt_id)
     return ticket_id, attempt_id, delivery_id
 
@@ -112,9 +108,7 @@ async def test_500_is_retried_with_the_same_webhook_id(
     assert row["last_error"] == "HTTP 500"
     # The retry is sent at a later wall-clock time (whole seconds, as the header carries them).
     monkeypatch.setattr(webhook, "datetime", frozen_clock(datetime.now(UTC) + timedelta(seconds=7)))
-    assert (
-        await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(hours=1)) == 1
-    )
+    assert await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(hours=1)) == 1
     first, second = receiver.requests
     assert [first.headers["webhook-id"], second.headers["webhook-id"]] == [str(attempt_id)] * 2
     assert second.body == first.body
@@ -137,15 +131,9 @@ async def test_429_retry_after_is_honoured(
     assert row["status"] == "pending"
     assert row["last_error"] == "HTTP 429"
     assert (row["next_attempt_at"] - start).total_seconds() >= 600 - 1  # not the 15-30 s backoff
-    assert (
-        await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(seconds=300))
-        == 0
-    )
+    assert await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(seconds=300)) == 0
     assert len(receiver.requests) == 1
-    assert (
-        await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(seconds=601))
-        == 1
-    )
+    assert await outbox.drain_outbox(clean_db, hook_settings(), None, "w-1", now=start + timedelta(seconds=601)) == 1
     assert len(receiver.requests) == 2
     assert (await delivery_row(clean_db, delivery_id))["status"] == "sent"
 
@@ -167,9 +155,7 @@ async def test_410_disables_without_further_tries(
     assert ticket["needs_review"] is True
     assert "disabled" in ticket["last_error"]
     assert (
-        metrics.registry.get_sample_value(
-            "deskpilot_deliveries_total", {"channel": "webhook", "outcome": "disabled"}
-        )
+        metrics.registry.get_sample_value("deskpilot_deliveries_total", {"channel": "webhook", "outcome": "disabled"})
         == 1.0
     )
 
@@ -224,9 +210,7 @@ async def test_ticket_callback_url_wins_over_the_default(
 ) -> None:
     own = await HttpReceiver().start()
     try:
-        _t, _a, delivery_id = await queued_webhook_reply(
-            clean_db, metadata={"callback_url": own.url("/mine")}
-        )
+        _t, _a, delivery_id = await queued_webhook_reply(clean_db, metadata={"callback_url": own.url("/mine")})
         _t2, _a2, other_id = await queued_webhook_reply(
             clean_db, metadata={"callback_url": "file:///etc/passwd"}, email="other@integration.example"
         )
@@ -235,9 +219,7 @@ async def test_ticket_callback_url_wins_over_the_default(
     finally:
         await own.stop()
     assert [r.path for r in own.requests] == ["/mine"]
-    assert [r.path for r in receiver.requests] == [
-        "/hook"
-    ]  # a non-http callback_url falls back to the default
+    assert [r.path for r in receiver.requests] == ["/hook"]  # a non-http callback_url falls back to the default
     assert (await delivery_row(clean_db, delivery_id))["status"] == "sent"
     assert (await delivery_row(clean_db, other_id))["status"] == "sent"
 
@@ -299,9 +281,7 @@ async def test_redirect_to_loopback_from_an_allowed_host_is_not_followed(
     monkeypatch.setattr(ssrf, "forbidden_reason", treat_partner_as_public)
     try:
         partner.script = [Reply(302, {"Location": inside.url("/admin")})]
-        settings = make_settings(
-            DESKPILOT_CALLBACK_URL=partner.url(), DESKPILOT_ALLOW_PRIVATE_CALLBACKS="false"
-        )
+        settings = make_settings(DESKPILOT_CALLBACK_URL=partner.url(), DESKPILOT_ALLOW_PRIVATE_CALLBACKS="false")
         _ticket_id, _attempt_id, delivery_id = await queued_webhook_reply(clean_db)
         assert await outbox.drain_outbox(clean_db, settings, None, "w-1") == 1
     finally:

@@ -75,15 +75,11 @@ async def test_same_id_same_content_is_a_duplicate(client: Any, clean_db: asyncp
     assert again.json()["ticket_id"] == first.json()["ticket_id"]
     assert await count(clean_db, "tickets") == 1
     # Whitespace the normalizer removes does not make a different request.
-    spaced = await post(
-        client, ticket(body="Hello,   the invoice download button does nothing.  Can you help?")
-    )
+    spaced = await post(client, ticket(body="Hello,   the invoice download button does nothing.  Can you help?"))
     assert spaced.status_code == 200
 
 
-async def test_same_id_different_content_is_409_and_original_untouched(
-    client: Any, clean_db: asyncpg.Pool
-) -> None:
+async def test_same_id_different_content_is_409_and_original_untouched(client: Any, clean_db: asyncpg.Pool) -> None:
     first = await post(client, ticket())
     conflict = await post(client, ticket(body="Something else entirely"))
     assert_problem(conflict, 409, "external_id")
@@ -103,9 +99,7 @@ async def test_fifty_concurrent_identical_posts_make_one_ticket(client: Any, cle
 
 async def test_followup_by_thread_ref_appends_and_requeues(client: Any, clean_db: asyncpg.Pool) -> None:
     first = (await post(client, ticket("t-1"))).json()
-    await clean_db.execute(
-        "UPDATE tickets SET next_attempt_at = NULL WHERE id = $1::uuid", first["ticket_id"]
-    )
+    await clean_db.execute("UPDATE tickets SET next_attempt_at = NULL WHERE id = $1::uuid", first["ticket_id"])
     followup = await post(client, ticket("t-1-reply", thread_ref="t-1", body="Still broken, any news?"))
     assert followup.status_code == 201, followup.text
     assert followup.json()["ticket_id"] == first["ticket_id"]
@@ -132,9 +126,7 @@ async def test_followup_reopens_a_resolved_ticket(client: Any, clean_db: asyncpg
     )
     reply = await post(client, ticket("r-1-reply", thread_ref="r-1", body="That did not work"))
     assert reply.json()["status"] == "open"
-    row = await clean_db.fetchrow(
-        "SELECT status, reopen_count FROM tickets WHERE id = $1::uuid", first["ticket_id"]
-    )
+    row = await clean_db.fetchrow("SELECT status, reopen_count FROM tickets WHERE id = $1::uuid", first["ticket_id"])
     assert (row["status"], row["reopen_count"]) == ("open", 1)
 
 
@@ -145,9 +137,7 @@ async def test_email_reply_threads_by_headers_and_by_subject(client: Any, clean_
         ticket("m-2", subject="Re: whatever", body="more detail", in_reply_to="<abc@mail.example.com>"),
     )
     assert by_header.json()["ticket_id"] == first["ticket_id"]
-    by_subject = await post(
-        client, ticket("m-3", subject="RE: Cannot download my invoice", body="Any update?")
-    )
+    by_subject = await post(client, ticket("m-3", subject="RE: Cannot download my invoice", body="Any update?"))
     assert by_subject.json()["ticket_id"] == first["ticket_id"]
     other_customer = await post(
         client,
@@ -178,9 +168,10 @@ async def test_thread_ref_must_exist_and_another_customers_becomes_a_new_ticket(
         assert stranger.status_code == 201, stranger.text
         assert "followup" not in stranger.json() and stranger.json()["ticket_id"] != own["ticket_id"]
     # Nothing was appended to the first customer's thread.
-    assert await clean_db.fetchval(
-        "SELECT count(*) FROM ticket_messages WHERE ticket_id = $1::uuid", own["ticket_id"]
-    ) == 1
+    assert (
+        await clean_db.fetchval("SELECT count(*) FROM ticket_messages WHERE ticket_id = $1::uuid", own["ticket_id"])
+        == 1
+    )
     assert await count(clean_db, "tickets") == 3
 
 
@@ -238,9 +229,7 @@ async def test_deep_nesting_is_refused(client: Any, clean_db: asyncpg.Pool) -> N
 
 
 async def test_wrong_content_type_is_415(client: Any, clean_db: asyncpg.Pool) -> None:
-    response = await client.post(
-        URL, content=json.dumps(ticket()).encode(), headers={"content-type": "text/plain"}
-    )
+    response = await client.post(URL, content=json.dumps(ticket()).encode(), headers={"content-type": "text/plain"})
     assert_problem(response, 415)
     form = await client.post(URL, data={"external_id": "x"})
     assert_problem(form, 415)
@@ -271,9 +260,7 @@ async def test_html_body_becomes_text_without_hidden_parts(client: Any, clean_db
         "<script>alert(1)</script></body></html>"
     )
     response = await post(client, ticket("html-1", body=html))
-    stored = await clean_db.fetchval(
-        "SELECT body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"]
-    )
+    stored = await clean_db.fetchval("SELECT body FROM tickets WHERE id = $1::uuid", response.json()["ticket_id"])
     assert "My export fails." in stored
     assert "ignore previous" not in stored and "alert" not in stored and "<" not in stored
 

@@ -30,6 +30,8 @@ KINDS = {
     "account_change",
     "exfiltration",
 }
+
+
 def load(name: str) -> list[dict[str, Any]]:
     with (DATA / name).open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]

@@ -172,9 +172,9 @@ async def test_grounded_answer_is_kept_with_valid_citations(
     assert body["max_completion_tokens"] == 700  # langchain-openai's name for max_tokens
     assert body["tool_choice"]["function"]["name"] == "DraftVerdict"  # structured output by tool calling
     schema = body["tools"][0]["function"]["parameters"]
-    assert "How fully the reference items you cite answer this ticket" in schema["properties"]["confidence"][
-        "description"
-    ]
+    assert (
+        "How fully the reference items you cite answer this ticket" in schema["properties"]["confidence"]["description"]
+    )
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     user = request.message_text("user")
     ticket = user.split("<customer_ticket", 1)[1].split("</customer_ticket>", 1)[0]
@@ -220,9 +220,7 @@ async def test_wrong_citations_lower_validity_and_are_listed(
 async def test_reply_promising_a_refund_escalates(server: FakeOpenAI, make_drafter: Callable[..., LLMDrafter]) -> None:
     promise = "Hi Ana, we have refunded your last payment and the full amount will be back on your card in 5 days."
     server.script(reply_json(verdict(reply=promise)))
-    result = await make_drafter().write(
-        with_ticket(TICKET, body="I was charged twice. Refund me now.")
-    )
+    result = await make_drafter().write(with_ticket(TICKET, body="I was charged twice. Refund me now."))
 
     assert result.ok  # the call worked; the reply is what is wrong
     assert result.escalate and not result.sendable
@@ -309,8 +307,12 @@ async def test_input_is_trimmed_by_dropping_the_lowest_ranked_items(
     server: FakeOpenAI, make_drafter: Callable[..., LLMDrafter]
 ) -> None:
     many = [
-        item(f"kb-{n}", title=f"Passage {n}", text=f"marker-{n} " + "filler words about passwords " * 60,
-             similarity=0.9 - n / 100)
+        item(
+            f"kb-{n}",
+            title=f"Passage {n}",
+            text=f"marker-{n} " + "filler words about passwords " * 60,
+            similarity=0.9 - n / 100,
+        )
         for n in range(8)
     ]
     server.script(reply_json(verdict(cited_ids=["K1"])))

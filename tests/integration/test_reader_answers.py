@@ -21,9 +21,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
-def run(
-    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
-) -> Callable[..., Any]:
+def run(demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]) -> Callable[..., Any]:
     processor = TicketProcessor(
         demo_kb, make_settings(), Metrics(), embedder=embedder, drafter=OfflineDrafter(), models=RoutingModelCache()
     )

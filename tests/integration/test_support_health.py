@@ -65,6 +65,59 @@ async def test_support_health_of_a_customer(client: Any, clean_db: asyncpg.Pool)
     assert (await client.get(f"/api/customers/{UUID(int=0)}/support-health")).status_code == 404
 
 
+async def test_support_health_export_pages_through_every_customer(
+    client: Any, clean_db: asyncpg.Pool, make_client: Callable[..., Any]
+) -> None:
+    await seed_ticket(clean_db, email="a@example.com", tier="pro", status="open", confidence=0.4)
+    await seed_ticket(clean_db, email="a@example.com", tier="pro", status="pending_customer", needs_review=True)
+    await seed_ticket(clean_db, email="b@example.com", tier="free", status="closed")
+    for i in range(3):
+        await seed_customer(clean_db, f"quiet{i}@example.com", "trial")
+    await clean_db.execute("INSERT INTO customers (email) VALUES ('no-plan@example.com')")
+    ids = [r["id"] for r in await clean_db.fetch("SELECT id FROM customers ORDER BY created_at, id")]
+    assert len(ids) == 6
+
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "4", **({"cursor": cursor} if cursor else {})}
+        response = await client.get("/api/customers/support-health", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        # A customer created while the export is being read lands on a later page, not one already read.
+        if pages == 1:
+            ids.append(await seed_customer(clean_db, "late@example.com", "pro"))
+    assert pages == 2
+    assert [item["customer_id"] for item in seen] == [str(i) for i in ids]  # each once, oldest first
+    # Each item is what the per-customer endpoint says about that customer.
+    for item in seen:
+        single = (await client.get(f"/api/customers/{item['customer_id']}/support-health")).json()
+        assert item == single
+    # The per-tier gauges add up to the export's figures: one query means the same thing in both.
+    metrics = (await client.get("/metrics")).text
+    for tier, label in [("pro", "pro"), ("free", "free"), ("trial", "trial"), (None, "none")]:
+        for figure, gauge in [("open_tickets", "open_tickets"), ("escalated_tickets", "escalated_tickets")]:
+            total = sum(item[figure] for item in seen if item["tier"] == tier)
+            assert f'deskpilot_support_{gauge}{{tier="{label}"}} {float(total)}' in metrics
+    by_email = {item["email"]: item for item in seen}
+    assert by_email["a@example.com"]["open_tickets"] == 2 and by_email["a@example.com"]["escalated_tickets"] == 1
+    assert by_email["no-plan@example.com"]["tier"] is None and by_email["no-plan@example.com"]["total_tickets"] == 0
+
+    for query, field in [("limit=0", "limit"), ("limit=1001", "limit"), ("cursor=not-a-cursor", "cursor")]:
+        bad = await client.get(f"/api/customers/support-health?{query}")
+        assert bad.status_code in (400, 422), bad.text
+        assert bad.headers["content-type"].startswith("application/problem+json")
+        assert bad.json()["field"] == field
+    async with make_client(DESKPILOT_ADMIN_TOKEN="support-health-export-token-0123456789") as guarded:
+        assert (await guarded.get("/api/customers/support-health")).status_code == 401
+
+
 async def test_support_health_gauges_by_tier(client: Any, clean_db: asyncpg.Pool) -> None:
     await seed_ticket(clean_db, email="p1@example.com", tier="pro", status="open", confidence=0.4)
     await seed_ticket(clean_db, email="p2@example.com", tier="pro", status="pending_customer", confidence=0.6)
@@ -154,13 +207,9 @@ async def test_quiet_period_counts_from_the_last_reply_sent(
 ) -> None:
     settings = make_settings(DESKPILOT_CLOSE_AFTER=str(DAY))
     ticket_id = await seed_ticket(clean_db, status="resolved")
-    delivery = await seed_agent_reply(
-        clean_db, ticket_id, await seed_attempt(clean_db, ticket_id), status="sent"
-    )
+    delivery = await seed_agent_reply(clean_db, ticket_id, await seed_attempt(clean_db, ticket_id), status="sent")
     now = datetime.now(UTC)
-    await clean_db.execute(
-        "UPDATE deliveries SET sent_at = $2 WHERE id = $1", delivery, now + timedelta(hours=12)
-    )
+    await clean_db.execute("UPDATE deliveries SET sent_at = $2 WHERE id = $1", delivery, now + timedelta(hours=12))
     async with clean_db.acquire() as conn:
         assert await close_quiet_tickets(conn, settings, now=now + timedelta(hours=25)) == 0
         assert await close_quiet_tickets(conn, settings, now=now + timedelta(hours=37)) == 1
@@ -274,14 +323,10 @@ async def test_in_app_messages_visible_once_sent_then_read(
 async def test_cancelled_in_app_reply_never_shows(
     client: Any, clean_db: asyncpg.Pool, make_settings: Callable[..., Settings]
 ) -> None:
-    ticket_id = await seed_ticket(
-        clean_db, channel="in_app", status="resolved", needs_review=True, flagged=True
-    )
+    ticket_id = await seed_ticket(clean_db, channel="in_app", status="resolved", needs_review=True, flagged=True)
     attempt = await seed_attempt(clean_db, ticket_id, draft="Wrong answer.", decision="flag_for_review")
     await seed_agent_reply(clean_db, ticket_id, attempt)
-    edited = await client.post(
-        f"/api/tickets/{ticket_id}/review", json={"action": "edit", "text": "Right answer."}
-    )
+    edited = await client.post(f"/api/tickets/{ticket_id}/review", json={"action": "edit", "text": "Right answer."})
     assert edited.status_code == 200, edited.text
     assert await outbox.drain_outbox(clean_db, make_settings(), None, "w-1") == 1
     customer_id = await clean_db.fetchval("SELECT customer_id FROM tickets WHERE id = $1", ticket_id)

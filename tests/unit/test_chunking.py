@@ -83,10 +83,7 @@ def test_a_list_stays_with_its_lead_in_and_loose_items() -> None:
 def test_a_code_fence_is_kept_whole_and_its_hash_lines_are_not_headings() -> None:
     declined = chunk_markdown(ARTICLE, title="t")[2].text
 
-    assert (
-        "```\n# this hash is code, not a heading\ncurl https://api.tallyhive.example/v1/billing\n```"
-        in declined
-    )
+    assert "```\n# this hash is code, not a heading\ncurl https://api.tallyhive.example/v1/billing\n```" in declined
 
 
 def test_setext_headings_open_sections() -> None:
@@ -303,9 +300,7 @@ separators = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\t"])
     tokens=st.lists(st.tuples(words, separators), max_size=400),
     size=sizes,
 )
-def test_plain_text_chunks_cover_every_word_in_order(
-    tokens: list[tuple[str, str]], size: tuple[int, int]
-) -> None:
+def test_plain_text_chunks_cover_every_word_in_order(tokens: list[tuple[str, str]], size: tuple[int, int]) -> None:
     text = "".join(word + separator for word, separator in tokens)
     max_chars, overlap_chars = size
 
@@ -329,9 +324,7 @@ def test_markdown_chunks_cover_every_body_word_in_order(
         f"{'#' * level} {heading}\n\n" + "\n\n".join(section_paragraphs)
         for level, heading, section_paragraphs in document
     )
-    body_words = [
-        word for _, _, section_paragraphs in document for p in section_paragraphs for word in p.split()
-    ]
+    body_words = [word for _, _, section_paragraphs in document for p in section_paragraphs for word in p.split()]
     max_chars, overlap_chars = size
 
     chunks = chunk_markdown(text, title="t", max_chars=max_chars, overlap_chars=overlap_chars)

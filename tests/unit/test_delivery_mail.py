@@ -66,9 +66,7 @@ def test_message_id_is_the_key_or_derived_stably() -> None:
 
 def test_threading_headers_skip_unusable_ids() -> None:
     message = build_reply(
-        delivery(
-            customer_message_ids=("<a@c.example>", "b@c.example", "<bad id@x>", "<e@c.example>\r\nBcc: x")
-        ),
+        delivery(customer_message_ids=("<a@c.example>", "b@c.example", "<bad id@x>", "<e@c.example>\r\nBcc: x")),
         Settings(),
     )
     assert message["In-Reply-To"] == "<b@c.example>"

@@ -226,9 +226,7 @@ def test_drafter_only_when_configured() -> None:
 
 
 def test_chat_model_uses_our_timeout_and_no_client_retries() -> None:
-    settings = Settings.from_mapping(
-        {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "DESKPILOT_LLM_TEMPERATURE": "0.3"}
-    )
+    settings = Settings.from_mapping({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "DESKPILOT_LLM_TEMPERATURE": "0.3"})
     chat = build_chat_model(settings)
     assert chat.request_timeout == 30.0
     assert chat.max_retries == 0

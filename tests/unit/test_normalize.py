@@ -268,9 +268,7 @@ def test_normalize_body_is_idempotent(text: str, channel: str) -> None:
     repeat=st.integers(min_value=1, max_value=200),
     channel=CHANNELS,
 )
-def test_normalize_body_is_idempotent_across_the_length_cap(
-    parts: list[str], repeat: int, channel: str
-) -> None:
+def test_normalize_body_is_idempotent_across_the_length_cap(parts: list[str], repeat: int, channel: str) -> None:
     once = normalize_body("".join(parts) * repeat, channel=channel).text
     assert len(once) <= BODY_MAX
     assert normalize_body(once, channel=channel).text == once

@@ -15,8 +15,18 @@ from knowledge.retrieval import RetrievedItem
 
 def item(title: str, text: str, document: str) -> RetrievedItem:
     return RetrievedItem(
-        kind="kb_chunk", id=uuid.uuid4(), title=title, text=text, resolution=None, category="billing",
-        intent=None, source="kb", similarity=0.5, text_rank=None, vector_rank=None, score=0.1,
+        kind="kb_chunk",
+        id=uuid.uuid4(),
+        title=title,
+        text=text,
+        resolution=None,
+        category="billing",
+        intent=None,
+        source="kb",
+        similarity=0.5,
+        text_rank=None,
+        vector_rank=None,
+        score=0.1,
         metadata={"document_id": document},
     )
 
@@ -42,8 +52,11 @@ def test_the_passage_whose_best_sentence_answers_the_question_wins_over_the_clos
     question = unit(1, 0, 0)
     ticket = unit(0.3, 0.3, 1)
     read = [
-        ReadPassage(("Free has no invoicing.", "Starter has invoicing."), np.stack([unit(1, 0.1, 0), unit(0.8, 0.5, 0)]),
-                    unit(0.2, 0.2, 1)),
+        ReadPassage(
+            ("Free has no invoicing.", "Starter has invoicing."),
+            np.stack([unit(1, 0.1, 0), unit(0.8, 0.5, 0)]),
+            unit(0.2, 0.2, 1),
+        ),
         ReadPassage(("Download invoices from Billing.",), np.stack([unit(0.3, 1, 0)]), unit(0.3, 0.3, 1)),
     ]
     evidence = choose(Question("Which plan has invoicing?"), question, ticket, [plans, invoices], read)

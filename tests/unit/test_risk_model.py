@@ -128,6 +128,28 @@ def test_everyday_questions_are_not_flagged(model: RiskModel, embedder: Any, tex
     assert detect(model, embedder, text) == set()
 
 
+# Everyday problems every help desk sees, written for this test (not in the examples): the detector flagged each
+# of them before the examples held such problems as benign (0.41 and 0.71 against a threshold of 0.40).
+EVERYDAY_PROBLEMS = [
+    "I asked for a new password an hour ago and the email still hasn't come. Can you send the link again?",
+    "Our Outlook calendar integration has stopped syncing and shows an error since Tuesday.",
+]
+
+
+@pytest.mark.parametrize("text", EVERYDAY_PROBLEMS)
+def test_everyday_support_problems_are_not_flagged(model: RiskModel, embedder: Any, text: str) -> None:
+    assert text not in {e.text for e in load_examples()}
+    assert detect(model, embedder, text) == set()
+
+
+def test_a_reset_email_not_arriving_is_not_flagged(model: RiskModel, embedder: Any) -> None:
+    """examples/tickets/password-reset.json, as the graph reads it (subject, blank line, body): scored 0.69 as an
+    account takeover before."""
+    ticket = json.loads((DATA.parents[1] / "examples" / "tickets" / "password-reset.json").read_text())
+    text = f"{ticket['subject'].strip()}\n\n{ticket['body'].strip()}"
+    assert detect(model, embedder, text) == set()
+
+
 def test_nothing_is_flagged_without_an_embedding_or_text(model: RiskModel) -> None:
     assert model.detect("All our data is gone.", None) == []
     assert model.detect("   ", np.zeros(384, dtype=np.float32)) == []
@@ -135,7 +157,8 @@ def test_nothing_is_flagged_without_an_embedding_or_text(model: RiskModel) -> No
 
 def test_held_out_reports_are_caught_and_their_look_alikes_mostly_not(model: RiskModel, embedder: Any) -> None:
     """tests/data/risk_reports.jsonl, written by someone else and never trained on (see its README). Measured
-    when written: 95 of 96 reports caught (one English legal threat missed), 2 of 66 look-alikes flagged."""
+    when written: 95 of 96 reports caught (one English legal threat missed), 2 of 66 look-alikes flagged; after the
+    everyday problems joined the examples (794): 95 of 96 (one Spanish data loss missed), 4 of 66 flagged."""
     rows = [json.loads(line) for line in (DATA / "risk_reports.jsonl").read_text().splitlines() if line.strip()]
     vectors = embedder.encode([r["text"] for r in rows])
     flagged = [bool(model.detect(r["text"], v)) for r, v in zip(rows, vectors, strict=True)]

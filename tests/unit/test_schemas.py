@@ -358,9 +358,7 @@ def _nesting_scan_work(monkeypatch: pytest.MonkeyPatch, text: str) -> _CountedSc
     return counted
 
 
-@pytest.mark.parametrize(
-    ("head", "unit", "status"), list(ADVERSARIAL_BODIES.values()), ids=list(ADVERSARIAL_BODIES)
-)
+@pytest.mark.parametrize(("head", "unit", "status"), list(ADVERSARIAL_BODIES.values()), ids=list(ADVERSARIAL_BODIES))
 def test_adversarial_bodies_up_to_the_size_limit_cost_linear_work(
     monkeypatch: pytest.MonkeyPatch, head: str, unit: str, status: int
 ) -> None:
@@ -478,9 +476,7 @@ def test_any_content_difference_changes_the_hash(changes: dict[str, Any]) -> Non
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 PAYLOADS = st.fixed_dictionaries(
@@ -515,9 +511,7 @@ def _only_payload_errors(raw: bytes) -> None:
     ticket = normalize_payload(payload)
     assert ticket.body
     # Everything that will be stored encodes as UTF-8 JSON without NULs.
-    encoded = msgspec.json.encode(
-        [stored, ticket.metadata, ticket.body, ticket.subject, ticket.customer_name]
-    )
+    encoded = msgspec.json.encode([stored, ticket.metadata, ticket.body, ticket.subject, ticket.customer_name])
     assert b"\\u0000" not in encoded
 
 

@@ -38,8 +38,9 @@ PROMPT_PICKUP_S = 30.0
 EXAMPLES = PROJECT_ROOT / "examples" / "tickets"
 ANSWER = reply_json(
     {
-        "reply": "Hello, use 'Forgot password' on the sign-in page; the email can take a few minutes, so please "
-        "check your spam folder too. Reply here if it still does not arrive.",
+        # Every factual sentence in the words of the resolution it cites: the drafter drops unsupported ones.
+        "reply": "Hello, please check spam, junk and any quarantine folder your company uses for the reset email [R1]. "
+        "Make sure you request it for the exact address you signed up with [R1]. Reply here if it still does not arrive.",
         "cited_ids": ["R1"],
         "confidence": 0.95,
         "reasons": ["R1 answers the question"],

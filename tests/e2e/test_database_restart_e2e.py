@@ -40,7 +40,8 @@ ANSWER = reply_json(
     {
         # Every factual sentence in the words of the resolution it cites: the drafter drops unsupported ones.
         "reply": "Hello, please check spam, junk and any quarantine folder your company uses for the reset email [R1]. "
-        "Make sure you request it for the exact address you signed up with [R1]. Reply here if it still does not arrive.",
+        "Make sure you request it for the exact address you signed up with [R1]. "
+        "Reply here if it still does not arrive.",
         "cited_ids": ["R1"],
         "confidence": 0.95,
         "reasons": ["R1 answers the question"],

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.drafting.phrasing import localized
-from agent.drafting.reader import Evidence
+from agent.drafting.reader import Evidence, Quote
 
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the
@@ -60,12 +60,16 @@ def compose_answers(
             lines.append(words["your_tier"].format(tier=tier))
             out.account_facts.append(f"tier {tier}")
             told_tier = True
+        # Quotes of one article read as one passage, cited once with each section's reference.
+        by_article: dict[str, list[Quote]] = {}
         for quote in ev.quotes:
-            ref = short_ref(str(quote.item.id), quote.item.kind)
-            lines.append(_join_units(quote.units))
-            lines.append(f"({words['source']}: {_title(quote.item.title)}, {ref})")
+            by_article.setdefault(_title(quote.item.title), []).append(quote)
             if str(quote.item.id) not in out.citations:
                 out.citations.append(str(quote.item.id))
+        for title, quotes in by_article.items():
+            refs = ", ".join(short_ref(str(q.item.id), q.item.kind) for q in quotes)
+            lines.append("\n".join(_join_units(q.units) for q in quotes))
+            lines.append(f"({words['source']}: {title}, {refs})")
         out.paragraphs.append("\n".join(lines))
     if out.handed_over:
         if out.answered:

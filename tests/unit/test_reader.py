@@ -9,7 +9,7 @@ import numpy as np
 
 from agent.drafting.composer import compose_answers
 from agent.drafting.questions import Question
-from agent.drafting.reader import Evidence, ReadPassage, choose, passage_units, plain
+from agent.drafting.reader import Evidence, Quote, ReadPassage, choose, passage_units, plain
 from knowledge.retrieval import RetrievedItem
 
 
@@ -95,3 +95,13 @@ def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []
     assert composition.paragraphs == ["Wir haben Ihre Anfrage an unser Team weitergeleitet und melden uns bei Ihnen."]
+
+
+def test_two_sections_of_one_article_are_cited_once() -> None:
+    first = item("Invoices › Download", "Open Settings → Billing → Invoices.", "invoices")
+    second = item("Invoices › When they are issued", "An invoice is issued every period.", "invoices")
+    ev = Evidence(Question("Where are my invoices?"), first, ["Open Settings → Billing → Invoices."], 0.7, 0.7, 0.0)
+    ev.also = Quote(second, ("An invoice is issued every period.",))
+    [paragraph] = compose_answers([ev], language="en").paragraphs
+    assert paragraph.count("(Source: Invoices,") == 1
+    assert f"KB-{str(first.id)[:8]}, KB-{str(second.id)[:8]}" in paragraph

@@ -12,6 +12,7 @@ from agent.drafting.composer import compose_answers
 from agent.drafting.guardrails import check_reply
 from agent.drafting.llm import make_llm_drafter
 from agent.drafting.phrasing import KNOWLEDGE_TEMPLATE, OFFLINE_TEMPLATE, localized
+from agent.drafting.questions import GREETING, SIGNOFF
 from agent.drafting.request import Draft, Drafter, DrafterName, DraftRequest, allowed_addresses
 from agent.scoring.risk import fold, injection_in
 from knowledge.retrieval import RetrievedItem
@@ -24,18 +25,6 @@ PASSAGES_QUOTED = 2
 PASSAGE_CHARS = 420
 
 
-_GREETING = re.compile(
-    r"^\s*(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
-    r"guten tag|estimad[oa]s?|hola|querid[oa]|bonjour|cher|chere|madame|monsieur|prezad[oa]s?|ola|caro|cara)"
-    r"\b[^\n]{0,60}[,!:]?\s*$",
-    re.IGNORECASE,
-)
-_SIGNOFF = re.compile(
-    r"^\s*(?:best|kind|warm)?\s*(?:regards|wishes|best|cheers|thanks|thank you|sincerely|mit freundlichen grussen|"
-    r"mit freundlichen grüßen|viele grusse|viele grüße|beste grusse|beste grüße|saludos(?: cordiales)?|atentamente|"
-    r"cordialement|bien cordialement|atenciosamente|cumprimentos|un saludo)\b[^\n]{0,40}$",
-    re.IGNORECASE,
-)
 _PLACEHOLDER_NAME = re.compile(r"<name>|\{\{\s*(?:customer|client)?\s*name\s*\}\}", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[{¿¡ÄÖÜÉÀÂÇ])")
 
@@ -43,11 +32,11 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[{¿¡ÄÖÜÉÀÂÇ])")
 def _strip_frame(text: str) -> str:
     """Drop a resolution's own greeting and sign-off lines: the reply gets one greeting, addressed correctly."""
     lines = [line.rstrip() for line in text.replace("\\n", "\n").replace("\r\n", "\n").split("\n")]
-    while lines and (not lines[0].strip() or _GREETING.match(lines[0])):
+    while lines and (not lines[0].strip() or GREETING.match(lines[0].strip())):
         lines.pop(0)
     cut = len(lines)
     for i in range(len(lines) - 1, max(-1, len(lines) - 5), -1):
-        if _SIGNOFF.match(lines[i]):
+        if SIGNOFF.match(lines[i].strip()):
             cut = i
             break
     lines = lines[:cut]

@@ -23,13 +23,14 @@ _ABBREVIATION = re.compile(
     r"\b(?:e\.g|i\.e|etc|vs|approx|z\.\s?B|bzw|ca|usw|p\.\s?ex|p\.\s?e|Nr|No|Dr|Mr|Mrs|Ms)\.[ \t]", re.IGNORECASE
 )
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
-_GREETING = re.compile(
+# A greeting or sign-off line, whole (stripped): what a reply or a ticket opens and closes with.
+GREETING = re.compile(
     r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
     r"guten (?:tag|morgen)|estimad[oa]s?|hola|buen(?:os|as) d[ií]as|querid[oa]|bonjour|cher|ch[èe]re|madame|"
     r"monsieur|prezad[oa]s?|ol[áa]|bom dia|boa tarde|caro|cara)\b[^\n]{0,60}$",
     re.IGNORECASE,
 )
-_SIGNOFF = re.compile(
+SIGNOFF = re.compile(
     r"^(?:(?:best|kind|warm|many)\s+)?(?:regards|wishes|best|cheers|thanks(?: (?:a lot|in advance|so much))?|"
     r"thank you(?: in advance)?|sincerely|mit freundlichen gr(?:ü|ue|u)(?:ß|ss|s)en|viele gr(?:ü|ue|u)(?:ß|ss|s)e|"
     r"beste gr(?:ü|ue|u)(?:ß|ss|s)e|danke(?: schön| im voraus)?|saludos(?: cordiales)?|atentamente|un saludo|"
@@ -78,11 +79,11 @@ def sentences(text: str) -> list[str]:
     lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
     # A sign-off line ends the message: what follows is a name, a title, a signature.
     for i, line in enumerate(lines):
-        if _SIGNOFF.match(line):
+        if SIGNOFF.match(line):
             lines = lines[:i]
             break
     for line in lines:
-        if not line or _GREETING.match(line):
+        if not line or GREETING.match(line):
             continue
         line = _BULLET.sub("", line)
         out.extend(part.replace("\u00a0", " ").strip() for part in _SENTENCE_END.split(line) if part and part.strip())

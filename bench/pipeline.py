@@ -1,22 +1,27 @@
-"""Pipeline benchmark: tickets/s through the whole resolution graph (offline drafter, live database writes) next to
-the raw embedding throughput of the same texts, measured in the same run.
+"""Pipeline benchmark: tickets/s through the whole resolution graph (offline drafter, live database writes, the
+help centre read question by question) next to the stock encode rate of the packaged MiniLM, measured in the
+same run.
 
     python bench/pipeline.py [--tickets 400] [--history 1500] [--concurrency 8] [--quick]
 
 A throwaway embedded PostgreSQL gets `--history` labelled past tickets (ticket-length multilingual support emails
-from ../shared/data/tobi-bueck-tickets, the examples otherwise) and `--tickets` queued tickets. Workers claim them
-with `claim_next_ticket` and run `TicketProcessor` on each: classify, prioritize, dispatch (fenced status
-change), load_context, retrieve (hybrid pgvector + full-text), draft, score and the fenced decision transaction,
-with every audit step written. The bare limit is `embedder.encode` over the same texts at once (its bulk path:
-groups of texts of similar length on every model replica): the model is the bottleneck, so the ratio says how much
-the rest of the pipeline costs. Prints one JSON line; exits
-non-zero when the ratio is below 0.70.
+from ../shared/data/tobi-bueck-tickets, the examples otherwise), the demo help centre and `--tickets` queued
+tickets. Workers claim them with `claim_next_ticket` and run `TicketProcessor` on each: classify, prioritize,
+dispatch (fenced status change), load_context, retrieve (hybrid pgvector + full-text), read, draft, score and the
+fenced decision transaction, with every audit step written.
 
-Where the CPU goes is measured in the same run: CPU seconds of this process (every thread) and of the PostgreSQL
-server's processes during the raw encode and the pipeline, and a third phase that runs `--graph-only` more
-tickets through the same graph with their embeddings computed beforehand, so the graph's own cost is measured
-without the model. `cpu_bound_ratio` is the ratio the cores would allow if nothing were lost to sharing them:
-model CPU per text / (model CPU per text + graph CPU per ticket, worker and PostgreSQL).
+The limit is the stock torch fp32 encode rate of the packaged MiniLM over the same ticket texts: sentence-
+transformers' own `SentenceTransformer.encode` with its defaults, in a fresh process (`bench/stock_encode.py`),
+once before and once after the pipeline phase, their mean taken. Target: offline tickets/s >= 0.4 x that rate.
+Prints one JSON line; exits non-zero when the target is missed.
+
+For context, as before: `embedder.encode` over the same texts at once (DeskPilot's own embedder, its bulk path:
+groups of texts of similar length on every model replica) and the ratio against it. Where the CPU goes is
+measured in the same run: CPU seconds of this process (every thread) and of the PostgreSQL server's processes
+during that encode and the pipeline, and a third phase that runs `--graph-only` more tickets through the same
+graph with their embeddings computed beforehand, so the graph's own cost is measured without the model.
+`cpu_bound_ratio` is the ratio to the embedder the cores would allow if nothing were lost to sharing them: model
+CPU per text / (model CPU per text + graph CPU per ticket, worker and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +59,9 @@ from tickets.queue import claim_next_ticket  # noqa: E402
 DATA = REPO.parent / "shared" / "data" / "tobi-bueck-tickets" / "dev.jsonl"
 EXAMPLES = REPO / "examples" / "resolutions.jsonl"
 KB = REPO / "examples" / "kb"
+STOCK_ENCODE = REPO / "bench" / "stock_encode.py"
 WARM_UP_TICKETS = 40
-TARGET_RATIO = 0.70
+TARGET_RATIO = 0.4  # of the stock fp32 encode rate
 SEED = 11
 
 
@@ -91,6 +99,18 @@ async def queue_tickets(pool: asyncpg.Pool, tickets: list[LabelledTicket], tag: 
                 ticket.subject,
                 ticket.body,
             )
+
+
+def stock_encode_rate(texts: list[str], folder: Path) -> dict[str, Any]:
+    """`bench/stock_encode.py` over `texts` in a fresh process: the stock torch fp32 rate of the packaged MiniLM."""
+    path = folder / "stock-texts.json"
+    path.write_text(json.dumps(texts), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(
+        [sys.executable, str(STOCK_ENCODE), str(path)], capture_output=True, text=True, check=True, env=env, timeout=900
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 class PrecomputedEmbedder:
@@ -186,6 +206,7 @@ async def run(
             await queue_tickets(pool, warm, tag="warm")
             await drain(processor, pool, concurrency)
             texts = [t.text for t in tickets]
+            stock_before = stock_encode_rate(texts, root)
             cpu, started = clock.read(), time.perf_counter()
             embedder.encode(texts)
             raw_s = time.perf_counter() - started
@@ -195,6 +216,7 @@ async def run(
             decisions = await drain(processor, pool, concurrency)
             pipeline_s = time.perf_counter() - started
             pipeline_cpu = clock.since(cpu, len(texts))
+            stock_after = stock_encode_rate(texts, root)
             steps = await pool.fetchval("SELECT count(*) FROM attempt_steps")
             node_ms = {
                 r["node"]: round(r["ms"], 1)
@@ -221,6 +243,7 @@ async def run(
         shutil.rmtree(root, ignore_errors=True)
     raw_rate = len(texts) / raw_s
     pipeline_rate = len(texts) / pipeline_s
+    stock_rate = (stock_before["texts_per_s"] + stock_after["texts_per_s"]) / 2
     model_ms = raw_cpu[0]
     graph_ms = graph_cpu[0] + graph_cpu[1]
     return {
@@ -230,10 +253,16 @@ async def run(
         "concurrency": concurrency,
         "data": DATA.parent.name if DATA.is_file() else "examples",
         "mean_chars": round(sum(len(t) for t in texts) / len(texts)),
-        "raw_embedding_texts_per_s": round(raw_rate, 1),
         "pipeline_tickets_per_s": round(pipeline_rate, 1),
-        "ratio": round(pipeline_rate / raw_rate, 3),
+        "stock_fp32_texts_per_s": round(stock_rate, 1),
+        "ratio_vs_stock_fp32": round(pipeline_rate / stock_rate, 3),
         "target_ratio": TARGET_RATIO,
+        "stock_fp32_before_after_texts_per_s": [stock_before["texts_per_s"], stock_after["texts_per_s"]],
+        "stock_fp32_torch_threads": stock_before["torch_threads"],
+        "stock_sentence_transformers": stock_before["sentence_transformers"],
+        # Context: DeskPilot's own embedder over the same texts, and the ratio this benchmark used to be held to.
+        "raw_embedding_texts_per_s": round(raw_rate, 1),
+        "ratio_vs_raw_embedder": round(pipeline_rate / raw_rate, 3),
         "cpu_ms": {
             "model_per_text": round(model_ms, 1),
             "pipeline_worker_per_ticket": round(pipeline_cpu[0], 1),
@@ -268,7 +297,7 @@ def main() -> None:
     kb = None if args.no_kb else args.kb
     result = run_on_event_loop(run(args.tickets, args.history, args.concurrency, args.graph_only, kb))
     print(json.dumps(result))
-    sys.exit(0 if result["ratio"] >= TARGET_RATIO else 1)
+    sys.exit(0 if result["ratio_vs_stock_fp32"] >= TARGET_RATIO else 1)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,21 @@
     python bench/report.py [--quick] [--only NAME ...] [--soak-minutes N] [--out FILE] [--json FILE] [--timeout S]
     make bench [BENCH_ARGS="--quick --only ingest"] [SOAK_MINUTES=N]
 
-Each benchmark (ingest, kb_load, retrieval, pipeline, soak, in that order) runs as its own process with this
+Each benchmark (in the order of BENCHMARKS) runs as its own process with this
 Python; its stderr and stdout stream to the console and its last JSON line on stdout is its result. A benchmark
 that crashes or prints no JSON line is recorded as failed, with its exit code and the tail of its stderr; one
 that prints its figures but exits non-zero, or whose figures miss a target listed here, is recorded as "target
 missed". The report is written in every case. With --only, the report holds only the benchmarks of this run and
 says at the top which were left out: figures from an earlier run are never carried over next to new ones.
 
+The machine's load is recorded around each benchmark (LoadMonitor): the load average before and after and
+sampled while it runs, and the active tasks of other processes, told apart from the benchmark's own by a tag
+every process it starts inherits. A benchmark that ran while other processes kept more than BUSY_PER_CORE tasks
+per core active, before it started or while it ran, is marked as run on a busy machine, next to its figures.
+
 Exit status: 0 when every benchmark ran and met its targets, 1 when a target was missed, 2 when one failed.
-The prose of the report (what each bare limit is, why each target) lives in BENCHMARKS below, not in the .md.
+The prose of the report (what each bare limit is, why each target) lives in BENCHMARKS below, not in the .md:
+adding a benchmark is one more Benchmark entry there (its script prints one JSON line; `--quick` is passed on).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -97,34 +104,51 @@ class Benchmark:
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         name="ingest",
-        title="Ingest: webhook throughput next to a bare insert loop",
+        title="Ingest: webhook throughput next to a bare Litestar + asyncpg endpoint",
         script="bench/ingest.py",
-        sizes=(("", "15 s phases, 16 keep-alive connections"), ("--quick", "5 s phases")),
-        description="Webhook throughput and latency from a separate load process, next to a bare insert loop.",
+        sizes=(
+            ("", "15 s phases, 16 keep-alive connections, 2 alternating rounds"),
+            ("--quick", "5 s phases, one round"),
+        ),
+        description="Webhook throughput and latency next to a bare Litestar + asyncpg endpoint, in the same run.",
         measured="{webhook_peak_per_s:,} req/s peak; p99 {half_p99_ms} ms at {half_rate_per_s:,} req/s",
-        bare="{bare_insert_per_s:,} inserts/s",
-        ratio="{ratio_vs_bare}",
+        bare="{bare_endpoint_per_s:,} req/s (bare endpoint)",
+        ratio="{ratio_vs_bare_endpoint}",
         targets=(
-            Target("ratio_vs_bare", ">=", 0.5, "≥ 50 % of the bare insert rate"),
+            Target("ratio_vs_bare_endpoint", ">=", 0.6, "≥ 0.6 of the bare endpoint"),
             Target("half_p99_ms", "<", 50.0, "p99 < 50 ms at half the peak rate"),
         ),
         bare_limit=(
-            "A bare asyncpg insert loop: one connection, one durable one-row `INSERT` (its own commit) after "
-            "another, on the same PostgreSQL, with no HTTP, validation or normalization: what one client gets from "
-            "the database alone. Every accepted webhook makes at least one such durable write. For context the same "
-            "loop also runs from as many connections as the load uses (`concurrent_insert_per_s`): there "
-            "PostgreSQL's group commit shares each WAL flush between many commits, a rate no HTTP service on this "
-            "machine comes near (DESIGN.md measured a bare Litestar + asyncpg one-row insert endpoint at 1.3k-1.9k "
-            "req/s here); `ratio_vs_concurrent_inserts` reports the webhook against it."
+            "`bench/bare_ingest.py`: a Litestar + asyncpg endpoint on the webhook's path that stores the posted "
+            "JSON with one durable statement (`INSERT … ON CONFLICT DO NOTHING`, synchronous commit, a replayed "
+            "`external_id` answered 200) and does nothing else: no validation, no normalization, no middleware. "
+            "It is served as DeskPilot is (uvicorn with `deskpilot serve`'s options, so uvloop and httptools, "
+            "the same number of processes, a pool as large) and driven by the same load process with the same "
+            "requests, alternating with the webhook's phases. What an HTTP endpoint on this stack gets from this "
+            "machine with no work of its own: the ratio is what DeskPilot's work per request leaves of it. For "
+            "context only, a raw asyncpg insert loop with no HTTP runs after the servers stop "
+            "(`context_insert_loop_per_s` from one connection, `context_concurrent_insert_loop_per_s` from as many "
+            "as the load uses, where group commit shares each WAL flush): no HTTP endpoint here comes near it, "
+            "which is why it is not the limit."
         ),
         notes=(
             "One request in ten replays an earlier `external_id` (answered 200, nothing written); `statuses` counts "
-            "the answers of the peak phase.\n\n"
+            "the answers of the webhook's peak phase, `bare_endpoint_statuses` the bare endpoint's. The half-rate "
+            "phase offers half the webhook's measured peak at fixed times (open loop, `half_target_per_s`) and "
+            "reports the latency of every request (`half_p99_ms`).\n\n"
+            "Also for context, the bare endpoint once more with a NOTIFY in its statement, as the webhook's "
+            "statement sends one to wake the workers (`context_bare_endpoint_with_notify_per_s`, "
+            "`ratio_vs_bare_endpoint_with_notify`). PostgreSQL holds a cluster-wide lock from a notifying "
+            "transaction's pre-commit until its commit is done, so notifying commits never share a WAL flush: "
+            "that endpoint runs at about the single-connection insert loop's rate (one fsync per request), however "
+            "many connections post. When the webhook's peak sits near it, the NOTIFY, not the webhook's own work, "
+            "is what holds the webhook back; the slower this machine's fsync, the more so.\n\n"
             "Each webhook request pays for HTTP parsing, JSON validation, e-mail validation, normalization and a "
             "five-table insert (customer, ticket, first message, idempotency key, status history + NOTIFY, sent as "
             "one statement, one round trip). On more cores, `deskpilot serve --no-worker --processes N` adds API "
-            "processes (`python bench/ingest.py --api-processes N`); on this 2-core machine a second process "
-            "adds nothing, since the load process and PostgreSQL already share the two cores with it."
+            "processes (`python bench/ingest.py --api-processes N`, the bare endpoint gets as many); on this "
+            "2-core machine a second process adds nothing, since the load process and PostgreSQL already share "
+            "the two cores with it."
         ),
     ),
     Benchmark(
@@ -190,23 +214,33 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         name="pipeline",
-        title="Pipeline: tickets through the whole graph next to raw embedding",
+        title="Pipeline: tickets through the whole graph next to the stock fp32 encode rate",
         script="bench/pipeline.py",
         sizes=(
             ("", "400 tickets on a 1,500-ticket history, 8 concurrent workers"),
             ("--quick", "100 tickets on a 400-ticket history"),
         ),
-        description="Tickets/s through the whole resolution graph next to the raw embedding throughput.",
+        description="Tickets/s through the whole resolution graph next to the stock fp32 encode rate of MiniLM.",
         measured="{pipeline_tickets_per_s:,} tickets/s",
-        bare="{raw_embedding_texts_per_s:,} texts/s",
-        ratio="{ratio}",
-        targets=(Target("ratio", ">=", 0.70, "≥ 70 % of the raw encode rate"),),
+        bare="{stock_fp32_texts_per_s:,} texts/s (stock fp32 encode)",
+        ratio="{ratio_vs_stock_fp32}",
+        targets=(Target("ratio_vs_stock_fp32", ">=", 0.4, "≥ 0.4 × the stock fp32 encode rate"),),
         bare_limit=(
-            "`embedder.encode` over the same ticket texts in the same run, after a warm-up: the model is the "
-            "pipeline's bottleneck, so the ratio says how much everything else costs (classification, retrieval, "
-            "the fenced dispatch and decision transactions, the outbox row and every audit step)."
+            "The stock torch fp32 encode rate of the packaged MiniLM over the same ticket texts in the same run: "
+            "sentence-transformers' own `SentenceTransformer.encode` with its defaults, in a fresh process that "
+            "imports nothing of DeskPilot (`bench/stock_encode.py`), once before and once after the pipeline "
+            "phase, the mean of the two (`stock_fp32_before_after_texts_per_s`). The model is the pipeline's "
+            "largest cost, so the ratio says how much everything else costs (classification, retrieval, the "
+            "reader, the fenced dispatch and decision transactions, the outbox row and every audit step), and "
+            "what a faster embedding runtime gains. For context, as before: DeskPilot's own embedder over the "
+            "same texts (`raw_embedding_texts_per_s`) and the ratio to it (`ratio_vs_raw_embedder`)."
         ),
         notes=(
+            "On a busy machine the stock rate falls much further than the pipeline's: its two intra-op threads "
+            "wait for each other whenever either is descheduled, while DeskPilot's embedder runs one thread per "
+            "model replica (quick runs here with 5-6 other tasks per core active: stock 4.8-6.5 texts/s, "
+            "DeskPilot's embedder 11-20.5, against 53-62 stock on a quiet machine). A busy run's "
+            "`ratio_vs_stock_fp32` overstates; `ratio_vs_raw_embedder` moves less.\n\n"
             "Each ticket's text is encoded on its own and tickets in flight use the embedder's replicas in "
             "parallel (`knowledge/embedder.py`); the drafter is the offline one, so no LLM time is in the figure. "
             "`mean_node_ms` is the mean wall time per graph node, waiting for the model included.\n\n"
@@ -219,7 +253,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "- `graph_only_worker_per_ticket` with `model_per_text`). On the 2-core development machine the graph "
             "costs ~22 ms of worker CPU (LangGraph's step machinery ~2.5 ms, classification ~4 ms, ~30 database "
             "round trips, the offline drafter's guards, audit JSON) and ~11 ms of PostgreSQL CPU per ticket, the "
-            "model 40-47 ms per text: 0.70 needs the graph under ~18 ms, half of it.\n\n"
+            "model 40-47 ms per text. The target was 0.70 of DeskPilot's own embedder until that was shown to "
+            "exceed the CPU bound of the work the graph must do (0.617, issue 19); it is now 0.4 of the stock fp32 "
+            "rate.\n\n"
             "Done in this line of work: the transformer traced and frozen (the eager forward pass took the GIL a "
             "few hundred times per text and starved next to the event loop: 17.9 → 24.9 tickets/s), `embedding` "
             "and `tsv` stored inline instead of in TOAST (a hybrid search 9.7 → 5.5 ms), pooled connections "
@@ -283,6 +319,28 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "client's retries after a 503. `make bench SOAK_MINUTES=N` (or `--soak-minutes N`) sets the length."
         ),
     ),
+    Benchmark(
+        name="llm",
+        title="LLM drafter: one ticket through DeskPilot next to a bare call to the same model server",
+        script="bench/llm.py",
+        sizes=(("", "4 rounds, alternating order"), ("--quick", "2 rounds")),
+        description="One ticket through DeskPilot's LLM drafter next to a bare chat-completions call, same body.",
+        measured="{deskpilot_s_p50} s per draft (p50); DeskPilot's own CPU {cpu_overhead_ms} ms",
+        bare="{bare_s_p50} s (bare call, same request body)",
+        ratio="{ratio}",
+        targets=(Target("overhead_vs_bare", "<=", 0.10, "DeskPilot's overhead ≤ 10 % of the bare call"),),
+        bare_limit=(
+            "The same request body (messages, structured-output method, temperature, token limit) posted to the "
+            "same server's /v1/chat/completions with httpx, in the same run, alternating with DeskPilot's draft; "
+            "each call starts with the server's prompt cache evicted."
+        ),
+        notes=(
+            "Needs a model server: OPENAI_BASE_URL, or a llama-server binary and a GGUF file it finds under "
+            "~/.cache/deskpilot/llm (the smallest Qwen model) and starts with one thread. The model's decode time "
+            "varies from call to call on a shared machine by more than DeskPilot's own cost; `cpu_overhead_ms` "
+            "(this process's CPU per draft beyond the bare call's) is DeskPilot's alone."
+        ),
+    ),
 )
 BY_NAME = {bench.name: bench for bench in BENCHMARKS}
 
@@ -297,6 +355,193 @@ class Result:
     figures: dict[str, Any] | None
     reason: str = ""
     stderr_tail: list[str] = field(default_factory=list)
+    load: LoadRecord | None = None
+
+
+# --- the machine's load ------------------------------------------------------------------------------------------
+
+# A benchmark is reported as run on a busy machine when other processes kept more than this many tasks runnable
+# (or in uninterruptible sleep, as the load average counts them) per core, on average, in the seconds before it
+# started or while it ran.
+BUSY_PER_CORE = 0.5
+BEFORE_SECONDS = 3.0  # how long the load is sampled before a benchmark starts
+BEFORE_INTERVAL = 0.25
+SAMPLE_INTERVAL = 1.0  # while it runs
+# Not DESKPILOT_…: bench/soak.py starts its processes without the caller's DESKPILOT_ settings.
+TAG_VARIABLE = "BENCH_LOAD_TAG"
+
+
+@dataclass
+class LoadRecord:
+    """The machine's load around one benchmark.
+
+    `loadavg_*` are os.getloadavg() (1, 5, 15 min) before and after, `load1_during` the 1-minute figure sampled
+    while it ran (min, mean, max). The 1-minute average still carries whatever ran in the minute before (an
+    earlier benchmark of the same report among it), so "other processes" is measured directly as well: tasks
+    runnable or in uninterruptible sleep system-wide (/proc/stat `procs_running` + `procs_blocked`) less the
+    benchmark's own (every process carrying its tag) and the sampler itself, averaged over the samples."""
+
+    cores: int
+    loadavg_before: tuple[float, float, float]
+    loadavg_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load1_during: tuple[float, float, float] | None = None  # min, mean, max
+    others_before: float = 0.0  # mean tasks of other processes, before it started
+    others_during: float | None = None  # and while it ran
+    own_during: float | None = None  # the benchmark's own tasks while it ran
+    samples: int = 0
+
+    @property
+    def busy_reasons(self) -> list[str]:
+        return busy_reasons(self)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.busy_reasons)
+
+
+def busy_reasons(load: LoadRecord, per_core: float = BUSY_PER_CORE) -> list[str]:
+    """Why the machine counts as busy for this benchmark (empty: it did not)."""
+    cores = max(load.cores, 1)
+    reasons = []
+    if load.others_before / cores > per_core:
+        reasons.append(
+            f"other processes kept {load.others_before:.1f} tasks runnable before it started "
+            f"({load.others_before / cores:.2f} per core, above {per_core:g})"
+        )
+    if load.others_during is not None and load.others_during / cores > per_core:
+        rose = " (rising from before)" if load.others_during > load.others_before else ""
+        reasons.append(
+            f"other processes kept {load.others_during:.1f} tasks runnable while it ran{rose} "
+            f"({load.others_during / cores:.2f} per core, above {per_core:g})"
+        )
+    return reasons
+
+
+def _proc_stat_tasks(stat: str) -> int:
+    """Runnable plus uninterruptible tasks system-wide, from /proc/stat's text."""
+    counts = dict(line.split()[:2] for line in stat.splitlines() if line.startswith(("procs_running", "procs_blocked")))
+    return int(counts.get("procs_running", 0)) + int(counts.get("procs_blocked", 0))
+
+
+def _task_state(stat: str) -> str:
+    """The state letter of a /proc/…/stat line (the command name may hold spaces and parentheses)."""
+    return stat.rpartition(")")[2].split(maxsplit=1)[0] if ")" in stat else "?"
+
+
+class TaskCounter:
+    """Counts the active tasks (R or D) of processes carrying `TAG_VARIABLE=tag`, and of everyone else."""
+
+    def __init__(self, tag: str, proc: Path = Path("/proc")) -> None:
+        self.needle = f"{TAG_VARIABLE}={tag}".encode()
+        self.proc = proc
+        self.ours: dict[int, bool] = {}
+
+    def _is_ours(self, pid: int) -> bool:
+        if pid not in self.ours:
+            try:
+                environ = (self.proc / str(pid) / "environ").read_bytes()
+            except OSError:  # gone, a kernel thread, or another user's
+                environ = b""
+            self.ours[pid] = self.needle in environ.split(b"\0")
+        return self.ours[pid]
+
+    def own_tasks(self) -> int:
+        pids = {int(name) for name in os.listdir(self.proc) if name.isdigit()}
+        self.ours = {pid: mine for pid, mine in self.ours.items() if pid in pids}  # forget exited ones
+        active = 0
+        for pid in pids:
+            if not self._is_ours(pid):
+                continue
+            try:
+                tasks = os.listdir(self.proc / str(pid) / "task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    state = _task_state((self.proc / str(pid) / "task" / task / "stat").read_text())
+                except OSError:
+                    continue
+                active += state in ("R", "D")
+        return active
+
+    def sample(self) -> tuple[float, int, int]:
+        """(1-minute load average, tasks of other processes, tasks of ours)."""
+        own = self.own_tasks()
+        try:
+            total = _proc_stat_tasks((self.proc / "stat").read_text())
+        except OSError:
+            total = 0
+        # The sampler itself is running while it reads /proc/stat.
+        return os.getloadavg()[0], max(total - own - 1, 0), own
+
+
+class LoadMonitor:
+    """Samples the load before a benchmark (BEFORE_SECONDS) and, from a thread, while it runs."""
+
+    def __init__(self, tag: str, cores: int | None = None, interval: float = SAMPLE_INTERVAL) -> None:
+        self.counter = TaskCounter(tag)
+        self.interval = interval
+        self.record = LoadRecord(cores=cores or os.cpu_count() or 1, loadavg_before=os.getloadavg())
+        self._during: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def before(self, seconds: float = BEFORE_SECONDS, interval: float = BEFORE_INTERVAL) -> None:
+        samples = []
+        deadline = time.monotonic() + seconds
+        while True:
+            samples.append(self.counter.sample()[1])
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+        self.record.others_before = sum(samples) / len(samples)
+        self.record.loadavg_before = os.getloadavg()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._during.append(self.counter.sample())
+
+    def stop(self) -> LoadRecord:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        record = self.record
+        record.loadavg_after = os.getloadavg()
+        if self._during:
+            load1 = [sample[0] for sample in self._during]
+            record.load1_during = (min(load1), sum(load1) / len(load1), max(load1))
+            record.others_during = sum(sample[1] for sample in self._during) / len(self._during)
+            record.own_during = sum(sample[2] for sample in self._during) / len(self._during)
+            record.samples = len(self._during)
+        return record
+
+
+def load_text(load: LoadRecord) -> str:
+    """One sentence with the load figures of a benchmark."""
+    before, after = load.loadavg_before, load.loadavg_after
+    text = f"load average (1/5/15 min) {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f} before"
+    if load.load1_during is not None:
+        low, mean, high = load.load1_during
+        text += f", 1-min {low:.2f}–{high:.2f} (mean {mean:.2f}) during ({load.samples} samples)"
+    text += f", {after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f} after; other processes' active tasks "
+    text += f"{load.others_before:.1f} before"
+    if load.others_during is not None:
+        text += f", {load.others_during:.1f} during (this benchmark's own: {load.own_during:.1f})"
+    return text + f", on {load.cores} cores"
+
+
+def load_cell(load: LoadRecord | None) -> str:
+    """The summary table's load cell."""
+    if load is None:
+        return MISSING
+    during = f"{load.load1_during[2]:.2f}" if load.load1_during else MISSING
+    figures = f"{load.loadavg_before[0]:.2f} → {during} → {load.loadavg_after[0]:.2f}"
+    per_core = max(load.others_before, load.others_during or 0.0) / max(load.cores, 1)
+    verdict = "**busy**" if load.busy else "quiet"
+    return f"{verdict}: {figures} (others ≤ {per_core:.2f}/core)"
 
 
 # --- running -----------------------------------------------------------------------------------------------------
@@ -342,7 +587,12 @@ def classify(
     if figures is None:
         killed = f"killed by signal {-exit_code}, " if exit_code is not None and exit_code < 0 else ""
         return FAILED, None, f"{killed}no JSON line on stdout"
-    missed = [target.label for target in bench.targets if target.check(figures) is False]
+    # A target whose figure is absent (renamed, or not a number) is not met: it must never pass unnoticed.
+    missed = [
+        target.label if target.check(figures) is False else f"{target.label} (no `{target.key}` figure)"
+        for target in bench.targets
+        if not target.check(figures)
+    ]
     if missed:
         return MISSED, figures, "; ".join(missed)
     if exit_code != 0:
@@ -362,17 +612,35 @@ def _tee(source: IO[str], sink: IO[str], keep: deque[str] | list[str]) -> None:
         keep.append(_ANSI.sub("", line.rstrip("\n").rsplit("\r", 1)[-1]))
 
 
-def run_benchmark(bench: Benchmark, args: Sequence[str], timeout: float | None = None, repo: Path = REPO) -> Result:
+def run_benchmark(
+    bench: Benchmark,
+    args: Sequence[str],
+    timeout: float | None = None,
+    repo: Path = REPO,
+    before_seconds: float = BEFORE_SECONDS,
+) -> Result:
     script = repo / bench.script
     command = [sys.executable, str(script), *args]
     shown_command = [shown(sys.executable), bench.script, *args]
     if not script.is_file():
         return Result(bench.name, shown_command, FAILED, None, 0.0, None, reason=f"{bench.script} does not exist")
     print(f"\n=== {bench.name}: {shlex.join(shown_command)}", file=sys.stderr, flush=True)
+    # Every process the benchmark starts inherits the tag, so its load is told apart from everyone else's.
+    tag = f"{bench.name}-{uuid.uuid4().hex[:12]}"
+    monitor = LoadMonitor(tag)
+    monitor.before(before_seconds)
     started = time.perf_counter()
     process = subprocess.Popen(
-        command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1
+        command,
+        cwd=repo,
+        env={**os.environ, TAG_VARIABLE: tag},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        bufsize=1,
     )
+    monitor.start()
     assert process.stdout is not None and process.stderr is not None
     stdout: list[str] = []
     stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -397,12 +665,15 @@ def run_benchmark(bench: Benchmark, args: Sequence[str], timeout: float | None =
     except KeyboardInterrupt:
         process.wait(timeout=60)  # the terminal's SIGINT reached the benchmark too: let it clean up
         raise
+    finally:
+        load = monitor.stop()
     for reader in readers:
         reader.join(timeout=10)
     seconds = time.perf_counter() - started
     tail = list(stderr_tail)
     status, figures, reason = classify(bench, process.returncode, "\n".join(stdout), timed_out)
-    return Result(bench.name, shown_command, status, process.returncode, round(seconds, 1), figures, reason, tail)
+    seconds = round(seconds, 1)
+    return Result(bench.name, shown_command, status, process.returncode, seconds, figures, reason, tail, load)
 
 
 # --- the machine -------------------------------------------------------------------------------------------------
@@ -562,6 +833,30 @@ def command_block(bench: Benchmark, python: str) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+def targets_summary(results: Sequence[Result]) -> list[str]:
+    """Which targets hold in this run, which do not, and which could not be judged; and which benchmarks ran on a
+    busy machine."""
+    held, missed, unknown = [], [], []
+    for result in results:
+        for target in BY_NAME[result.name].targets:
+            verdict = target.check(result.figures)
+            label = f"{result.name}: {target.label}"
+            (held if verdict else missed if verdict is False else unknown).append(label)
+    total = len(held) + len(missed) + len(unknown)
+    lines = [f"**Targets:** {len(held)} of {total} hold in this run."]
+    if missed:
+        lines.append(f"Missed: {'; '.join(missed)}.")
+    if unknown:
+        lines.append(f"Not measured (the benchmark failed or printed no such figure): {'; '.join(unknown)}.")
+    busy = [result.name for result in results if result.load is not None and result.load.busy]
+    if busy:
+        lines.append(
+            f"**Run on a busy machine:** {', '.join(busy)} (other processes above {BUSY_PER_CORE:g} active tasks "
+            "per core before or during; see each section)."
+        )
+    return [" ".join(lines)]
+
+
 def render_section(bench: Benchmark, result: Result, repo: Path = REPO) -> str:
     parts = [f"## {bench.title}", ""]
     status = f"**{result.status}**" if result.status != MET else "targets met"
@@ -570,7 +865,17 @@ def render_section(bench: Benchmark, result: Result, repo: Path = REPO) -> str:
         line += f" (exit {result.exit_code} after {result.seconds:g} s)"
     if result.reason:
         line += f": {result.reason}"
-    parts += [line + ".", "", f"This run: `{shlex.join(result.command)}`. To run it alone:", ""]
+    parts += [line + ".", ""]
+    if result.load is not None:
+        load = result.load
+        if load.busy:
+            parts += [
+                f"**Busy machine:** {'; '.join(load.busy_reasons)}. Its absolute figures are lower than on an idle "
+                "machine, and the ratio is only as good as the load was even between its two sides.",
+                "",
+            ]
+        parts += [f"Machine load: {load_text(load)}.", ""]
+    parts += [f"This run: `{shlex.join(result.command)}`. To run it alone:", ""]
     parts += [command_block(bench, result.command[0]), ""]
     parts += [docstring_prose(repo / bench.script) or bench.description, ""]
     parts += [f"**Bare limit.** {bench.bare_limit}", ""]
@@ -620,7 +925,9 @@ def render(
         "",
         "Each benchmark runs as its own process against its own throwaway PostgreSQL and measures its bare limit "
         "in the same run, so each ratio compares two figures taken on the same machine minutes apart; absolute "
-        "figures move with whatever else the machine is doing (see the load average).",
+        "figures move with whatever else the machine is doing: each benchmark's row and section give the load "
+        f"around it, and one run while other processes kept more than {BUSY_PER_CORE:g} tasks per core active is "
+        "marked busy.",
         "",
     ]
     if left_out:
@@ -635,8 +942,9 @@ def render(
     lines += [f"| {name} | {cell(value)} |" for name, value in machine.items()]
     lines += ["", "## Summary", ""]
     lines += [
-        "| benchmark | measured | bare limit (same run) | ratio | target | met? |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| benchmark | measured | bare limit (same run) | ratio | target | met? | machine load (1 min: before → max "
+        "during → after) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for result in results:
         bench = BY_NAME[result.name]
@@ -648,9 +956,10 @@ def render(
             ratio if ratio == MISSING else f"**{ratio}**",
             bench.target_summary or "; ".join(target.label for target in bench.targets),
             status_cell(result) + (f": {result.reason}" if result.reason and result.status != MET else ""),
+            load_cell(result.load),
         ]
         lines.append("| " + " | ".join(cell(text) for text in row) + " |")
-    lines.append("")
+    lines += ["", *targets_summary(results), ""]
     for result in results:
         lines.append(render_section(BY_NAME[result.name], result, repo))
     return "\n".join(lines).rstrip() + "\n"
@@ -704,14 +1013,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "invocation": invocation,
             "quick": args.quick,
             "machine": machine,
-            "results": [asdict(result) for result in results],
+            "results": [
+                {**asdict(result), "busy": result.load.busy_reasons if result.load else None} for result in results
+            ],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
 
     print(f"\nwrote {shown(args.out)}", file=sys.stderr)
     for result in results:
-        print(f"  {result.name:<10} {result.status}{': ' + result.reason if result.reason else ''}", file=sys.stderr)
+        busy = " (busy machine)" if result.load is not None and result.load.busy else ""
+        print(
+            f"  {result.name:<10} {result.status}{': ' + result.reason if result.reason else ''}{busy}",
+            file=sys.stderr,
+        )
     statuses = {result.status for result in results}
     return 2 if FAILED in statuses else 1 if MISSED in statuses else 0
 

@@ -19,6 +19,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SMTP_FROM = "DeskPilot Support <support@deskpilot.local>"
 AGENT_MODES = ("live", "shadow")
 STRUCTURED_OUTPUT_METHODS = ("auto", "json_schema", "function_calling", "json_mode")
+# The models `deskpilot llm` can assemble and serve (app/local_llm.py pins their packages and checksums).
+LOCAL_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
+DEFAULT_LOCAL_PORT = 8091
+LOCAL_LLM_TIMEOUT_S = 120.0
+# The embedding runtimes (DESKPILOT_EMBEDDING_RUNTIME): auto = the int8 ONNX build when it builds and passes its
+# load check, else torch fp32 (knowledge/embedder.py `sentence_transformer_embedder`).
+AUTO_RUNTIME = "auto"
+ONNX_INT8_RUNTIME = "onnx-int8"
+TORCH_RUNTIME = "torch"
+EMBEDDING_RUNTIMES = (AUTO_RUNTIME, ONNX_INT8_RUNTIME, TORCH_RUNTIME)
 # The least prompt a context window must leave room for after the output (DESKPILOT_LLM_CONTEXT_TOKENS).
 MIN_PROMPT_TOKENS = 256
 # A shorter admin token can be guessed, failed-auth rate limit or not (`openssl rand -hex 32` gives 64).
@@ -234,6 +245,12 @@ class Settings:
     llm_max_unsupported_share: float = 0.34
     # What to do when the model fails after its retries: "offline" (use the built-in drafter) or "escalate".
     llm_fallback: str = "offline"
+    # The local model (`deskpilot llm serve`): DESKPILOT_LLM=local drafts with it on loopback, no API key, unless
+    # OPENAI_BASE_URL names another server. Its runtime and weights are cached under llm_home, outside the repo.
+    llm_local: bool = False
+    llm_local_model: str = DEFAULT_LOCAL_MODEL
+    llm_local_port: int = DEFAULT_LOCAL_PORT
+    llm_home: Path = field(default_factory=lambda: default_llm_home({}))
 
     # Delivery
     smtp_url: str | None = None
@@ -283,6 +300,9 @@ class Settings:
 
     # Knowledge base / embeddings
     embedding_model: str | None = None
+    embedding_runtime: str = AUTO_RUNTIME
+    # Where built embedding runtimes (the int8 ONNX model) are cached, one folder per model content and recipe.
+    embedding_cache: Path = field(default_factory=lambda: default_embedding_cache({}))
     hnsw_ef_search: int = 40
     retrieve_k: int = 8
 
@@ -335,6 +355,23 @@ class Settings:
         tokenizer = _str(env, "DESKPILOT_LLM_TOKENIZER")
         if tokenizer and not Path(tokenizer).exists():
             raise SettingsError(f"DESKPILOT_LLM_TOKENIZER: no file or folder at {tokenizer}")
+        llm = (_str(env, "DESKPILOT_LLM", "") or "").lower()
+        if llm not in {"", "local"}:
+            raise SettingsError(f"DESKPILOT_LLM must be 'local' (or unset), got {llm!r}")
+        local_model = (_str(env, "DESKPILOT_LLM_LOCAL_MODEL", DEFAULT_LOCAL_MODEL) or DEFAULT_LOCAL_MODEL).lower()
+        if local_model not in LOCAL_MODELS:
+            raise SettingsError(
+                f"DESKPILOT_LLM_LOCAL_MODEL must be one of {', '.join(LOCAL_MODELS)}, got {local_model!r}"
+            )
+        local_port = _int(env, "DESKPILOT_LLM_LOCAL_PORT", DEFAULT_LOCAL_PORT, 1, 65535)
+        base_url = _str(env, "OPENAI_BASE_URL")
+        model = _str(env, "DESKPILOT_LLM_MODEL")
+        if llm == "local":
+            # The server `deskpilot llm serve` starts answers to the model's name (its alias) and needs no key.
+            base_url = base_url or f"http://127.0.0.1:{local_port}/v1"
+            model = model or local_model
+        # One CPU thread reads a prompt at tens to hundreds of tokens/s: 30 s would make most local replies fall back.
+        timeout = LOCAL_LLM_TIMEOUT_S if llm == "local" else 30.0
         mode = (_str(env, "DESKPILOT_MODE", "live") or "live").lower()
         if mode not in AGENT_MODES:
             raise SettingsError(f"DESKPILOT_MODE must be 'live' or 'shadow', got {mode!r}")
@@ -348,9 +385,9 @@ class Settings:
             auth_failure_limit=_int(env, "DESKPILOT_AUTH_FAILURE_LIMIT", 20, 1, 100_000),
             max_body_bytes=_int(env, "DESKPILOT_MAX_BODY_BYTES", 256 * 1024, 1024, 64 * 1024 * 1024),
             openai_api_key=_str(env, "OPENAI_API_KEY"),
-            openai_base_url=_str(env, "OPENAI_BASE_URL"),
-            llm_model=_str(env, "DESKPILOT_LLM_MODEL", "gpt-4o-mini") or "gpt-4o-mini",
-            llm_timeout_s=_float(env, "DESKPILOT_LLM_TIMEOUT", 30.0, 0.1, 600.0),
+            openai_base_url=base_url,
+            llm_model=model or "gpt-4o-mini",
+            llm_timeout_s=_float(env, "DESKPILOT_LLM_TIMEOUT", timeout, 0.1, 600.0),
             llm_max_retries=_int(env, "DESKPILOT_LLM_MAX_RETRIES", 2, 0, 10),
             llm_temperature=_float(env, "DESKPILOT_LLM_TEMPERATURE", 0.0, 0.0, 2.0),
             llm_max_input_tokens=_int(env, "DESKPILOT_LLM_MAX_INPUT_TOKENS", 6000, 256, 1_000_000),
@@ -360,6 +397,10 @@ class Settings:
             llm_structured_output=structured,
             llm_max_unsupported_share=_float(env, "DESKPILOT_LLM_MAX_UNSUPPORTED_SHARE", 0.34, 0.0, 1.0),
             llm_fallback=fallback,
+            llm_local=llm == "local",
+            llm_local_model=local_model,
+            llm_local_port=local_port,
+            llm_home=default_llm_home(env),
             smtp_url=_str(env, "DESKPILOT_SMTP_URL"),
             smtp_from=_str(env, "DESKPILOT_SMTP_FROM", DEFAULT_SMTP_FROM) or DEFAULT_SMTP_FROM,
             callback_url=_str(env, "DESKPILOT_CALLBACK_URL"),
@@ -393,6 +434,8 @@ class Settings:
             widget_origins=_origins(env, "DESKPILOT_WIDGET_ORIGINS"),
             widget_rate_limit=_int(env, "DESKPILOT_WIDGET_RATE_LIMIT", 60, 1, 100_000),
             embedding_model=_str(env, "DESKPILOT_EMBEDDING_MODEL"),
+            embedding_runtime=_embedding_runtime(env),
+            embedding_cache=default_embedding_cache(env),
             hnsw_ef_search=_int(env, "DESKPILOT_HNSW_EF_SEARCH", 40, 1, 1000),
             retrieve_k=_int(env, "DESKPILOT_RETRIEVE_K", 8, 1, 100),
             trial_tiers=_tier_names(env, "DESKPILOT_TRIAL_TIERS", "trial"),
@@ -439,6 +482,27 @@ class Settings:
             else:
                 view[f.name] = str(value) if isinstance(value, Path) else value
         return view
+
+
+def default_llm_home(env: Mapping[str, str]) -> Path:
+    """DESKPILOT_LLM_HOME, else ~/.cache/deskpilot/llm: the llama.cpp build and the weights live outside the repo,
+    shared by every checkout and kept across `make clean`."""
+    raw = _str(env, "DESKPILOT_LLM_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "deskpilot" / "llm"
+
+
+def _embedding_runtime(env: Mapping[str, str]) -> str:
+    runtime = (_str(env, "DESKPILOT_EMBEDDING_RUNTIME", AUTO_RUNTIME) or AUTO_RUNTIME).lower()
+    if runtime not in EMBEDDING_RUNTIMES:
+        choices = ", ".join(EMBEDDING_RUNTIMES)
+        raise SettingsError(f"DESKPILOT_EMBEDDING_RUNTIME must be one of {choices}, got {runtime!r}")
+    return runtime
+
+
+def default_embedding_cache(env: Mapping[str, str]) -> Path:
+    """DESKPILOT_EMBEDDING_CACHE, else ~/.cache/deskpilot/embeddings: built runtimes outlive the checkout."""
+    raw = _str(env, "DESKPILOT_EMBEDDING_CACHE")
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "deskpilot" / "embeddings"
 
 
 def redact_url(url: str, *, keep_user: bool = True) -> str:

@@ -14,9 +14,13 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from core.settings import TORCH_RUNTIME, Settings
+from knowledge.embedding_models import MINILM, resolve_embedding_model
 
 # Set before sentence-transformers (and through it huggingface_hub) is imported anywhere in the process.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,7 +89,11 @@ class SentenceTransformerEmbedder:
         self.replicas = max(1, replicas or min(cores, MAX_REPLICAS))
         torch.set_num_threads(max(1, cores // self.replicas))
         path = model or packaged_model_path()
+        # The torch runtime is the reference: its vectors keep the model's plain name (stored vectors carry it).
         self.name = "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(path))
+        self.runtime = TORCH_RUNTIME
+        # Why another runtime asked for was not used (`sentence_transformer_embedder`); None when none was.
+        self.fallback_reason: str | None = None
         self.path = path
         self.batch_size = batch_size
         _quiet_model_loading()
@@ -96,15 +104,40 @@ class SentenceTransformerEmbedder:
         if dimension is None:
             raise EmbeddingDimensionError(f"the model at {path} does not report its embedding dimension")
         self.dimension = int(dimension)
-        self._idle: queue.SimpleQueue[Callable[[list[str]], np.ndarray]] = queue.SimpleQueue()
         traced = _traced_encoder(first)
         self.compiled = traced is not None
+        encoders: list[Callable[[list[str]], np.ndarray]] = []
         for _ in range(self.replicas):
             if traced is not None:
-                self._idle.put(traced.with_own_tokenizer())
+                encoders.append(traced.with_own_tokenizer())
             else:
-                self._idle.put(_eager_encoder(first if self._idle.empty() else copy.deepcopy(first)))
-        self._threads = ThreadPoolExecutor(self.replicas, thread_name_prefix="embedder")
+                encoders.append(_eager_encoder(first if not encoders else copy.deepcopy(first)))
+        self._pool = ReplicaPool(encoders, self.dimension, batch_size)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self._pool.encode(texts)
+
+    def __repr__(self) -> str:
+        return (
+            f"SentenceTransformerEmbedder(name={self.name!r}, dimension={self.dimension}, "
+            f"replicas={self.replicas}, compiled={self.compiled})"
+        )
+
+
+class ReplicaPool:
+    """Encoders of one model (`replicas`, each encoding one group of texts at a time), shared by concurrent
+    callers: a call is cut into `length_groups`, encoded on as many replicas at once; a caller waits while every
+    replica is busy. The torch and the ONNX runtime both run their replicas through it."""
+
+    def __init__(
+        self, encoders: Sequence[Callable[[list[str]], np.ndarray]], dimension: int, batch_size: int = BATCH_SIZE
+    ) -> None:
+        self.dimension = dimension
+        self.batch_size = batch_size
+        self._idle: queue.SimpleQueue[Callable[[list[str]], np.ndarray]] = queue.SimpleQueue()
+        for encoder in encoders:
+            self._idle.put(encoder)
+        self._threads = ThreadPoolExecutor(len(encoders), thread_name_prefix="embedder")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
@@ -126,12 +159,6 @@ class SentenceTransformerEmbedder:
             return replica(texts)
         finally:
             self._idle.put(replica)
-
-    def __repr__(self) -> str:
-        return (
-            f"SentenceTransformerEmbedder(name={self.name!r}, dimension={self.dimension}, "
-            f"replicas={self.replicas}, compiled={self.compiled})"
-        )
 
 
 def _eager_encoder(model: Any) -> Callable[[list[str]], np.ndarray]:
@@ -265,24 +292,71 @@ _embedders_lock = threading.Lock()
 
 
 def get_embedder(model: str | None = None) -> Embedder:
-    """The process-wide embedder for `model`: a local sentence-transformers folder, None = packaged MiniLM.
+    """The process-wide embedder for `model`, as `DESKPILOT_EMBEDDING_MODEL` names it: a name from
+    `knowledge.embedding_models.MODEL_NAMES`, a local sentence-transformers folder, or None for the default
+    (packaged MiniLM). Anything else raises `SettingsError` naming the variable and the choices.
 
     Loaded on first use; concurrent first callers wait for one load instead of loading twice.
     """
-    key = os.path.abspath(model) if model else packaged_model_path()
+    spec = resolve_embedding_model(model)
+    key = _same_model_key(spec.key)
     embedder = _embedders.get(key)
     if embedder is not None:
         return embedder
     with _embedders_lock:
         embedder = _embedders.get(key)
         if embedder is None:
-            embedder = SentenceTransformerEmbedder(model)
+            if spec.load is not None:
+                embedder = spec.load()
+            else:
+                embedder = sentence_transformer_embedder(None if key == MINILM else spec.folder)
             _embedders[key] = embedder
         return embedder
 
 
+def sentence_transformer_embedder(
+    model: str | None = None, runtime: str | None = None, cache: Path | None = None
+) -> Embedder:
+    """The sentence-transformers model in folder `model` (None: the packaged MiniLM) on the runtime
+    `DESKPILOT_EMBEDDING_RUNTIME` names (or `runtime`): "onnx-int8" and "auto" load the int8 ONNX build from
+    `cache` (DESKPILOT_EMBEDDING_CACHE), building it first if needed, and fall back to torch fp32 with the
+    reason logged (and kept in `fallback_reason`) when onnxruntime is missing, the build fails, or its vectors
+    fail the load check; "torch" loads torch fp32 directly. The embedder's `name` says the runtime
+    (`all-MiniLM-L6-v2+onnx-int8`): vectors of different runtimes are never mixed in one store."""
+    if runtime is None or cache is None:
+        settings = Settings.from_env()
+        runtime = runtime or settings.embedding_runtime
+        cache = cache or settings.embedding_cache
+    reason = None
+    if runtime != TORCH_RUNTIME:
+        # Imported here: onnx_embedder builds on this module, and onnxruntime loads only when it is used.
+        from knowledge import onnx_embedder
+
+        folder = model or packaged_model_path()
+        name = "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(folder))
+        try:
+            return onnx_embedder.load_onnx_embedder(folder, name, cache)
+        except (onnx_embedder.OnnxBuildError, onnx_embedder.OnnxCheckError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # any other failure of a third-party runtime: torch still serves
+            reason = f"{type(exc).__name__}: {exc}"
+        log.warning("embedding runtime %s not used, running torch fp32: %s", onnx_embedder.RUNTIME, reason)
+    embedder = SentenceTransformerEmbedder(model)
+    embedder.fallback_reason = reason
+    return embedder
+
+
+def _same_model_key(key: str) -> str:
+    """The packaged MiniLM by name and by its folder is one model, loaded once."""
+    if key == MINILM or key == os.path.abspath(packaged_model_path()):
+        return MINILM
+    return key
+
+
 async def load_embedder(model: str | None = None) -> Embedder:
-    """`get_embedder` from async code: the first load takes seconds, so it runs in a worker thread."""
+    """`get_embedder` from async code: the first load takes seconds, so it runs in a worker thread. An unknown
+    name raises `SettingsError` before any thread is started."""
+    resolve_embedding_model(model)
     return await asyncio.to_thread(get_embedder, model)
 
 
@@ -319,5 +393,6 @@ async def check_dimension(conn: Any, embedder: Embedder) -> None:
         declared = ", ".join(f"{column} is vector({dim})" for column, dim in sorted(wrong.items()))
         raise EmbeddingDimensionError(
             f"the embedding model {embedder.name!r} makes {embedder.dimension}-d vectors but {declared}; "
-            "use a model of that dimension (DESKPILOT_EMBEDDING_MODEL) or migrate the columns and re-embed"
+            "run `deskpilot kb reembed` to re-embed the stored vectors with it (reads keep the old ones until it "
+            "switches), or set DESKPILOT_EMBEDDING_MODEL back to the model that made them"
         )

@@ -56,7 +56,7 @@ from agent.drafting.prompts import (
 )
 from agent.drafting.request import Draft, DrafterName, DraftRequest, allowed_addresses
 from agent.drafting.support import SupportCheck, check_support, insert_before_signoff, strip_citations
-from agent.drafting.tokens import token_counter
+from agent.drafting.tokens import ServerTokenizerProbe, server_counter, token_counter
 from agent.scoring.risk import fold
 from agent.state import ticket_text
 from core.backoff import backoff_s
@@ -153,10 +153,13 @@ class DraftResult:
 
     @property
     def confidence_factor(self) -> float | None:
-        """What the LLM adds to the confidence score (see `confidence_factor`); None without a verdict."""
+        """What the LLM adds to the confidence score (see `confidence_factor`), lowered by the share of its
+        factual sentences the support check removed: a model that wrote claims its passages do not make is
+        trusted less with what is left. None without a verdict."""
         if not self.ok or self.self_confidence is None or self.citation_validity is None:
             return None
-        return confidence_factor(self.self_confidence, self.citation_validity)
+        removed = min(1.0, max(0.0, float(self.support.get("removed_share") or 0.0)))
+        return confidence_factor(self.self_confidence, self.citation_validity) * (1.0 - removed)
 
     def to_trace(self) -> dict[str, Any]:
         """Everything, as JSON: the attempt row's detail and the trace viewer's source."""
@@ -400,7 +403,8 @@ PROBE_NAME = "DeskPilotProbe"
 # Marks a probe request, for logs and for test servers that answer probes apart from drafts.
 PROBE_MARKER = "deskpilot-structured-output-probe"
 PROBE_MAX_TOKENS = 32
-PROBE_TIMEOUT_S = 15.0
+# A probe is a short prompt and at most PROBE_MAX_TOKENS tokens, but a small local model on a busy CPU reads
+# even that slowly (measured: 8-20 s for the 1.5B model on one shared core): it gets the draft's own timeout.
 _PROBE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"ok": {"type": "boolean", "description": "true"}},
@@ -536,6 +540,9 @@ class LLMDrafter:
         self._state: _LoopState | None = None
         self._secrets = _secrets_of(settings)
         self._counter = token_counter(settings.llm_tokenizer)
+        # Without a tokenizer file, the server's own tokenize endpoint counts (looked for before the first draft).
+        self._tokenizer_probe: ServerTokenizerProbe | None = None
+        self._look_for_tokenizer = not self._counter.exact and bool(settings.openai_base_url) and chat_model is None
         self._auto = settings.llm_structured_output == "auto"
         self._method: Method | None = None if self._auto else _as_method(settings.llm_structured_output)
         self._probe: ProbeReport | None = None
@@ -550,6 +557,8 @@ class LLMDrafter:
         described = describe_llm(self.settings)
         described["structured_output_method"] = self._method
         described["token_counter"] = self._counter.source
+        if self._tokenizer_probe is not None:
+            described["tokenizer_probe"] = dict(self._tokenizer_probe.results)
         if self._probe is not None:
             described["probe"] = self._probe.to_json()
         return described
@@ -625,7 +634,7 @@ class LLMDrafter:
         return report
 
     async def _probe_one(self, chat: BaseChatModel, method: Method) -> str:
-        guard = min(self.settings.llm_timeout_s, PROBE_TIMEOUT_S) + 1.0
+        guard = self.settings.llm_timeout_s + 1.0
         try:
             async with asyncio.timeout(guard):
                 message = await _bind_probe(chat, method).ainvoke(_PROBE_MESSAGES)
@@ -641,6 +650,21 @@ class LLMDrafter:
             log.warning("structured-output probe (%s) failed unexpectedly", method, exc_info=True)
             return f"failed: {type(exc).__name__}"
         return _probe_verdict(method, message)
+
+    async def find_tokenizer(self) -> None:
+        """Use the server's tokenize endpoint to count prompt tokens when no tokenizer file is configured and
+        the server has one; an unreachable server is asked again before the next draft."""
+        if not self._look_for_tokenizer:
+            return
+        base_url, credentials = split_url_credentials(self.settings.openai_base_url)
+        headers = {"Authorization": credentials or f"Bearer {self.settings.openai_api_key or 'not-needed'}"}
+        found = await asyncio.to_thread(server_counter, base_url or "", headers=headers, fallback=self._counter)
+        self._tokenizer_probe = found
+        if found.reachable:
+            self._look_for_tokenizer = False
+        if found.counter is not None:
+            self._counter = found.counter
+            log.info("prompt tokens counted by the %s", found.counter.source)
 
     async def _current_method(self) -> Method:
         """The method for the next attempt: probed first when unknown or after a failure (`auto` only)."""
@@ -660,6 +684,7 @@ class LLMDrafter:
     async def write(self, request: DraftRequest) -> DraftResult:
         """The model's reply to `request`, checked, with everything that happened on the way."""
         started = time.perf_counter()
+        await self.find_tokenizer()
         result = DraftResult(model=self.model, token_source=self._counter.source)
         attempt, built = await self._attempt_with_retries(request, result)
         result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -670,6 +695,12 @@ class LLMDrafter:
             return self._failed(result, attempt)
         self._accept(result, attempt.verdict, built, request)
         return result
+
+    async def _build_async(self, request: DraftRequest, method: Method, result: DraftResult) -> BuiltPrompt:
+        # The server's tokenizer counts over HTTP: off the event loop, which other tickets share.
+        if self._tokenizer_probe is not None and self._tokenizer_probe.counter is self._counter:
+            return await asyncio.to_thread(self._build, request, method, result)
+        return self._build(request, method, result)
 
     def _build(self, request: DraftRequest, method: Method, result: DraftResult) -> BuiltPrompt:
         built = build_messages(
@@ -694,7 +725,7 @@ class LLMDrafter:
         reprobed = False
         transient_failures = 0
         method = await self._current_method()
-        built = self._build(request, method, result)
+        built = await self._build_async(request, method, result)
         repair: _Attempt | None = None
         while True:
             n = result.attempts + 1
@@ -747,7 +778,7 @@ class LLMDrafter:
                 changed = await self._current_method()
                 if changed != method:
                     method, repair = changed, None
-                    built = self._build(request, method, result)
+                    built = await self._build_async(request, method, result)
 
     def _delay(self, failures: int, retry_after_s: float | None) -> float:
         if retry_after_s is not None and retry_after_s >= 0:

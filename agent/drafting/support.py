@@ -4,8 +4,9 @@ A sentence states a fact unless it is a greeting, a sign-off, a question back to
 handover ("a colleague will follow up"), or an echo of the customer's own message (only their words, and no
 claim word such as "yes", "can" or "available"). A sentence that states a fact is *supported* when
 
-1. it cites a passage the model was given: the labels it ends with ([KB-1a2b3c4d], [K1]), or, in a reply that
-   carries no label at all, the passages the verdict lists in `cited_ids`;
+1. it cites a passage the model was given: the labels it ends with ([KB-1a2b3c4d], [K1]), or, for a sentence
+   that carries no label, the passages the verdict lists in `cited_ids` (small models cite once per paragraph or
+   per reply: measured with Qwen2.5-Coder 1.5B, which labelled the first sentence and none of the next);
 2. every specific in it appears in a cited passage: each number or amount (the same figure), each duration (the
    same figure and unit: "30 days" is not "30 minutes") and each menu path (every step between the arrows of
    "Settings › Billing › Export", and the words either side of each arrow);
@@ -332,7 +333,7 @@ def check_support(
             valid = [given[label] for label in labels if label in given]
             check = SentenceCheck(
                 text=text,
-                labels=list(dict.fromkeys(valid if inline else fallback)),
+                labels=list(dict.fromkeys(valid if labels else fallback)),
                 invalid_labels=[label for label in labels if label not in given],
             )
             _judge(check, passages, asked, name)

@@ -118,6 +118,12 @@ def as_array(vector: Any) -> np.ndarray:
     return np.asarray(vector, dtype=np.float32)
 
 
+def _no_vectors() -> np.ndarray:
+    """No stored vectors: no rows, and no columns either, since the dimension is the model's (any, since the
+    store follows the configured one) and there is no row to tell it."""
+    return np.zeros((0, 0), dtype=np.float32)
+
+
 @dataclass
 class KbExamples:
     """Knowledge-base passages (title and text) labelled with their article's category."""
@@ -129,7 +135,7 @@ class KbExamples:
     @classmethod
     def from_rows(cls, rows: Sequence[Any]) -> KbExamples:
         if not rows:
-            return cls([], np.zeros((0, 384), dtype=np.float32), [])
+            return cls([], _no_vectors(), [])
         return cls(
             texts=[f"{r['title']}\n\n{r['content']}".strip() for r in rows],
             embeddings=np.stack([as_array(r["embedding"]) for r in rows]),
@@ -157,7 +163,7 @@ class History:
     def from_rows(cls, rows: Sequence[Any], kb_rows: Sequence[Any] = ()) -> History:
         kb = KbExamples.from_rows(kb_rows)
         if not rows:
-            return cls([], [], np.zeros((0, 384), dtype=np.float32), [], [], [], [], kb)
+            return cls([], [], _no_vectors(), [], [], [], [], kb)
         return cls(
             ids=[str(r["id"]) for r in rows],
             texts=[r["ticket_text"] for r in rows],
@@ -180,7 +186,9 @@ class History:
 
     @property
     def example_embeddings(self) -> np.ndarray:
-        return np.vstack([self.embeddings, self.kb.embeddings]) if len(self.kb) else self.embeddings
+        if not len(self.kb):
+            return self.embeddings
+        return np.vstack([self.embeddings, self.kb.embeddings]) if len(self.embeddings) else self.kb.embeddings
 
 
 @dataclass
@@ -204,7 +212,7 @@ class RoutingModels:
     fitted_at: float = field(default_factory=time.time)
     fit_seconds: float = 0.0
     # Past tickets then KB passages (`History.example_embeddings`): what a query's similarities are taken to.
-    example_embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), dtype=np.float32))
+    example_embeddings: np.ndarray = field(default_factory=lambda: _no_vectors())
 
     @classmethod
     def fit(cls, history: History, version: int) -> RoutingModels:
@@ -363,7 +371,9 @@ _FINGERPRINT_SQL = """
     SELECT (SELECT count(*) FROM past_resolutions), (SELECT max(created_at) FROM past_resolutions),
            (SELECT count(*) FROM kb_documents WHERE category IS NOT NULL),
            (SELECT max(updated_at) FROM kb_documents WHERE category IS NOT NULL),
-           (SELECT count(*) FROM kb_chunks)
+           (SELECT count(*) FROM kb_chunks),
+           -- A re-embed (knowledge.reembed) changes every vector and nothing else counted here.
+           (SELECT changed_at FROM embedding_identity)
 """
 
 

@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from app.cli.kb import kb
+from app.cli.kb import kb, reembed_on_start
+from app.cli.llm import llm
 from app.cli.mailbox import mailbox
 from app.cli.quality import calibrate, evaluate
 from app.cli.report import report
@@ -88,6 +89,7 @@ def serve(host: str, port: int, no_worker: bool, demo: bool, processes: int) -> 
             bold=True,
             err=True,
         )
+    reembed_on_start(url, settings)
     if demo:
         from app.demo import load_demo_if_empty
 
@@ -136,6 +138,7 @@ def worker(concurrency: int | None) -> None:
     settings = load_settings()
     url = database_url_or_exit(settings)
     migrate_when_reachable(url)
+    reembed_on_start(url, settings)
     run_on_event_loop(run_worker_process(settings, url, concurrency=concurrency or settings.worker_concurrency))
 
 
@@ -205,6 +208,7 @@ main.add_command(evaluate, "eval")
 main.add_command(calibrate)
 main.add_command(mailbox)
 main.add_command(report)
+main.add_command(llm)
 
 if __name__ == "__main__":
     main()

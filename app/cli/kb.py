@@ -1,10 +1,13 @@
-"""`deskpilot kb load` and `deskpilot kb search`: fill the knowledge base, see what the retriever returns."""
+"""`deskpilot kb load`, `kb search` and `kb reembed`: fill the knowledge base, see what the retriever returns,
+re-embed it with another model."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.cli.startup import database_url_or_exit, load_settings, migrate_or_exit
+from core.settings import Settings
+from knowledge.embedder import Embedder
 from knowledge.loader import DEFAULT_MAX_BYTES, LoadKind, LoadReport, load_paths
+from knowledge.reembed import EmbeddingIdentity, ReembedReport, reembed, stored_identity
 from knowledge.retrieval import RetrievedItem, search_query
 from knowledge.store import CATEGORIES
 
@@ -49,6 +55,9 @@ class RichLoadProgress:
     def advance(self, files: int, description: str) -> None:
         if self._task is not None:
             self._progress.update(self._task, advance=files, description=description)
+
+
+log = logging.getLogger(__name__)
 
 
 @click.group()
@@ -185,3 +194,78 @@ def search(
     if not console.is_terminal:
         console = Console(width=140)  # piped output: room for the preview instead of rich's 80 columns
     console.print(table)
+
+
+@kb.command("reembed")
+def reembed_command() -> None:
+    """Re-embed every KB chunk and past resolution with the configured model (DESKPILOT_EMBEDDING_MODEL).
+
+    Does nothing when the stored vectors are already that model's. Otherwise the new vectors go to a new column
+    while searches keep using the old ones, and one transaction switches to them (a new knowledge version).
+    An interrupted run resumes where it stopped.
+    """
+    from knowledge.embedder import get_embedder
+
+    settings = load_settings()
+    url = database_url_or_exit(settings)
+    migrate_or_exit(url)
+    embedder = get_embedder(settings.embedding_model)
+    click.echo(reembed_now(url, settings, embedder).summary())
+
+
+def reembed_now(url: str, settings: Settings, embedder: Embedder) -> ReembedReport:
+    from core import db
+
+    def progress(table: str, rows: int) -> None:
+        log.info("re-embedded %d rows of %s", rows, table)
+
+    async def run() -> ReembedReport:
+        async with db.pool_for(url, settings) as pool, pool.acquire() as conn:
+            return await reembed(conn, embedder, progress=progress)
+
+    return asyncio.run(run())
+
+
+def reembed_on_start(url: str, settings: Settings) -> threading.Thread | None:
+    """What `serve` and `worker` do when the stored vectors were made by another model than the configured one:
+    of the same dimension, they start at once and re-embed in a background thread (searches use the old vectors
+    until the switch); of another dimension, the old vectors cannot answer the new model's queries, so they
+    re-embed first and then start (`deskpilot kb reembed` does it ahead of time, while the old deployment keeps
+    serving). Returns the background thread, if one was started."""
+    from core import db
+    from knowledge.embedder import get_embedder
+
+    embedder = get_embedder(settings.embedding_model)
+    target = EmbeddingIdentity.of(embedder)
+
+    async def read() -> EmbeddingIdentity:
+        async with db.pool_for(url, settings) as pool, pool.acquire() as conn:
+            return await stored_identity(conn)
+
+    stored = asyncio.run(read())
+    if stored == target:
+        return None
+    if stored.dimension != target.dimension:
+        click.echo(
+            f"the stored vectors are {stored} and the configured model makes {target}: re-embedding the knowledge "
+            "base before starting (run `deskpilot kb reembed` beforehand to keep the old deployment serving "
+            "meanwhile)",
+            err=True,
+        )
+        click.echo(reembed_now(url, settings, embedder).summary(), err=True)
+        return None
+    click.echo(
+        f"the stored vectors are {stored}, the configured model is {target}: re-embedding in the background; "
+        "searches use the old vectors until it switches (`deskpilot kb reembed` shows the progress)",
+        err=True,
+    )
+
+    def background() -> None:
+        try:
+            reembed_now(url, settings, embedder)
+        except Exception:  # the service goes on with the old vectors; the next start tries again
+            log.exception("background re-embed failed; searches keep the old vectors")
+
+    thread = threading.Thread(target=background, name="reembed", daemon=True)
+    thread.start()
+    return thread

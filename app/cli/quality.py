@@ -90,7 +90,30 @@ def print_report(report: dict[str, Any]) -> None:
         for gold, row in matrix.items():
             cm.add_row(gold, *(str(row.get(c, 0)) for c in columns))
         console.print(cm)
+    print_languages(console, report)
     console.print(f"history: {report.get('history')}; timings: {report.get('timings')}")
+
+
+def print_languages(console: Any, report: dict[str, Any]) -> None:
+    """The per-language breakdown (`agent.quality.evaluation.language_breakdown`) and the embedding model."""
+    from rich.table import Table
+
+    languages = report.get("by_language") or {}
+    if not languages:
+        return
+    embedding = report.get("embedding") or {}
+    table = Table(title=f"by language ({embedding.get('model')}, {embedding.get('dimension')}-d)")
+    for column in ("language", "n", "category accuracy", "reply similarity", "subject finds its ticket (top 5)"):
+        table.add_column(column, justify="left" if column == "language" else "right")
+    for language, row in languages.items():
+        table.add_row(
+            language,
+            str(row["n"]),
+            _fmt(row["category_accuracy"]),
+            _fmt(row["reply_similarity"], False),
+            f"{_fmt(row['subject_finds_ticket_at_5'])} of {row['retrieval_checks']}",
+        )
+    console.print(table)
 
 
 def print_deployment_report(report: dict[str, Any]) -> None:
@@ -181,6 +204,13 @@ def print_deployment_report(report: dict[str, Any]) -> None:
     help="DATASET is a deployment-shaped set (ingest payloads plus `expect`): run it against the demo KB, history "
     "and customers in a scratch database.",
 )
+@click.option(
+    "--llm",
+    "with_llm",
+    is_flag=True,
+    help="Run the tickets through the offline drafter and the configured LLM drafter (OPENAI_BASE_URL / "
+    "DESKPILOT_LLM_MODEL) in the same run and report them side by side. With --demo, --limit samples the set.",
+)
 def evaluate(
     dataset: Path,
     history: Path | None,
@@ -190,14 +220,20 @@ def evaluate(
     limit: int | None,
     seed: int,
     demo: bool,
+    with_llm: bool,
 ) -> None:
     """Run labelled tickets through routing and the agent without delivering; print the quality report."""
     from agent.quality.evaluation import evaluate as run_evaluation
     from agent.quality.evaluation import finite
 
+    if demo and (history is not None or kb is not None):
+        raise click.UsageError("--demo brings its own knowledge base and history: drop --history and --kb")
+    if with_llm:
+        _evaluate_side_by_side(
+            dataset, json_out, demo=demo, history=history, kb=kb, holdout=holdout, limit=limit, seed=seed
+        )
+        return
     if demo:
-        if history is not None or kb is not None:
-            raise click.UsageError("--demo brings its own knowledge base and history: drop --history and --kb")
         _evaluate_deployment(dataset, json_out)
         return
     settings = _settings()
@@ -244,6 +280,92 @@ def _evaluate_deployment(dataset: Path, json_out: Path | None) -> None:
     if json_out is not None:
         json_out.write_text(json.dumps(finite(run.report), indent=2, default=str) + "\n", encoding="utf-8")
         click.echo(f"report written to {json_out}")
+
+
+def _evaluate_side_by_side(
+    dataset: Path,
+    json_out: Path | None,
+    *,
+    demo: bool,
+    history: Path | None,
+    kb: Path | None,
+    holdout: float,
+    limit: int | None,
+    seed: int,
+) -> None:
+    from agent.quality.drafters import evaluate_deployment_side_by_side, evaluate_side_by_side
+    from agent.quality.evaluation import finite
+    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+
+    settings = _settings()
+    if not settings.llm_enabled:
+        raise click.UsageError(
+            "--llm needs a model: set OPENAI_BASE_URL (e.g. http://127.0.0.1:8092/v1) and DESKPILOT_LLM_MODEL, "
+            "or OPENAI_API_KEY"
+        )
+    bars = _Bars()
+    try:
+        with bars.progress:
+            if demo:
+                report = asyncio.run(
+                    evaluate_deployment_side_by_side(
+                        dataset,
+                        settings=settings,
+                        examples=EXAMPLES_DIR,
+                        newest_event_at=demo_newest_event_at(),
+                        limit=limit,
+                        seed=seed,
+                        progress=bars,
+                    )
+                )
+            else:
+                report = asyncio.run(
+                    evaluate_side_by_side(
+                        dataset,
+                        settings=settings,
+                        history_path=history,
+                        kb=kb,
+                        holdout=holdout,
+                        limit=limit,
+                        seed=seed,
+                        progress=bars,
+                    )
+                )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_side_by_side(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(finite(report), indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"report written to {json_out}")
+
+
+def print_side_by_side(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    model = report.get("model") or {}
+    table = Table(title=f"offline vs LLM ({model.get('model')}): {report.get('dataset')}  (n={report['n']})")
+    table.add_column("metric")
+    table.add_column("offline", justify="right")
+    table.add_column("LLM", justify="right")
+    for row in report["side_by_side"]:
+        kind = row["format"]
+        cells = [
+            _fmt(row.get(name), percent=True) if kind == "%" else _fmt(row.get(name), percent=False)
+            for name in ("offline", "llm")
+        ]
+        table.add_row(row["metric"], *cells)
+    console.print(table)
+    llm = report["drafters"]["llm"]
+    console.print(
+        f"LLM: {llm.get('llm_replies')} replies written by the model, {llm.get('fell_back')} fell back "
+        f"{llm.get('fell_back_by_kind')}, {llm.get('escalated_by_llm_check')} escalated by its checks; "
+        f"structured output {llm.get('structured_output')}; token counter {llm.get('token_counter')}; "
+        f"tokens in/out {llm.get('tokens_in_total')}/{llm.get('tokens_out_total')}"
+    )
+    console.print(f"rightness: {report.get('rightness')}")
+    console.print(f"timings: {report.get('timings')}")
 
 
 @click.command("calibrate")

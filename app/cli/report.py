@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ import click
 from app.cli.startup import database_url_or_exit, load_settings, migrate_or_exit
 from core import db
 from core.settings import Settings
-from review import golive
+from review import golive, rehearsal
 
 
 @click.group()
@@ -98,6 +99,78 @@ def print_go_live(data: dict[str, Any]) -> None:
             line["verdict"],
         )
     Console(width=160).print(table)
+
+
+@report.command("go-live-rehearsal")
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures here."
+)
+@click.option(
+    "--reviewed-share",
+    default=rehearsal.DEFAULT_REVIEWED_SHARE,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="Share of the tickets that become simulated reviews; the rest is scored.",
+)
+@click.option(
+    "--min-reviews",
+    default=rehearsal.DEFAULT_MIN_REVIEWS,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Simulated reviews the refit needs before it can be activated.",
+)
+def go_live_rehearsal(dataset: Path, json_out: Path | None, reviewed_share: float, min_reviews: int) -> None:
+    """Rehearse going live on a labelled deployment-shaped set (the demo deployment, as `eval --demo`): reviews
+    simulated from the labels of one share of the tickets refit the calibration and place the threshold; the other
+    share is scored as it would go out (ECE, would-be auto-resolved replies and their precision)."""
+    from agent.quality.evaluation import evaluate_deployment, finite
+    from agent.scoring.confidence import Calibration
+    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+
+    settings = load_settings()
+    try:
+        run = asyncio.run(
+            evaluate_deployment(
+                dataset, settings=settings, examples=EXAMPLES_DIR, newest_event_at=demo_newest_event_at()
+            )
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    data = rehearsal.rehearse_go_live(
+        run.results,
+        Calibration.load(),
+        share=reviewed_share,
+        min_reviews=min_reviews,
+        review_threshold=settings.review_threshold,
+    )
+    print_rehearsal(data)
+    if json_out is not None:
+        json_out.write_text(json.dumps(finite(data), indent=2) + "\n", encoding="utf-8")
+        click.echo(f"figures written to {json_out}")
+
+
+def print_rehearsal(data: dict[str, Any]) -> None:
+    refit = data["refit"]
+    click.echo(
+        f"{data['labelled']} of {data['tickets']} tickets scored by a calibration model: "
+        f"{data['reviewed']} simulated reviews, {data['unseen']} unseen"
+    )
+    click.echo(f"refit: {'activated' if refit['activated'] else 'not activated'}: {refit['reason']}")
+    ece = data["ece_unseen"]
+    click.echo(
+        f"unseen half: ECE {ece['in_force']} (shipped curve {ece['shipped']}), "
+        f"highest confidence {data['max_confidence_unseen']}, right {data['right_share_unseen']}"
+    )
+    at = data["at_recommended_threshold"]
+    if at is None:
+        click.echo(f"no threshold recommended: {data['verdict_on_reviews']}")
+    else:
+        click.echo(
+            f"at the recommended threshold {data['recommended_threshold']:.2f}: {at['would_auto_resolve']} would be "
+            f"auto-resolved ({at['share_of_unseen']} of unseen), {at['right']} right, precision {at['precision']} "
+            f"(95% CI {at['ci95'][0]}-{at['ci95'][1]})"
+        )
 
 
 def calibrate_from_reviews(*, holdout_share: float, min_reviews: int, as_json: bool) -> None:

@@ -12,13 +12,16 @@ import click
 from app.observability import install_log_redaction
 from core import db
 from core.settings import Settings, SettingsError
+from knowledge.embedding_models import resolve_embedding_model
 
 
 def load_settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        resolve_embedding_model(settings.embedding_model)  # an unknown model name is a settings error too
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+    return settings
 
 
 def database_url_or_exit(settings: Settings, *, keep_running: bool = False) -> str:

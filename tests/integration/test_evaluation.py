@@ -59,6 +59,12 @@ def test_eval_command_reports_every_key(pg_admin_url: str, embedder: Any, tmp_pa
     # not fall behind the TF-IDF baseline by much.
     assert report["category_accuracy"] >= report["baseline_category_accuracy"] - 0.05
     assert sum(sum(row.values()) for row in report["confusion_matrix"].values()) == report["n"]
+    # Per language (bitext is English) and the model that embedded it.
+    assert sum(row["n"] for row in report["by_language"].values()) == report["n"]
+    # `language_of` reads a few of bitext's short English requests as another language (50 of 57 English measured).
+    assert report["by_language"]["en"]["n"] >= 0.8 * report["n"]
+    assert report["embedding"]["dimension"] == embedder.dimension
+    assert "by language" in result.output
 
 
 @pytest.mark.slow

@@ -166,15 +166,23 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             received_at=time.monotonic(),
         )
+        tokenize = _TOKENIZE.get(owner.flavor)
+        if tokenize is not None and self.path.rstrip("/") == tokenize[0]:
+            # The server's own tokenizer, as llama-server and llama_cpp.server offer it: one token per word here.
+            with owner._lock:
+                owner.tokenized.append(request)
+            text = str(request.json.get(tokenize[1]) or "")
+            self._send_json(200, {"tokens": list(range(len(text.split())))})
+            return
         if PROBE_MARKER in request.message_text():
             with owner._lock:
                 owner.probes.append(request)
             self._answer(Step("json", payload={"ok": True}), request.json, probe=True)
             return
-        step = owner._record_and_next(request)
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, _error_body(f"unknown path {self.path}", "invalid_request_error"))
             return
+        step = owner._record_and_next(request)
         if step is None:
             problem = _error_body("fake_openai: the test scripted no reply for this request", "server_error")
             self._send_json(500, problem)
@@ -247,6 +255,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+# Where each flavor offers its tokenizer (path, the request's text field); the others answer 404 there.
+_TOKENIZE: dict[str, tuple[str, str]] = {
+    "llama_server": ("/tokenize", "content"),
+    "llama_cpp_python": ("/extras/tokenize", "input"),
+}
+
+
 def _error_body(message: str, kind: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
 
@@ -290,6 +305,8 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         # DeskPilot's structured-output probes, answered apart from the script.
         self.probes: list[RecordedRequest] = []
+        # Requests to the flavor's tokenize endpoint, answered apart from the script.
+        self.tokenized: list[RecordedRequest] = []
         self._steps: deque[Step] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -155,7 +157,7 @@ def test_one_instance_per_model(embedder: Any) -> None:
     assert get_embedder(packaged_model_path()) is embedder
 
 
-def test_concurrent_first_calls_load_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_first_calls_load_the_model_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     constructed: list[str | None] = []
 
     class SlowModel:
@@ -172,13 +174,15 @@ def test_concurrent_first_calls_load_the_model_once(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(embedder_module, "SentenceTransformerEmbedder", SlowModel)
     monkeypatch.setattr(embedder_module, "_embedders", {})
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(get_embedder("/models/slow"))) for _ in range(6)]
+    folder = str(tmp_path / "slow")
+    os.mkdir(folder)
+    threads = [threading.Thread(target=lambda: results.append(get_embedder(folder))) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    assert constructed == ["/models/slow"]
+    assert constructed == [folder]
     assert len(results) == 6
     assert all(result is results[0] for result in results)
 
@@ -222,3 +226,4 @@ async def test_dimension_check_accepts_minilm_and_names_a_mismatch(pool: asyncpg
     assert "kb_chunks.embedding is vector(384)" in message
     assert "past_resolutions.embedding is vector(384)" in message
     assert "DESKPILOT_EMBEDDING_MODEL" in message
+    assert "deskpilot kb reembed" in message

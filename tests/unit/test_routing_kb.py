@@ -90,3 +90,15 @@ def test_kb_weights_shrink_with_the_history_and_balance_categories() -> None:
     assert weights[:3].sum() == pytest.approx(weights[3])
     assert weights.mean() == pytest.approx(kb_example_weight(500))
     assert kb_example_weights([], history_size=10).size == 0
+
+
+def test_a_knowledge_base_of_another_dimension_routes_without_any_history() -> None:
+    # The store follows the configured model (multilingual-use: 512-d); an empty history must not assume 384.
+    rng = np.random.default_rng(4)
+    centres = {c: rng.standard_normal(512) for c in TOPICS}
+    models = RoutingModels.fit(History.from_rows([], kb_rows(centres)), version=1)
+    assert models.example_embeddings.shape == (24, 512)
+    prediction = models.predict("refund for my invoice", _vectors(rng, centres["billing"], 1)[0])
+    assert max(prediction.category_probs, key=prediction.category_probs.__getitem__) == "billing"
+    empty = RoutingModels.fit(History.from_rows([]), version=1)
+    assert empty.predict("anything", _vectors(rng, centres["general"], 1)[0]).neighbours == []

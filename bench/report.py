@@ -320,6 +320,27 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ),
     ),
     Benchmark(
+        name="embedding",
+        title="Embedding runtime: int8 ONNX next to the stock fp32 encode",
+        script="bench/embedding.py",
+        sizes=(("", "400 tobi-bueck tickets, 3 alternating rounds"), ("--quick", "120 tickets, 2 rounds")),
+        description=(
+            "Texts/s of the int8 ONNX runtime next to `SentenceTransformer.encode` (torch fp32) on the same texts."
+        ),
+        measured="{runtime_texts_per_s:,} texts/s ({runtime}), cosine ≥ {cosine_min}",
+        bare="{stock_fp32_texts_per_s:,} texts/s (stock fp32 encode)",
+        ratio="{ratio_vs_stock_fp32}",
+        targets=(
+            Target("ratio_vs_stock_fp32", ">=", 1.2, "≥ 1.2 × stock fp32"),
+            Target("cosine_min", ">=", 0.99, "cosine ≥ 0.99 on every text"),
+        ),
+        bare_limit=(
+            "sentence-transformers' own `SentenceTransformer.encode` with its defaults on the same texts, in the "
+            "same process, alternating with the runtime; best round of each."
+        ),
+        notes="`cpu_ratio_vs_stock_fp32` (CPU ms per text) moves least with the machine's load.",
+    ),
+    Benchmark(
         name="llm",
         title="LLM drafter: one ticket through DeskPilot next to a bare call to the same model server",
         script="bench/llm.py",

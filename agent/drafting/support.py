@@ -287,10 +287,23 @@ def _menu_steps(text: str) -> list[str]:
     return steps
 
 
+# A numbered list item's marker ("1. ", "2) "): part of its first sentence, not a sentence or a figure of its own
+# (models answer steps as numbered lists; measured with Qwen2.5-Coder 1.5B).
+_LIST_MARKER = re.compile(r"^\s*\d{1,2}[.)]\s+")
+
+
 def _split(reply: str) -> list[list[str]]:
     """The reply's lines, each as its sentences; a citation after a full stop moved before it."""
     text = _CITATION_AFTER_STOP.sub(lambda m: f"{m.group(2)}{m.group(1)}", reply.replace("\r\n", "\n"))
-    return [[s for s in _SENTENCE_END.split(line) if s.strip()] for line in text.split("\n")]
+    lines = []
+    for line in text.split("\n"):
+        marker = _LIST_MARKER.match(line)
+        head = marker.group(0) if marker else ""
+        sentences = [s for s in _SENTENCE_END.split(line[len(head) :]) if s.strip()]
+        if head and sentences:
+            sentences[0] = head + sentences[0]
+        lines.append(sentences)
+    return lines
 
 
 def _take_labels(sentence: str) -> tuple[str, list[str]]:
@@ -348,7 +361,7 @@ def check_support(
 def _judge(check: SentenceCheck, passages: Mapping[str, str], asked: _Profile, name: frozenset[str]) -> None:
     if _is_conversational(check.text):
         return
-    body = _GREETING.sub("", fold(check.text), count=1)
+    body = _GREETING.sub("", fold(_LIST_MARKER.sub("", check.text, count=1)), count=1)
     said = _profile(body)
     content = _content(body, name)
     specifics = said.numbers | {f"{n} {u}" for n, u in said.durations}

@@ -256,10 +256,17 @@ def _stored_vectors(embedder: Embedder, examples: Sequence[Example]) -> np.ndarr
     if not stored.is_file():
         return None
     with stored.open("rb") as f, np.load(f) as data:
-        digest, model = str(data["digest"]), str(data["model"])
-        vectors: np.ndarray = np.asarray(data["vectors"], dtype=np.float32)
-    if digest != _examples_digest() or model != embedder.name or vectors.shape != (len(examples), embedder.dimension):
-        log.warning("%s is stale (run python -m agent.scoring.risk_model): encoding the risk examples", VECTORS)
+        digest, models = str(data["digest"]), [str(m) for m in data["models"]]
+        index = models.index(embedder.name) if embedder.name in models else None
+        vectors: np.ndarray | None = (
+            None if index is None else np.asarray(data[f"vectors_{index}"], dtype=np.float32)
+        )
+    if digest != _examples_digest() or vectors is None or vectors.shape != (len(examples), embedder.dimension):
+        log.warning(
+            "%s holds no vectors of these examples under %s (run python -m agent.scoring.risk_model): encoding them",
+            VECTORS,
+            embedder.name,
+        )
         return None
     picks = np.linspace(0, len(examples) - 1, _SPOT_CHECKS).astype(int)
     fresh = np.asarray(embedder.encode([examples[i].text for i in picks]), dtype=np.float32)
@@ -268,13 +275,19 @@ def _stored_vectors(embedder: Embedder, examples: Sequence[Example]) -> np.ndarr
     return vectors
 
 
-def write_vectors(embedder: Embedder) -> None:
-    """Store the examples' vectors under `embedder` beside the examples (run after editing them)."""
+def write_vectors(embedders: Sequence[Embedder]) -> None:
+    """Store the examples' vectors under each of `embedders` (the packaged model's runtimes) beside the examples
+    (run after editing them)."""
     examples = load_examples()
-    vectors = np.asarray(embedder.encode([e.text for e in examples]), dtype=np.float16)
+    arrays: dict[str, Any] = {
+        f"vectors_{i}": np.asarray(embedder.encode([e.text for e in examples]), dtype=np.float16)
+        for i, embedder in enumerate(embedders)
+    }
+    arrays["digest"] = _examples_digest()
+    arrays["models"] = np.array([embedder.name for embedder in embedders])
     target = Path(__file__).with_name(VECTORS)
     with target.open("wb") as f:
-        np.savez_compressed(f, digest=_examples_digest(), model=embedder.name, vectors=vectors)
+        np.savez_compressed(f, **arrays)
 
 
 _lock = threading.Lock()
@@ -310,6 +323,7 @@ def risk_model(embedder: Embedder) -> RiskModel:
 
 
 if __name__ == "__main__":
-    from knowledge.embedder import get_embedder
+    from knowledge.embedder import sentence_transformer_embedder
 
-    write_vectors(get_embedder())
+    # The packaged model under each runtime a deployment may run it with (DESKPILOT_EMBEDDING_RUNTIME).
+    write_vectors([sentence_transformer_embedder(None, runtime) for runtime in ("torch", "onnx-int8")])

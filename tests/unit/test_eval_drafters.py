@@ -58,3 +58,16 @@ def test_removed_sentences_lower_the_llm_confidence_factor() -> None:
     trimmed = DraftResult(reply="x", self_confidence=0.9, citation_validity=1.0, support={"removed_share": 0.25})
     assert clean.confidence_factor == confidence_factor(0.9, 1.0)
     assert trimmed.confidence_factor == confidence_factor(0.9, 1.0) * 0.75
+
+
+def test_a_numbered_list_item_is_one_sentence_and_its_number_no_figure() -> None:
+    from agent.drafting.support import check_support
+
+    passages = {"KB-1a2b3c4d": "Restoring\n" + TRASH.text}
+    reply = (
+        "To restore deleted entries:\n1. Open Settings › Data › Trash [KB-1a2b3c4d].\n2. Choose Restore [KB-1a2b3c4d]. "
+        "Entries stay for 45 days."
+    )
+    check = check_support(reply, passages=passages, cited=["KB-1a2b3c4d"], ticket=QUESTION)
+    assert [s.text for s in check.removed] == ["Entries stay for 45 days."]
+    assert "1. Open Settings › Data › Trash." in check.text and "2. Choose Restore." in check.text

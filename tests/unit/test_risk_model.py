@@ -56,6 +56,28 @@ def test_the_stored_vectors_are_those_of_the_shipped_examples(embedder: Any) -> 
     assert np.abs(fresh - stored[[0, -1]]).max() < 0.01
 
 
+def test_the_int8_runtime_has_its_own_stored_vectors() -> None:
+    """The default runtime (`DESKPILOT_EMBEDDING_RUNTIME=auto`) is the int8 build: its workers, too, fit the
+    detector without encoding the examples, and never with another runtime's vectors."""
+    from knowledge.embedder import sentence_transformer_embedder
+
+    int8 = sentence_transformer_embedder(None, "onnx-int8")
+    assert int8.name.endswith("+onnx-int8")
+    examples = load_examples()
+    stored = _stored_vectors(int8, examples)
+    assert stored is not None
+    fresh = int8.encode([examples[1].text, examples[-2].text])
+    assert np.abs(fresh - stored[[1, -2]]).max() < 0.01
+
+    class Renamed:
+        name, dimension = "another-model", int8.dimension
+
+        def encode(self, texts: Any) -> np.ndarray:
+            return int8.encode(texts)
+
+    assert _stored_vectors(Renamed(), examples) is None
+
+
 def test_the_threshold_is_the_highest_that_keeps_the_cross_validated_recall(model: RiskModel) -> None:
     cv = model.cross_validation
     assert cv["threshold"] == model.threshold

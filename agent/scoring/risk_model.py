@@ -258,9 +258,7 @@ def _stored_vectors(embedder: Embedder, examples: Sequence[Example]) -> np.ndarr
     with stored.open("rb") as f, np.load(f) as data:
         digest, models = str(data["digest"]), [str(m) for m in data["models"]]
         index = models.index(embedder.name) if embedder.name in models else None
-        vectors: np.ndarray | None = (
-            None if index is None else np.asarray(data[f"vectors_{index}"], dtype=np.float32)
-        )
+        vectors: np.ndarray | None = None if index is None else np.asarray(data[f"vectors_{index}"], dtype=np.float32)
     if digest != _examples_digest() or vectors is None or vectors.shape != (len(examples), embedder.dimension):
         log.warning(
             "%s holds no vectors of these examples under %s (run python -m agent.scoring.risk_model): encoding them",

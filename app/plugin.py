@@ -30,6 +30,7 @@ from core.db import Connection
 from core.errors import EXCEPTION_HANDLERS, Forbidden, Unauthorized
 from core.metrics import latency_middleware_factory
 from core.settings import Settings
+from tickets.wakeup import WorkerWaker
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     if runtime.run_worker:
         settings = settings.sized_for_worker(settings.worker_concurrency)
     runtime.pool = await db.create_pool(url, settings)
+    runtime.waker = WorkerWaker(runtime.pool)
     if runtime.run_worker:
         from app.worker import start_background_work
 
@@ -58,6 +60,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             from app.worker import stop_background_work
 
             await stop_background_work(runtime)
+        if runtime.waker is not None:
+            await runtime.waker.close()  # before the pool: a wake-up in flight holds one of its connections
+            runtime.waker = None
         await runtime.pool.close()
         runtime.pool = None
 

@@ -13,6 +13,7 @@ from app.ratelimit import FailedAuthLimiter
 from core.errors import Unavailable
 from core.metrics import Metrics
 from core.settings import Settings
+from tickets.wakeup import WorkerWaker
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Runtime:
     run_worker: bool
     metrics: Metrics = field(default_factory=Metrics)
     pool: asyncpg.Pool | None = None
+    # Wakes the workers after ingest commits (`tickets.wakeup`); lives as long as the pool.
+    waker: WorkerWaker | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Failed authentications per client address (admin API 401s, console sign-ins): `app.ratelimit`.
@@ -34,6 +37,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.auth_limiter = FailedAuthLimiter(self.settings.auth_failure_limit)
+
+    def wake_workers(self) -> None:
+        """After a commit that queued work: a coalesced NOTIFY, sent without holding up the caller."""
+        if self.waker is not None:
+            self.waker.wake()
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:

@@ -65,7 +65,10 @@ def create_app() -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_max)
         assert pool is not None
-        await pool.execute(CREATE_TABLE)
+        async with pool.acquire() as conn, conn.transaction():
+            # Every server process runs this at start: IF NOT EXISTS alone races on the catalog's unique index.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bench_bare_endpoint'))")
+            await conn.execute(CREATE_TABLE)
         pools.append(pool)
         try:
             yield

@@ -15,8 +15,8 @@ All figures come from the same run on the same throwaway embedded PostgreSQL:
    replayed `external_id`), alternating bare and webhook phases for `--rounds` rounds, the best of each kept;
 4. the webhook at a fixed rate of half its measured peak (open loop) for latency;
 5. for context only: the same tickets as raw email (`message/rfc822`); the bare endpoint with a NOTIFY in its
-   statement, as the webhook's statement sends one to wake the workers (PostgreSQL holds a cluster-wide lock
-   from a notifying transaction's pre-commit to the end of its commit, so such commits do not share WAL flushes);
+   statement (PostgreSQL holds a cluster-wide lock from a notifying transaction's pre-commit to the end of its
+   commit, so such commits do not share WAL flushes: why the webhook wakes workers after its commit instead);
    and a raw asyncpg insert loop with no HTTP at all, from one connection and from `--connections` (group
    commit), which no HTTP endpoint here nears.
 
@@ -308,7 +308,7 @@ def main() -> int:
         mime = load_in_subprocess(service.port, args.connections, seconds, None, "mime", "mime")
         bare_endpoint.stop()
         service.stop()
-        # Context: the bare endpoint with a NOTIFY in its statement, as the webhook sends one to wake the workers.
+        # Context: the bare endpoint with a NOTIFY in its statement (what the webhook did before tickets/wakeup.py).
         notifying.wait_ready()
         load_in_subprocess(notifying.port, args.connections, 1.0, None, "warmup-notify")
         bare_notify = load_in_subprocess(notifying.port, args.connections, seconds, None, "notify")

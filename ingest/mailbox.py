@@ -1,8 +1,9 @@
 """The mailbox connector: an IMAP/IMAPS mailbox read like an inbound webhook.
 
 Each unseen message is fetched without marking it (`BODY.PEEK[]`), ingested through the same path as raw MIME
-(`parse_mime`, then `store_email`: the ticket or follow-up and its attachments in one transaction), and only
-after that commit marked `\\Seen` or moved to `DESKPILOT_IMAP_MOVE_TO`. A crash between the two leaves the
+(`parse_mime`, then `store_email`: the ticket or follow-up and its attachments in one transaction, the workers
+woken after it by a `tickets.wakeup.WorkerWaker`), and only after that commit marked `\\Seen` or moved to
+`DESKPILOT_IMAP_MOVE_TO`. A crash between the two leaves the
 message unseen: the next poll reads it again, and its Message-ID (the idempotency key) makes it a duplicate,
 so nothing is lost and nothing is doubled. Auto-replies and bounces are marked like ingested mail (never a
 ticket). A message refused for good (malformed, over a limit, a reused Message-ID with other content) is marked
@@ -40,6 +41,7 @@ from ingest.inbound import mime_limits, normalized_ticket, store_email
 from ingest.mime import IgnoredEmail, parse_mime
 from ingest.schemas import PayloadError
 from ingest.store import IngestResult
+from tickets.wakeup import WorkerWaker
 
 log = logging.getLogger(__name__)
 
@@ -251,16 +253,22 @@ class PollReport:
 Ingested = Callable[[int, IngestResult | IgnoredEmail], Awaitable[None] | None]
 
 
-async def ingest_message(pool: asyncpg.Pool, settings: Settings, raw: bytes) -> IngestResult | IgnoredEmail:
+async def ingest_message(
+    pool: asyncpg.Pool, settings: Settings, raw: bytes, *, waker: WorkerWaker
+) -> IngestResult | IgnoredEmail:
     """One message through the raw MIME path: parsed and normalized in a thread, stored with its attachments
-    in one transaction. Raises PayloadError (refused) or what the store raises."""
+    in one transaction, the workers woken after the commit. Raises PayloadError (refused) or what the store
+    raises."""
     limits = mime_limits(settings)
     parsed = await asyncio.to_thread(parse_mime, raw, limits=limits, source="imap")
     if isinstance(parsed, IgnoredEmail):
         return parsed
     ticket = await asyncio.to_thread(normalized_ticket, parsed)
     async with pool.acquire() as conn:
-        return await store_email(conn, parsed, ticket, settings=settings, customer_verified=False)
+        result = await store_email(conn, parsed, ticket, settings=settings, customer_verified=False)
+    if not result.duplicate:
+        waker.wake()
+    return result
 
 
 async def poll_session(
@@ -268,6 +276,7 @@ async def poll_session(
     settings: Settings,
     session: MailboxSession,
     *,
+    waker: WorkerWaker,
     on_ingested: Ingested | None = None,
 ) -> PollReport:
     """Ingest every unseen message of an open session, marking each only after its commit.
@@ -282,7 +291,7 @@ async def poll_session(
         if raw is None:
             continue
         try:
-            outcome = await ingest_message(pool, settings, raw)
+            outcome = await ingest_message(pool, settings, raw, waker=waker)
         except PayloadError as exc:
             await _refuse(session, uid, f"{exc.status} {exc.field or 'message'}: {exc.detail}", report)
             continue
@@ -329,7 +338,8 @@ async def poll_mailbox(
     """Connect, ingest every unseen message, disconnect: `deskpilot mailbox poll`."""
     session = await connect(config)
     try:
-        return await poll_session(pool, settings, session, on_ingested=on_ingested)
+        async with WorkerWaker(pool) as waker:
+            return await poll_session(pool, settings, session, waker=waker, on_ingested=on_ingested)
     finally:
         await asyncio.to_thread(session.close)
 
@@ -340,16 +350,17 @@ async def watch_mailbox(pool: asyncpg.Pool, settings: Settings, config: MailboxC
     session = await connect(config)
     log.info("mailbox %s: connected (%s)", config.describe(), "IDLE" if session.supports_idle else "polling")
     try:
-        while not stop.is_set():
-            report = await poll_session(pool, settings, session)
-            if report.handled or report.deferred:
-                log.info("mailbox %s: %s", config.describe(), report.summary())
-            if report.deferred:
-                await _wait(stop, settings.imap_poll_s)
-            elif session.supports_idle:
-                await _idle(session, settings.imap_poll_s, stop)
-            else:
-                await _wait(stop, settings.imap_poll_s)
+        async with WorkerWaker(pool) as waker:
+            while not stop.is_set():
+                report = await poll_session(pool, settings, session, waker=waker)
+                if report.handled or report.deferred:
+                    log.info("mailbox %s: %s", config.describe(), report.summary())
+                if report.deferred:
+                    await _wait(stop, settings.imap_poll_s)
+                elif session.supports_idle:
+                    await _idle(session, settings.imap_poll_s, stop)
+                else:
+                    await _wait(stop, settings.imap_poll_s)
     finally:
         await asyncio.to_thread(session.close)
 

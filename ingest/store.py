@@ -2,6 +2,10 @@
 
 Idempotency rests on unique constraints, not on a read-then-write: concurrent posts of one `external_id` race
 on `INSERT ... ON CONFLICT DO NOTHING`; the losers wait for the winner's commit and then read its answer.
+
+The transaction sends no NOTIFY: PostgreSQL serializes notifying commits, so one in every ingest transaction kept
+concurrent ingests from sharing WAL flushes. The caller wakes the workers after the commit
+(`tickets.wakeup.WorkerWaker`, for every result that is not a duplicate).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from core.errors import Conflict, InvalidInput, TooManyRequests
 from core.settings import Settings
 from ingest.schemas import NormalizedTicket
 from tickets import lifecycle
-from tickets.queue import NOTIFY_CHANNEL, notify_work
 from tickets.subjects import REPLY_PREFIX_PATTERN, is_reply_subject, strip_reply_prefixes
 
 # How long an email reply can still be matched to a ticket by its subject alone.
@@ -65,7 +68,8 @@ async def ingest(
     settings: Settings = _DEFAULT_SETTINGS,
     customer_verified: bool = False,
 ) -> IngestResult:
-    """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning.
+    """Store a new ticket or a follow-up, exactly once per external_id. Commits before returning (unless called
+    inside the caller's transaction); wakes no worker: the caller does, after the commit (`tickets.wakeup`).
 
     `customer_verified`: the request was signed, so the integration that signed it vouches for `customer_email`;
     an unsigned ticket (loopback development only) is stored with `metadata.ingest.customer_verified = false`.
@@ -86,7 +90,6 @@ async def ingest(
                 if result is None:
                     # Lost the race to a concurrent request with the same key; its answer is ours.
                     raise _LostRace
-                await notify_work(conn)
                 return result
     return await _ingest_new_ticket(conn, ticket, raw_payload, settings, customer_verified=customer_verified)
 
@@ -101,15 +104,15 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
 
 
 # The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency
-# key, status history and the worker wake-up, all in one implicitly transactional statement.
+# key and status history, all in one implicitly transactional statement (the workers are woken after the commit:
+# see the module docstring).
 #
 # A new customer is created only together with its ticket (the ticket names the id $14 the customer row then takes;
 # the foreign key is checked at the end of the statement). So a request that loses the race for its external_id —
 # a replay, or a conflicting reuse answered 409 — writes nothing, even while the winner has not committed yet. When
 # a concurrent request creates the same customer first, the customer insert does nothing, the foreign key check
 # fails, and the caller tries again (the customer then exists).
-_NEW_TICKET_SQL = (
-    """
+_NEW_TICKET_SQL = """
 WITH existing_customer AS (
     SELECT id FROM customers WHERE email = $3
 ), ticket AS (
@@ -142,17 +145,12 @@ WITH existing_customer AS (
     INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason)
     SELECT ticket.id, NULL, 'open', $13 FROM ticket
     RETURNING 1
-), wake AS (
-    SELECT pg_notify('"""
-    + NOTIFY_CHANNEL
-    + """', '') FROM ticket
 )
 SELECT ticket.created_at,
        (SELECT count(*) FROM message) + (SELECT count(*) FROM idempotency_key)
-       + (SELECT count(*) FROM history) + (SELECT count(*) FROM wake) AS written
+       + (SELECT count(*) FROM history) AS written
 FROM ticket
 """
-)
 
 
 async def _ingest_new_ticket(

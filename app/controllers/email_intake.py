@@ -74,7 +74,9 @@ async def accept_email(runtime: Runtime, parsed: ParsedEmail, size: int) -> Inge
         result = await store_email(conn, email, ticket, settings=runtime.settings, customer_verified=False)
     if result.duplicate:
         runtime.metrics.ingest_duplicates.inc()
-    elif result.followup:
+        return result
+    runtime.wake_workers()  # after the commit
+    if result.followup:
         runtime.metrics.followups_ingested.inc()
     else:
         runtime.metrics.tickets_ingested.labels(ticket.channel).inc()

@@ -196,9 +196,10 @@ class IngestController(Controller):
             result = await ingest_once(
                 conn, ticket, raw_object, settings=settings, customer_verified=bool(settings.webhook_secret)
             )
-        if result.duplicate:
+        if result.duplicate:  # nothing written, nothing to wake the workers for
             runtime.metrics.ingest_duplicates.inc()
             return Response(IngestAccepted(**result.to_json()), status_code=HTTP_200_OK)
+        runtime.wake_workers()  # committed: the ticket is there for whichever worker the NOTIFY wakes
         if result.followup:
             runtime.metrics.followups_ingested.inc()
         else:

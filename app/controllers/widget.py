@@ -226,6 +226,7 @@ class WidgetController(Controller):
             exc.headers.update(_cors(origin))  # so the widget can read the problem and show it
             raise
         if not result.duplicate:
+            runtime.wake_workers()  # after the commit
             runtime.metrics.tickets_ingested.labels("in_app").inc()
         return Response(result.to_json(), status_code=200 if result.duplicate else 201, headers=_cors(origin))
 

@@ -4,6 +4,7 @@ is scored. Its figures equal a hand computation over the same results."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,18 @@ def test_a_threshold_is_checked_on_the_unseen_half_only() -> None:
     at, at_again = data["at_recommended_threshold"], again["at_recommended_threshold"]
     assert at_again["would_auto_resolve"] == at["would_auto_resolve"]
     assert at_again["right"] == at["would_auto_resolve"] - at["right"]
+
+
+def test_the_command_names_a_bad_line_and_exits_non_zero(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    bad = tmp_path / "set.jsonl"
+    bad.write_text('{"external_id": "x-1", "customer_email": "a@example.com", "body": "Hi"}\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", "go-live-rehearsal", str(bad)])
+    assert result.exit_code == 1
+    assert "set.jsonl:1: expect: missing" in result.output
+
+    missing = CliRunner().invoke(main, ["report", "go-live-rehearsal", str(tmp_path / "none.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

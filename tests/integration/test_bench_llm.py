@@ -37,7 +37,8 @@ def test_bench_llm_quick_compares_the_same_request_body() -> None:
     assert result["token_counter"] == "server tokenizer (llama-server /tokenize)"
     for key in ("overhead_vs_bare", "ratio", "deskpilot_s_p50", "bare_s_p50", "cpu_overhead_ms"):
         assert isinstance(result[key], int | float), key
-    # Two DeskPilot drafts and two bare calls, all four the same body.
-    assert len(bodies) == 4
+    # An untimed warm-up of each path, then two DeskPilot drafts and two bare calls: all six the same body.
+    assert len(bodies) == 6
+    assert isinstance(result["warmup_s"], float)
     assert all(body == bodies[0] for body in bodies)
     assert bodies[0]["response_format"]["type"] == "json_schema"

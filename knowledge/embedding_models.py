@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ def resolve_embedding_model(value: str | None) -> EmbeddingModelSpec:
     )
 
 
-class _LockedEncoder:
+class _LockedEncoder(ABC):
     """One model, one caller at a time: neither engine documents that concurrent calls on a handle are safe, and
     each already uses every core it is given inside one call."""
 
@@ -86,8 +87,9 @@ class _LockedEncoder:
         out /= np.where(norms > 0, norms, 1.0)
         return out
 
+    @abstractmethod
     def _encode(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+        """At most `CHUNK` texts -> one row each, under the lock."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dimension={self.dimension})"

@@ -43,16 +43,14 @@ from agent.quality.evaluation import (
     deployment_result,
     encode_all,
     expected_calibration_error,
+    history_and_evaluation,
     load_demo_content,
     load_history,
     offline_accounts,
     read_deployment_set,
-    read_labelled,
     run_tickets,
-    sample,
     score_deployment,
     scratch_processor,
-    split_holdout,
     summarize,
 )
 from agent.runner import TicketProcessor, run_graph_offline
@@ -515,16 +513,9 @@ async def evaluate_side_by_side(
     them; the replies' similarity to the gold answers is reported for both drafters."""
     started = time.perf_counter()
     llm = llm_drafter_or_error(settings)
-    labelled = read_labelled(dataset)
-    if history_path is not None:
-        evaluation = sample(labelled, limit, seed)
-        eval_ids = {t.id for t in evaluation}
-        history = [t for t in read_labelled(history_path) if t.id not in eval_ids]
-    else:
-        history, evaluation = split_holdout(labelled, holdout, seed)
-        evaluation = sample(evaluation, limit, seed)
-    if not evaluation:
-        raise ValueError("no tickets to evaluate: the holdout is empty")
+    history, evaluation = history_and_evaluation(
+        dataset, history_path, holdout=holdout, limit=limit, seed=seed, limit_holdout_only=True
+    )
     embedder = embedder or get_embedder(settings.embedding_model)
     server_url = database_url or db.resolve_database_url(settings)
     history_vectors = await asyncio.to_thread(

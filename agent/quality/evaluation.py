@@ -455,6 +455,34 @@ class EvaluationRun:
     results: list[TicketResult]
 
 
+def history_and_evaluation(
+    dataset: Path,
+    history_path: Path | None,
+    *,
+    holdout: float,
+    limit: int | None,
+    seed: int,
+    limit_holdout_only: bool = False,
+) -> tuple[list[LabelledTicket], list[LabelledTicket]]:
+    """The history the scratch deployment learns from and the tickets it is evaluated on: with `history_path`,
+    `limit` tickets of the set against that history (minus any ticket of the set); else a `holdout` share of the
+    set against the rest. `limit` samples the whole set before the split, or with `limit_holdout_only` only the
+    holdout (the history stays the rest of the set: a few slow LLM tickets against a full history)."""
+    labelled = read_labelled(dataset)
+    if history_path is not None:
+        evaluation = sample(labelled, limit, seed)
+        eval_ids = {t.id for t in evaluation}
+        history = [t for t in read_labelled(history_path) if t.id not in eval_ids]
+    elif limit_holdout_only:
+        history, evaluation = split_holdout(labelled, holdout, seed)
+        evaluation = sample(evaluation, limit, seed)
+    else:
+        history, evaluation = split_holdout(sample(labelled, limit, seed), holdout, seed)
+    if not evaluation:
+        raise ValueError("no tickets to evaluate: the holdout is empty")
+    return history, evaluation
+
+
 async def evaluate(
     dataset: Path,
     *,
@@ -470,16 +498,7 @@ async def evaluate(
 ) -> EvaluationRun:
     """Run the evaluation end to end in a scratch database and return the report and per-ticket results."""
     started_all = time.perf_counter()
-    labelled = read_labelled(dataset)
-    if history_path is not None:
-        history = read_labelled(history_path)
-        evaluation = sample(labelled, limit, seed)
-        eval_ids = {t.id for t in evaluation}
-        history = [t for t in history if t.id not in eval_ids]
-    else:
-        history, evaluation = split_holdout(sample(labelled, limit, seed), holdout, seed)
-    if not evaluation:
-        raise ValueError("no tickets to evaluate: the holdout is empty")
+    history, evaluation = history_and_evaluation(dataset, history_path, holdout=holdout, limit=limit, seed=seed)
     embedder = embedder or get_embedder(settings.embedding_model)
     server_url = database_url or db.resolve_database_url(settings)
     timings: dict[str, float] = {}

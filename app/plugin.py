@@ -30,6 +30,7 @@ from core.db import Connection
 from core.errors import EXCEPTION_HANDLERS, Forbidden, Unauthorized
 from core.metrics import latency_middleware_factory
 from core.settings import Settings
+from ingest.store import NewTicketBatcher
 from tickets.wakeup import WorkerWaker
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings = settings.sized_for_worker(settings.worker_concurrency)
     runtime.pool = await db.create_pool(url, settings)
     runtime.waker = WorkerWaker(runtime.pool)
+    runtime.ticket_batcher = NewTicketBatcher(runtime.pool, runtime.settings)
     if runtime.run_worker:
         from app.worker import start_background_work
 
@@ -60,6 +62,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             from app.worker import stop_background_work
 
             await stop_background_work(runtime)
+        if runtime.ticket_batcher is not None:
+            await runtime.ticket_batcher.close()  # before the pool, as the waker
+            runtime.ticket_batcher = None
         if runtime.waker is not None:
             await runtime.waker.close()  # before the pool: a wake-up in flight holds one of its connections
             runtime.waker = None

@@ -13,6 +13,7 @@ from app.ratelimit import FailedAuthLimiter
 from core.errors import Unavailable
 from core.metrics import Metrics
 from core.settings import Settings
+from ingest.store import NewTicketBatcher
 from tickets.wakeup import WorkerWaker
 
 
@@ -27,6 +28,8 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     # Wakes the workers after ingest commits (`tickets.wakeup`); lives as long as the pool.
     waker: WorkerWaker | None = None
+    # Stores the new tickets of concurrent ingest requests together (`ingest.store`); lives as long as the pool.
+    ticket_batcher: NewTicketBatcher | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Failed authentications per client address (admin API 401s, console sign-ins): `app.ratelimit`.
@@ -47,3 +50,8 @@ class Runtime:
         if self.pool is None:
             raise Unavailable("the database pool is not ready")
         return self.pool
+
+    def require_ticket_batcher(self) -> NewTicketBatcher:
+        if self.ticket_batcher is None:
+            raise Unavailable("the database pool is not ready")
+        return self.ticket_batcher

@@ -47,9 +47,9 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from agent.drafting.llm import LLMDrafter, input_budget  # noqa: E402
-from agent.drafting.prompts import build_messages  # noqa: E402
+from agent.drafting.prompts import build_messages, build_quote_messages  # noqa: E402
 from agent.drafting.questions import Question, split_questions  # noqa: E402
-from agent.drafting.reader import Evidence  # noqa: E402
+from agent.drafting.reader import Candidate, Evidence  # noqa: E402
 from agent.drafting.request import DraftRequest  # noqa: E402
 from agent.triage.specialists import SPECIALISTS  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -145,7 +145,17 @@ def ticket_request() -> DraftRequest:
         passages=[passage],
         context={},
         risks=[],
-        evidence=[Evidence(q, passage, units=units, score=0.8, best_unit=0.8) for q in questions],
+        evidence=[
+            Evidence(
+                q,
+                passage,
+                units=units,
+                score=0.8,
+                best_unit=0.8,
+                candidates=[Candidate(passage, 0.8, tuple(enumerate(units)))],
+            )
+            for q in questions
+        ],
     )
 
 
@@ -153,10 +163,11 @@ async def bare_body(drafter: LLMDrafter, request: DraftRequest) -> dict[str, Any
     """The body DeskPilot's client sends for `request`: its messages, bound as its structured-output method binds
     them, through langchain-openai's own request builder."""
     method = await drafter._current_method()
-    built = build_messages(
-        request, max_input_tokens=input_budget(drafter.settings), counter=drafter._counter, method=method
-    )
-    runnable = drafter._runnable(method)
+    # The reply mode the drafter is configured with (DESKPILOT_LLM_REPLY; quote by default) builds the prompt.
+    quote = drafter._quotes(request)
+    build = build_quote_messages if quote else build_messages
+    built = build(request, max_input_tokens=input_budget(drafter.settings), counter=drafter._counter, method=method)
+    runnable = drafter._quote_runnable(method, built) if quote else drafter._runnable(method)
     chat = drafter._loop_state().chat
     kwargs = dict(getattr(runnable, "kwargs", {}) or {})
     return dict(chat._get_request_payload(built.messages, **kwargs))  # type: ignore[attr-defined]
@@ -227,6 +238,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ticket": TICKET_ID,
         "rounds": args.rounds,
         "structured_output": probe.method,
+        "reply_mode": drafter.settings.llm_reply,
         "token_counter": drafter.describe()["token_counter"],
         "setup_probe_s": round(setup_s, 3),
         "warmup_s": round(warmup_s, 3),

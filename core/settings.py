@@ -245,6 +245,9 @@ class Settings:
     llm_max_unsupported_share: float = 0.34
     # What to do when the model fails after its retries: "offline" (use the built-in drafter) or "escalate".
     llm_fallback: str = "offline"
+    # How a knowledge-base reply is written with a model: "quote" (the model picks the passage sentences that answer
+    # each question and the reply quotes them) or "write" (the model writes the reply, checked sentence by sentence).
+    llm_reply: str = "quote"
     # The local model (`deskpilot llm serve`): DESKPILOT_LLM=local drafts with it on loopback, no API key, unless
     # OPENAI_BASE_URL names another server. Its runtime and weights are cached under llm_home, outside the repo.
     llm_local: bool = False
@@ -339,6 +342,9 @@ class Settings:
         fallback = (_str(env, "DESKPILOT_LLM_FALLBACK", "offline") or "offline").lower()
         if fallback not in {"offline", "escalate"}:
             raise SettingsError(f"DESKPILOT_LLM_FALLBACK must be 'offline' or 'escalate', got {fallback!r}")
+        llm_reply = (_str(env, "DESKPILOT_LLM_REPLY", "quote") or "quote").lower()
+        if llm_reply not in {"quote", "write"}:
+            raise SettingsError(f"DESKPILOT_LLM_REPLY must be 'quote' or 'write', got {llm_reply!r}")
         structured = (_str(env, "DESKPILOT_LLM_STRUCTURED_OUTPUT", "auto") or "auto").lower()
         if structured not in STRUCTURED_OUTPUT_METHODS:
             raise SettingsError(
@@ -397,6 +403,7 @@ class Settings:
             llm_structured_output=structured,
             llm_max_unsupported_share=_float(env, "DESKPILOT_LLM_MAX_UNSUPPORTED_SHARE", 0.34, 0.0, 1.0),
             llm_fallback=fallback,
+            llm_reply=llm_reply,
             llm_local=llm == "local",
             llm_local_model=local_model,
             llm_local_port=local_port,

@@ -79,6 +79,8 @@ _JSONB_UNSAFE = re.compile("[\x00\ud800-\udfff]")
 def _scan_nesting(text: str) -> tuple[bool, str | None]:
     """(deeper than MAX_NESTING, the top-level key it happens under): one left-to-right pass, linear in the
     text whatever the text, that stops at the first bracket too deep."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return False, None  # no deeper than its opening brackets (those inside strings included)
     depth = 0
     key: tuple[int, int] | None = None  # where the key is, decoded only if the scan refuses
     last_string = (0, 0)
@@ -288,7 +290,10 @@ def parse_payload(raw: bytes) -> tuple[IngestPayload, dict[str, Any]]:
     except UnicodeEncodeError:
         # A lone UTF-16 surrogate in a key or an enum value: msgspec cannot even compare it.
         raise PayloadError(422, "a field name or the channel contains a lone UTF-16 surrogate") from None
-    return _validated(payload), sanitize_for_jsonb(decoded)
+    # NUL and lone surrogates reach a decoded string only through a \u escape (JSON has no raw control
+    # characters, UTF-8 no surrogates), and msgspec refuses non-finite numbers: without one the copy is the same.
+    raw_object = sanitize_for_jsonb(decoded) if "\\u" in text else decoded
+    return _validated(payload), raw_object
 
 
 # --- the normalized ticket ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The offline reply from the knowledge base: one answer per question, quoted from the passage the reader chose,
-cited, fitted to the customer's account where the passage speaks of it; a question nothing answers is handed to a
-person by name, never guessed.
+"""The reply from the knowledge base: one answer per question, quoted from the passage the reader chose (or the
+sentences a model chose among the reader's candidates), cited, fitted to the customer's account where the passage
+speaks of it; a question nothing answers is handed to a person by name, never guessed.
 """
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from agent.drafting.guardrails import check_reply
 from agent.drafting.phrasing import localized
 from agent.drafting.reader import Evidence, Quote
+from agent.drafting.request import DraftRequest, allowed_addresses
+from agent.scoring.risk import injection_in
 
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the
@@ -40,19 +43,27 @@ def compose_answers(
     language: str,
     tier: str | None = None,
     floor: float = ANSWER_FLOOR,
+    chosen: Sequence[Sequence[Quote]] | None = None,
 ) -> Composition:
     """Paragraphs answering each question in order. With several questions each answer is introduced by the
-    question it answers; the passage's title is cited after it."""
+    question it answers; the passage's title is cited after it.
+
+    `chosen`, one entry per question, replaces the reader's quotes: the sentences a model chose, each passage's
+    in passage order (an empty entry hands the question over)."""
     words = localized(language)
     out = Composition()
     several = len(evidence) > 1
     told_tier = False
-    for ev in evidence:
-        if ev.item is None or not ev.units or ev.score < floor:
+    for n, ev in enumerate(evidence):
+        if chosen is not None:
+            quotes = [q for q in chosen[n] if q.units]
+        else:
+            quotes = ev.quotes if ev.item is not None and ev.units and ev.score >= floor else []
+        if not quotes:
             out.handed_over.append(ev)
             continue
         out.answered.append(ev)
-        body = " ".join(_join_units(q.units) for q in ev.quotes)
+        body = " ".join(_join_units(q.units) for q in quotes)
         lines: list[str] = []
         if several:
             lines.append(words["you_asked"].format(question=_quote(ev.question.text)))
@@ -62,7 +73,7 @@ def compose_answers(
             told_tier = True
         # Quotes of one article read as one passage, cited once with each section's reference.
         by_article: dict[str, list[Quote]] = {}
-        for quote in ev.quotes:
+        for quote in quotes:
             by_article.setdefault(_title(quote.item.title), []).append(quote)
             if str(quote.item.id) not in out.citations:
                 out.citations.append(str(quote.item.id))
@@ -101,3 +112,70 @@ def _title(title: str) -> str:
 
 def _mentions(text: str, word: str) -> bool:
     return bool(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE))
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[{¿¡ÄÖÜÉÀÂÇ])")
+
+
+def safe_sentences(text: str, *, allowed_urls: set[str], allowed_emails: set[str]) -> tuple[str, list[str]]:
+    """The text without sentences the guard refuses, and the removed sentences."""
+    removed: list[str] = []
+    # Most sources are clean: one check of the whole text spares a check per sentence.
+    if not (injection_in(text) or check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails)):
+        return text, removed
+    kept_paragraphs: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        kept_lines: list[str] = []
+        for line in paragraph.split("\n"):
+            kept: list[str] = []
+            for sentence in _SENTENCE.split(line):
+                if not sentence.strip():
+                    continue
+                bad = injection_in(sentence) or check_reply(
+                    sentence, allowed_urls=allowed_urls, allowed_emails=allowed_emails
+                )
+                if bad:
+                    removed.append(sentence.strip())
+                else:
+                    kept.append(sentence)
+            if kept:
+                kept_lines.append(" ".join(kept))
+        if kept_lines:
+            kept_paragraphs.append("\n".join(kept_lines))
+    return "\n\n".join(kept_paragraphs), removed
+
+
+@dataclass
+class KnowledgeReply:
+    """A knowledge-base reply as the customer reads it, the quoted sentences the guard left out, and what the
+    guard still finds in the whole."""
+
+    text: str
+    removed: list[str]
+    violations: list[str]
+
+
+def knowledge_reply(request: DraftRequest, composition: Composition, *, opening: str | None = None) -> KnowledgeReply:
+    """Greeting, an opening line (`opening`, else thanks naming the subject), the answers with every quoted
+    sentence through the guard, the sign-off and the team."""
+    allowed_urls, allowed_emails = allowed_addresses(request)
+    words = localized(request.language)
+    name = (request.customer_name or "").strip()
+    subject = (request.ticket.get("subject") or "").strip()
+    removed: list[str] = []
+    paragraphs: list[str] = []
+    for paragraph in composition.paragraphs:
+        safe, dropped = safe_sentences(paragraph, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
+        removed.extend(dropped)
+        if safe:
+            paragraphs.append(safe)
+    greeting = f"{words['hello']} {name}," if name else f"{words['hello']},"
+    if not opening:
+        opening = words["thanks_subject"].format(subject=subject) if subject else words["thanks"]
+    answers = "\n\n".join(paragraphs)
+    text = "\n".join([greeting, "", opening, "", answers, "", words["signoff"], request.specialist.team])
+    return KnowledgeReply(
+        text=text.strip(),
+        removed=removed,
+        violations=check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails),
+    )

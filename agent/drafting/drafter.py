@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from agent.drafting.composer import compose_answers
+from agent.drafting.composer import compose_answers, knowledge_reply, safe_sentences
 from agent.drafting.guardrails import check_reply
 from agent.drafting.llm import make_llm_drafter
 from agent.drafting.phrasing import KNOWLEDGE_TEMPLATE, OFFLINE_TEMPLATE, localized
 from agent.drafting.questions import GREETING, SIGNOFF
 from agent.drafting.request import Draft, Drafter, DrafterName, DraftRequest, allowed_addresses
-from agent.scoring.risk import fold, injection_in
+from agent.scoring.risk import fold
 from knowledge.retrieval import RetrievedItem
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ PASSAGE_CHARS = 420
 
 
 _PLACEHOLDER_NAME = re.compile(r"<name>|\{\{\s*(?:customer|client)?\s*name\s*\}\}", re.IGNORECASE)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[{¿¡ÄÖÜÉÀÂÇ])")
 
 
 def _strip_frame(text: str) -> str:
@@ -44,34 +43,6 @@ def _strip_frame(text: str) -> str:
         lines.pop()
     # A name line left after the sign-off was cut (e.g. "<name>" or "Support Team").
     return "\n".join(lines).strip()
-
-
-def _safe_sentences(text: str, *, allowed_urls: set[str], allowed_emails: set[str]) -> tuple[str, list[str]]:
-    """The text without sentences the guard refuses, and the removed sentences."""
-    removed: list[str] = []
-    # Most sources are clean: one check of the whole text spares a check per sentence.
-    if not (injection_in(text) or check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails)):
-        return text, removed
-    kept_paragraphs: list[str] = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        kept_lines: list[str] = []
-        for line in paragraph.split("\n"):
-            kept: list[str] = []
-            for sentence in _SENTENCE.split(line):
-                if not sentence.strip():
-                    continue
-                bad = injection_in(sentence) or check_reply(
-                    sentence, allowed_urls=allowed_urls, allowed_emails=allowed_emails
-                )
-                if bad:
-                    removed.append(sentence.strip())
-                else:
-                    kept.append(sentence)
-            if kept:
-                kept_lines.append(" ".join(kept))
-        if kept_lines:
-            kept_paragraphs.append("\n".join(kept_lines))
-    return "\n\n".join(kept_paragraphs), removed
 
 
 def short_ref(item: RetrievedItem) -> str:
@@ -111,7 +82,7 @@ class OfflineDrafter:
             # A function, not a template: a name is literal text (`\` or `\g<0>` in it is no escape).
             greeting = name or words["customer"]
             base = _PLACEHOLDER_NAME.sub(lambda _: greeting, base)
-            answer, dropped = _safe_sentences(base, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
+            answer, dropped = safe_sentences(base, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
             removed.extend(dropped)
             if answer:
                 citations.append(str(request.grounding.id))
@@ -120,7 +91,7 @@ class OfflineDrafter:
             excerpt = item.text.strip()
             if len(excerpt) > PASSAGE_CHARS:
                 excerpt = excerpt[:PASSAGE_CHARS].rsplit(" ", 1)[0] + "…"
-            safe, dropped = _safe_sentences(excerpt, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
+            safe, dropped = safe_sentences(excerpt, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
             removed.extend(dropped)
             if safe and fold(safe)[:80] not in fold(answer):
                 title = item.title or item.metadata.get("document_title") or words["article"]
@@ -157,32 +128,18 @@ class OfflineDrafter:
 
     def compose_from_knowledge(self, request: DraftRequest) -> Draft:
         """One answer per question from the passage the reader chose; unanswered questions handed over."""
-        allowed_urls, allowed_emails = allowed_addresses(request)
-        words = localized(request.language)
-        name = (request.customer_name or "").strip()
-        subject = (request.ticket.get("subject") or "").strip()
         tier = (request.context.get("customer") or {}).get("tier")
         composition = compose_answers(request.evidence, language=request.language, tier=tier)
-        removed: list[str] = []
-        paragraphs: list[str] = []
-        for paragraph in composition.paragraphs:
-            safe, dropped = _safe_sentences(paragraph, allowed_urls=allowed_urls, allowed_emails=allowed_emails)
-            removed.extend(dropped)
-            if safe:
-                paragraphs.append(safe)
-        greeting = f"{words['hello']} {name}," if name else f"{words['hello']},"
-        opening = words["thanks_subject"].format(subject=subject) if subject else words["thanks"]
-        answers = "\n\n".join(paragraphs)
-        text = "\n".join([greeting, "", opening, "", answers, "", words["signoff"], request.specialist.team])
+        reply = knowledge_reply(request, composition)
         return Draft(
-            text=text.strip(),
+            text=reply.text,
             citations=composition.citations,
             drafter="offline",
             grounded=bool(composition.answered),
             template=KNOWLEDGE_TEMPLATE,
             model={"drafter": "offline", "language": request.language, "mode": "knowledge"},
-            removed=removed,
-            violations=check_reply(text, allowed_urls=allowed_urls, allowed_emails=allowed_emails),
+            removed=reply.removed,
+            violations=reply.violations,
             detail={
                 "answered": [e.question.text for e in composition.answered],
                 "handed_over": [e.question.text for e in composition.handed_over],

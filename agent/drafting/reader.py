@@ -38,6 +38,10 @@ WHOLE_PASSAGE_UNITS = 5
 # answer is often split across two sections (measured on the demo deployment set: 43 -> 48 of 67 tickets with
 # every required fact in the quoted passages).
 SECOND_MARGIN = 0.05
+# What a model choosing the sentences is shown per question (`Evidence.candidates`): the best passages, each with
+# the units the offline reply would quote from it, when within this much of the best passage's score.
+CANDIDATE_PASSAGES = 3
+CANDIDATE_MARGIN = 0.15
 CACHE_SIZE = 20_000
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
@@ -79,6 +83,15 @@ class Quote:
     units: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A passage the reader ranked for a question, with its best units: (index in the passage, text), in order."""
+
+    item: RetrievedItem
+    score: float
+    units: tuple[tuple[int, str], ...]
+
+
 @dataclass
 class Evidence:
     """What answers one question: the chosen passage and the sentences quoted from it, with the reader's view."""
@@ -95,6 +108,8 @@ class Evidence:
     ranking: list[tuple[str, float]] = field(default_factory=list)
     # A second passage as close as the first, quoted after it.
     also: Quote | None = None
+    # The best passages for this question (the chosen one first), for a model to choose sentences from.
+    candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def quotes(self) -> list[Quote]:
@@ -116,6 +131,7 @@ class Evidence:
             "best_unit": round(self.best_unit, 4),
             "runner_up": round(self.runner_up, 4),
             "ranking": [[i, round(s, 4)] for i, s in self.ranking[:5]],
+            "candidates": [[str(c.item.id), round(c.score, 4), [n for n, _ in c.units]] for c in self.candidates],
         }
 
 
@@ -190,6 +206,11 @@ def choose(
     document = _document(item)
     runner_up = next((s for s, _, _, m in scored[1:] if _document(items[m]) != document), 0.0)
     second = next(((s, u, m) for s, _, u, m in scored[1:2] if s >= score - SECOND_MARGIN), None)
+    candidates = [
+        Candidate(items[m], s, tuple((i, read[m].units[i]) for i in quoted_indices(read[m], u)))
+        for s, _, u, m in scored[:CANDIDATE_PASSAGES]
+        if s >= score - CANDIDATE_MARGIN
+    ]
     return Evidence(
         question=question,
         item=item,
@@ -199,16 +220,22 @@ def choose(
         runner_up=runner_up,
         ranking=[(str(items[m].id), s) for s, _, _, m in scored],
         also=Quote(items[second[2]], tuple(quoted_units(read[second[2]], second[1]))) if second else None,
+        candidates=candidates,
     )
 
 
 def quoted_units(passage: ReadPassage, unit_scores: np.ndarray) -> list[str]:
     """A short passage whole; of a longer one, the units closest to the question, in passage order."""
+    return [passage.units[i] for i in quoted_indices(passage, unit_scores)]
+
+
+def quoted_indices(passage: ReadPassage, unit_scores: np.ndarray) -> list[int]:
+    """The indices of the units `quoted_units` quotes, in passage order."""
     if len(passage.units) <= WHOLE_PASSAGE_UNITS:
-        return list(passage.units)
+        return list(range(len(passage.units)))
     best = float(unit_scores.max())
     ranked = sorted(range(len(passage.units)), key=lambda i: -unit_scores[i])
-    return [passage.units[i] for i in sorted(i for i in ranked[:MAX_UNITS] if unit_scores[i] >= best - UNIT_MARGIN)]
+    return sorted(i for i in ranked[:MAX_UNITS] if unit_scores[i] >= best - UNIT_MARGIN)
 
 
 def _passage_text(item: RetrievedItem) -> str:

@@ -428,6 +428,12 @@ def strip_citations(reply: str) -> str:
     return _join(rows)
 
 
+def first_sentence(text: str) -> str:
+    """The text's first sentence, on one line: what a one-sentence field keeps of a longer answer."""
+    parts = [p for p in _SENTENCE_END.split(" ".join(text.split())) if p.strip()]
+    return parts[0].strip() if parts else ""
+
+
 def insert_before_signoff(reply: str, paragraph: str) -> str:
     """`paragraph` as the reply's last paragraph before its sign-off ("Kind regards, …"), else at its end."""
     lines = reply.rstrip().split("\n")

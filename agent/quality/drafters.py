@@ -94,11 +94,12 @@ class TimedDrafter:
 
 
 def request_passages(request: DraftRequest) -> dict[str, str]:
-    """Every passage a drafter was given, by the reference a reply shows for it: the reader's choices and their
-    second quotes, the retrieved knowledge-base passages, the past resolutions."""
+    """Every passage a drafter was given, by the reference a reply shows for it: the reader's choices, their
+    second quotes and its candidates, the retrieved knowledge-base passages, the past resolutions."""
     items: list[RetrievedItem] = []
     for ev in request.evidence:
         items += [q.item for q in ev.quotes]
+        items += [c.item for c in ev.candidates]  # what a model choosing sentences is shown
         if ev.item is not None:
             items.append(ev.item)
     items += [i for i in [request.grounding, *request.resolutions, *request.passages] if i is not None]
@@ -196,6 +197,10 @@ def _llm_row(record: DraftRecord, state_drafter: str) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "self_confidence": result.self_confidence,
         "confidence_factor": result.confidence_factor,
+        "mode": result.mode,
+        "disputed_by_model": len(result.quote.get("disputed") or []),
+        "sentences_added_by_model": sum(len(ids) for ids in (result.quote.get("added") or {}).values()),
+        "refused_ids": len(result.quote.get("refused") or []),
     }
 
 
@@ -243,6 +248,10 @@ def drafter_summary(rows: Sequence[DrafterRow]) -> dict[str, Any]:
             fell_back_by_kind=dict(Counter(str(x["error_kind"]) for x in llm if x["fell_back"])),
             escalated_by_llm_check=sum(1 for x in llm if x["ok"] and x["escalate"]),
             model_asked_for_a_person=sum(1 for x in llm if x["needs_human"]),
+            questions_disputed_by_model=sum(int(x.get("disputed_by_model", 0)) for x in llm),
+            sentences_added_by_model=sum(int(x.get("sentences_added_by_model", 0)) for x in llm),
+            refused_ids=sum(int(x.get("refused_ids", 0)) for x in llm),
+            reply_mode=dict(Counter(str(x.get("mode")) for x in llm)),
             structured_output=dict(Counter(str(x["structured_output"]) for x in llm)),
             token_counter=dict(Counter(str(x["token_source"]) for x in llm)),
             prompt_estimate_over_server_count=_mean(estimates),

@@ -4,7 +4,6 @@ commands."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -28,11 +27,10 @@ from app.cli.startup import (
     load_settings,
     migrate_or_exit,
     require_secrets_off_loopback,
+    when_reachable,
 )
 from core import db
 from core.settings import redact_url
-
-log = logging.getLogger("deskpilot")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,21 +143,14 @@ def worker(concurrency: int | None) -> None:
 def migrate_when_reachable(url: str) -> None:
     """Migrate, waiting for the database first: a worker may start before it, or while it restarts (a
     supervisor restarting a crashed worker during a database restart), and must not exit then."""
-    import time
 
-    from app.worker import TRANSIENT_DB_ERRORS, DatabaseBackoff
-
-    backoff = DatabaseBackoff(cap_s=10.0)
-    while True:
+    def run() -> None:
         try:
             asyncio.run(db.migrate(url))
-            return
         except db.MigrationError as exc:
             raise click.ClickException(f"migration failed: {exc}") from None
-        except TRANSIENT_DB_ERRORS as exc:
-            delay = backoff.next_delay()
-            log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
-            time.sleep(delay)
+
+    when_reachable(run)
 
 
 @main.command()

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.cli.startup import database_url_or_exit, load_settings, migrate_or_exit
+from app.cli.startup import database_url_or_exit, load_settings, migrate_or_exit, when_reachable
 from core.settings import Settings
 from knowledge.embedder import Embedder
 from knowledge.loader import DEFAULT_MAX_BYTES, LoadKind, LoadReport, load_paths
@@ -242,7 +242,8 @@ def reembed_on_start(url: str, settings: Settings) -> threading.Thread | None:
         async with db.pool_for(url, settings) as pool, pool.acquire() as conn:
             return await stored_identity(conn)
 
-    stored = asyncio.run(read())
+    # After migrate_when_reachable, but the model's load takes seconds: the database may have gone meanwhile.
+    stored = when_reachable(lambda: asyncio.run(read()))
     if stored == target:
         return None
     if stored.dimension != target.dimension:

@@ -6,6 +6,9 @@ import asyncio
 import ipaddress
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
@@ -13,6 +16,25 @@ from app.observability import install_log_redaction
 from core import db
 from core.settings import Settings, SettingsError
 from knowledge.embedding_models import resolve_embedding_model
+
+T = TypeVar("T")
+
+log = logging.getLogger("deskpilot.cli")
+
+
+def when_reachable(run: Callable[[], T]) -> T:
+    """`run()`, retried with backoff while the database cannot be reached: a process may start before it, or
+    while it restarts (a supervisor restarting a crashed worker during a database restart), and must not exit."""
+    from app.worker import TRANSIENT_DB_ERRORS, DatabaseBackoff
+
+    backoff = DatabaseBackoff(cap_s=10.0)
+    while True:
+        try:
+            return run()
+        except TRANSIENT_DB_ERRORS as exc:
+            delay = backoff.next_delay()
+            log.warning("database not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
 
 
 def load_settings() -> Settings:

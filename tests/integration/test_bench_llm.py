@@ -10,9 +10,10 @@ import sys
 from core.settings import PROJECT_ROOT
 from tests.support.fake_openai import FakeOpenAI, reply_json
 
+# Quote mode (the default reply mode): the sentences chosen by id, for every question of the bench ticket.
 VERDICT = {
-    "reply": "Tokens can expire after 30, 90 or 365 days [KB-5e1f0c2a].",
-    "cited_ids": ["KB-5e1f0c2a"],
+    "answers": {"Q1": ["1.1"], "Q2": ["1.2"], "Q3": ["1.1"]},
+    "opening": "",
     "confidence": 0.8,
     "reasons": ["the passage lists the expiry periods"],
     "needs_human": False,
@@ -33,7 +34,7 @@ def test_bench_llm_quick_compares_the_same_request_body() -> None:
     assert done.returncode in (0, 1), done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["rounds"] == 2 and result["deskpilot_ok"]
-    assert result["structured_output"] == "json_schema"
+    assert result["structured_output"] == "json_schema" and result["reply_mode"] == "quote"
     assert result["token_counter"] == "server tokenizer (llama-server /tokenize)"
     for key in ("overhead_vs_bare", "ratio", "deskpilot_s_p50", "bare_s_p50", "cpu_overhead_ms"):
         assert isinstance(result[key], int | float), key

@@ -174,6 +174,27 @@ async def test_wake_ups_asked_for_together_are_one_notify(clean_db: asyncpg.Pool
     assert waker.sent == 1
 
 
+async def test_a_stream_of_wake_ups_costs_one_notify_per_spacing(clean_db: asyncpg.Pool, heard: Heard) -> None:
+    """Commits every millisecond for a fifth of a second: the NOTIFYs are spaced, not one per commit, and the
+    last commit still gets one after it."""
+    waker = WorkerWaker(clean_db, spacing_s=0.05)
+    for _ in range(200):
+        waker.wake()
+        await asyncio.sleep(0.001)
+    await conn_notify(clean_db, COMMITTED_CHANNEL)  # the last commit's mark
+    waker.wake()
+    await waker.close()
+    await quiet(heard)
+    assert 2 <= waker.sent <= 10  # 0.2 s or so at one per 0.05 s, plus the first and the last
+    last_commit = heard.channels.index(COMMITTED_CHANNEL)
+    assert NOTIFY_CHANNEL in heard.channels[last_commit + 1 :], heard.channels
+
+
+async def conn_notify(pool: asyncpg.Pool, channel: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(f"NOTIFY {channel}")
+
+
 async def test_a_failed_wake_up_raises_nothing_and_close_does_not_hang(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -53,7 +53,9 @@ async def drafter_for() -> AsyncIterator[Callable[..., tuple[LLMDrafter, FakeOpe
 
     def build(flavor: str = "openai", **env: str) -> tuple[LLMDrafter, FakeOpenAI]:
         server = FakeOpenAI(flavor=flavor).start()  # type: ignore[arg-type]
-        drafter = make_llm_drafter(Settings.from_mapping({"OPENAI_BASE_URL": server.base_url, **env}))
+        # The written reply (DESKPILOT_LLM_REPLY=write): its prompt carries the passages whole.
+        mapping = {"OPENAI_BASE_URL": server.base_url, "DESKPILOT_LLM_REPLY": "write", **env}
+        drafter = make_llm_drafter(Settings.from_mapping(mapping))
         assert drafter is not None
         made.append((drafter, server))
         return drafter, server
@@ -148,6 +150,7 @@ def test_eval_llm_reports_both_drafters_side_by_side(pg_admin_url: str, embedder
                 "DESKPILOT_DATA_DIR": str(tmp_path),
                 "OPENAI_BASE_URL": server.base_url,
                 "DESKPILOT_LLM_MODEL": "fake-model",
+                "DESKPILOT_LLM_REPLY": "write",
             },
             catch_exceptions=False,
         )

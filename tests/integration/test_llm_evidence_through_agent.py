@@ -26,12 +26,14 @@ INVENTED = (
 )
 
 
-@pytest.fixture
+@pytest.fixture(params=["write"])
 async def run(
-    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
+    request: pytest.FixtureRequest, demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[tuple[Callable[..., Any], FakeOpenAI]]:
     with FakeOpenAI() as server:
-        settings = make_settings(OPENAI_BASE_URL=server.base_url, DESKPILOT_LLM_MAX_RETRIES="0")
+        settings = make_settings(
+            OPENAI_BASE_URL=server.base_url, DESKPILOT_LLM_MAX_RETRIES="0", DESKPILOT_LLM_REPLY=request.param
+        )
         drafter = LLMDrafter(settings)
         processor = TicketProcessor(
             demo_kb, settings, Metrics(), embedder=embedder, drafter=drafter, models=RoutingModelCache()
@@ -114,3 +116,38 @@ async def test_a_reply_citing_nothing_it_was_given_escalates(run: Any) -> None:
     assert drafted["removed"] == ["Invoicing comes with every plan, including Free."]
     assert drafted["llm"]["invalid_citations"] == ["R1"]
     assert state["outcome"]["decision"] == "escalate"
+
+
+def choose_the_first_sentence(request: RecordedRequest) -> Step:
+    """A model that answers every question with the first numbered sentence listed under it."""
+    user = request.message_text("user")
+    answers = {
+        key: re.findall(r"^(\d+\.\d+) ", block, flags=re.MULTILINE)[:1]
+        for key, block in re.findall(r"^(Q\d+): (.*?)(?=^Q\d+: |</reference_material>)", user, re.S | re.M)
+    }
+    return reply_json(
+        {"answers": answers, "opening": "", "confidence": 0.9, "reasons": ["listed"], "needs_human": False},
+        usage={"prompt_tokens": 600, "completion_tokens": 30},
+    )
+
+
+@pytest.mark.parametrize("run", ["quote"], indirect=True)
+async def test_quote_mode_quotes_the_chosen_sentence_and_keeps_the_readers_confidence(run: Any) -> None:
+    go, server = run
+    server.script(computed(choose_the_first_sentence))
+    state = await go(
+        "Invoicing on the free plan?",
+        "I tracked hours on the free plan and can't find an invoice button. Which plan has invoicing?",
+    )
+
+    user = server.requests[0].message_text("user")
+    first = re.search(r"^1\.(\d+) (.+)$", user, flags=re.MULTILINE)
+    assert first is not None, user
+    drafted = state["drafted"]
+    assert drafted["drafter"] == "llm" and drafted["llm"]["mode"] == "quote"
+    assert first.group(2) in drafted["draft"]  # the sentence as the passage has it
+    assert drafted["citations"] and re.search(r"\(Source: [^)]*KB-[0-9a-f]{8}\)", drafted["draft"])
+    # Choosing a sentence the reader offered costs the calibrated confidence nothing.
+    breakdown = state["scoring"]["breakdown"]
+    assert breakdown["self_assessment"]["value"] == 1.0
+    assert state["scoring"]["confidence"] == state["scoring"]["calibrated"]

@@ -75,7 +75,8 @@ async def drafter_for() -> AsyncIterator[Callable[..., tuple[LLMDrafter, FakeOpe
 
     def build(flavor: str = "openai", **env: str) -> tuple[LLMDrafter, FakeOpenAI]:
         server = FakeOpenAI(flavor=flavor).start()  # type: ignore[arg-type]
-        settings = Settings.from_mapping({"OPENAI_BASE_URL": server.base_url, **env})
+        # These tests are about the written reply (DESKPILOT_LLM_REPLY=write); quote mode: test_llm_quote.py.
+        settings = Settings.from_mapping({"OPENAI_BASE_URL": server.base_url, "DESKPILOT_LLM_REPLY": "write", **env})
         drafter = make_llm_drafter(settings, backoff_base_s=0.01)
         assert drafter is not None
         made.append((drafter, server))

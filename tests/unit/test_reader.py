@@ -74,6 +74,21 @@ def test_far_sentences_of_a_long_passage_are_not_quoted() -> None:
     assert evidence.units == ["Sentence 0."]
 
 
+def test_the_best_passages_are_kept_as_candidates_with_their_units_numbered() -> None:
+    chosen, close, far = item("A", "...", "a"), item("B", "...", "b"), item("C", "...", "c")
+    long_units = tuple(f"Sentence {n}." for n in range(7))
+    read = [
+        ReadPassage(("A1.", "A2."), np.stack([unit(1, 0), unit(0.9, 0.44)]), unit(1, 0)),
+        ReadPassage(long_units, np.stack([unit(0, 1)] * 5 + [unit(0.95, 0.3), unit(0.9, 0.44)]), unit(0.9, 0.44)),
+        ReadPassage(("C1.",), np.stack([unit(0, 1)]), unit(0, 1)),
+    ]
+    evidence = choose(Question("q?"), unit(1, 0), unit(1, 0), [chosen, close, far], read)
+    assert [c.item for c in evidence.candidates] == [chosen, close]  # C is far below the best: not offered
+    assert evidence.candidates[0].units == ((0, "A1."), (1, "A2."))
+    # Of a long passage, the units the offline reply would quote, with their place in the passage.
+    assert evidence.candidates[1].units == ((5, "Sentence 5."), (6, "Sentence 6."))
+
+
 def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:
     return Evidence(Question(question), item(title, " ".join(units), title), units, score, score, 0.0)
 

@@ -535,6 +535,19 @@ def test_arbitrary_strings_in_json_escapes_only_raise_payload_error(text: str) -
     _only_payload_errors(json.dumps(fields).encode())
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(exclude_categories=()), max_size=40), ascii_only=st.booleans())
+def test_the_audit_copy_is_the_decoded_object_sanitized(text: str, ascii_only: bool) -> None:
+    """parse_payload skips the sanitizing copy for text without a \\u escape: it must not change the copy."""
+    payload = {**VALID, "body": f"{text} hello", "metadata": {text: [text]}, text: {"unknown": text}}
+    raw = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        _, stored = parse_payload(raw)
+    except PayloadError:
+        return
+    assert stored == sanitize_for_jsonb(json.loads(raw))
+
+
 @settings(max_examples=100, deadline=None)
 @given(payload=PAYLOADS)
 def test_hash_is_stable_for_a_replay(payload: dict[str, Any]) -> None:

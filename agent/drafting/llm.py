@@ -1194,13 +1194,9 @@ def _classify_api_error(exc: openai.APIError) -> _Attempt:
     return _Attempt("server_error", error=message)
 
 
-def _interpret(message: BaseMessage, *, quote: bool = False) -> _Attempt:
-    """Turn the model's message into an attempt: the verdict from the forced tool call, or from JSON written as
-    the message (json_schema, JSON mode, or a server that ignored the tool), checked."""
-    if quote:
-        return _interpret_quote(message)
-    if not isinstance(message, AIMessage):
-        return _Attempt("invalid_output", error=f"unexpected answer type {type(message).__name__}")
+def _message_basics(message: AIMessage) -> tuple[dict[str, Any], _Attempt | None]:
+    """What every attempt records of the model's message (its raw text and token counts), and the attempt when the
+    server flagged the answer as a refusal."""
     usage: Mapping[str, Any] = message.usage_metadata or {}
     base: dict[str, Any] = {
         "raw_output": _raw_text(message),
@@ -1209,7 +1205,20 @@ def _interpret(message: BaseMessage, *, quote: bool = False) -> _Attempt:
     }
     refused = message.additional_kwargs.get("refusal")
     if refused:
-        return _Attempt("refusal", error=f"the model refused: {str(refused)[:200]}", **base)
+        return base, _Attempt("refusal", error=f"the model refused: {str(refused)[:200]}", **base)
+    return base, None
+
+
+def _interpret(message: BaseMessage, *, quote: bool = False) -> _Attempt:
+    """Turn the model's message into an attempt: the verdict from the forced tool call, or from JSON written as
+    the message (json_schema, JSON mode, or a server that ignored the tool), checked."""
+    if quote:
+        return _interpret_quote(message)
+    if not isinstance(message, AIMessage):
+        return _Attempt("invalid_output", error=f"unexpected answer type {type(message).__name__}")
+    base, refusal = _message_basics(message)
+    if refusal is not None:
+        return refusal
     content = message.text
     calls = [c for c in message.tool_calls if c.get("name") == VERDICT_TOOL_NAME] or list(message.tool_calls)
     verdict: DraftVerdict | None = None
@@ -1243,15 +1252,9 @@ def _interpret_quote(message: BaseMessage) -> _Attempt:
     """Quote mode's answer: the ids per question, read from the tool call or the message's JSON."""
     if not isinstance(message, AIMessage):
         return _Attempt("invalid_output", error=f"unexpected answer type {type(message).__name__}")
-    usage: Mapping[str, Any] = message.usage_metadata or {}
-    base: dict[str, Any] = {
-        "raw_output": _raw_text(message),
-        "prompt_tokens": usage.get("input_tokens"),
-        "completion_tokens": usage.get("output_tokens"),
-    }
-    refused = message.additional_kwargs.get("refusal")
-    if refused:
-        return _Attempt("refusal", error=f"the model refused: {str(refused)[:200]}", **base)
+    base, refusal = _message_basics(message)
+    if refusal is not None:
+        return refusal
     calls = [c for c in message.tool_calls if c.get("name") == QUOTE_TOOL_NAME] or list(message.tool_calls)
     if calls:
         obj: dict[str, Any] | None = dict(calls[0].get("args") or {})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -437,6 +437,29 @@ class _Budget:
         return self.counter.count_messages([self.system, human]) + self.fixed
 
 
+def _fit_body_and_account(
+    body: str,
+    account: str,
+    size: Callable[[str, str], int],
+    limit: int,
+    counter: TokenCounter,
+    truncated: list[str],
+) -> tuple[str, str]:
+    """The ticket body shortened (three tries), then the account context cut, while `size(body, account)` (the
+    prompt's tokens) is over `limit`; what was cut is added to `truncated`."""
+    for _ in range(3):
+        over = size(body, account) - limit
+        if over <= 0 or len(body) <= MIN_TICKET_CHARS:
+            break
+        body = _shorten_body(body, over, counter)
+        if "ticket body" not in truncated:
+            truncated.append("ticket body")
+    if size(body, account) > limit and len(account) > ACCOUNT_CHARS:
+        account = _cut(account, ACCOUNT_CHARS)
+        truncated.append("account context")
+    return body, account
+
+
 def _shorten_body(body: str, tokens_over: int, counter: TokenCounter) -> str:
     """The body less about `tokens_over` tokens' worth of text, never below MIN_TICKET_CHARS."""
     per_token = len(body) / max(1, counter.count(body))
@@ -533,16 +556,14 @@ def build_messages(
     while not knowledge and keep > 0 and tokens() > max_input_tokens:
         keep -= 1
     # 4. The body again, then the account context.
-    for _ in range(3):
-        over = tokens() - max_input_tokens
-        if over <= 0 or len(body) <= MIN_TICKET_CHARS:
-            break
-        body = _shorten_body(body, over, counter)
-        if "ticket body" not in truncated:
-            truncated.append("ticket body")
-    if tokens() > max_input_tokens and len(account) > ACCOUNT_CHARS:
-        account = _cut(account, ACCOUNT_CHARS)
-        truncated.append("account context")
+    body, account = _fit_body_and_account(
+        body,
+        account,
+        lambda b, a: budget.tokens(_render_human(request, a, references(), b, method=method, example=example())),
+        max_input_tokens,
+        counter,
+        truncated,
+    )
 
     human = _render_human(request, account, references(), body, method=method, example=example())
     if knowledge:
@@ -845,16 +866,19 @@ def build_quote_messages(
         longest.passages.pop()
         if "candidate passages" not in truncated:
             truncated.append("candidate passages")
-    for _ in range(3):
-        over = tokens() - limit
-        if over <= 0 or len(body) <= MIN_TICKET_CHARS:
-            break
-        body = _shorten_body(body, over, counter)
-        if "ticket body" not in truncated:
-            truncated.append("ticket body")
-    if tokens() > limit and len(account) > ACCOUNT_CHARS:
-        account = _cut(account, ACCOUNT_CHARS)
-        truncated.append("account context")
+    body, account = _fit_body_and_account(
+        body,
+        account,
+        lambda b, a: (
+            counter.count_messages(
+                [system, _render_quote_human(request, a, _render_quote_evidence(questions), b, keys, method)]
+            )
+            + fixed(choices())
+        ),
+        limit,
+        counter,
+        truncated,
+    )
 
     text = human(body)
     units: dict[str, QuoteUnit] = {}

@@ -92,6 +92,16 @@ class Metrics:
 def latency_middleware_factory(metrics: Metrics) -> Any:
     """ASGI middleware recording request latency by route template (not raw path: ids would explode labels)."""
 
+    # The histogram's child per (method, route, status), looked up once: `labels()` takes a lock and builds a key
+    # on every call. Bounded as the histogram's own children are.
+    children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(method: str, route: str, status: int, seconds: float) -> None:
+        child = children.get((method, route, status))
+        if child is None:
+            child = children[(method, route, status)] = metrics.request_latency.labels(method, route, str(status))
+        child.observe(seconds)
+
     def middleware(app: ASGIApp) -> ASGIApp:
         async def record(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
@@ -110,9 +120,7 @@ def latency_middleware_factory(metrics: Metrics) -> Any:
                 await app(scope, receive, send_wrapper)
             finally:
                 route = scope.get("path_template") or "unmatched"
-                metrics.request_latency.labels(scope.get("method", "?"), route, str(status)).observe(
-                    time.perf_counter() - started
-                )
+                observe(scope.get("method", "?"), route, status, time.perf_counter() - started)
 
         return record
 

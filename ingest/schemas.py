@@ -189,9 +189,11 @@ def _require_identifier(value: str, field: str) -> None:
         raise PayloadError(422, f"{field} must be printable characters, no control or invisible ones", field=field)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=16384)
 def _email_address(raw: str) -> str:
-    # Cached: the same customers write again and again, and validation is the costliest check per request.
+    # Cached: the same customers write again and again, and validation is the costliest check per request
+    # (~25 µs, next to ~3 µs for the rest of parsing and validation). Sized for the senders of a busy day (16k
+    # addresses, ~4 MB): with fewer entries than active senders an LRU cache misses on every request.
     addr = raw.strip()
     if not addr:
         raise PayloadError(422, "customer_email is required", field="customer_email")

@@ -111,6 +111,11 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
     )
 
 
+# An idempotency key's earlier request: what a replay is answered with (`_replay`).
+_REPLAY_SQL = """SELECT k.content_hash, k.ticket_id, k.message_id, k.created_at, t.status
+    FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id WHERE k.external_id = $1"""
+
+
 # The common case in one round trip: customer lookup-or-create, ticket (queued), first message, idempotency
 # key and status history, all in one implicitly transactional statement (the workers are woken after the commit:
 # see the module docstring).
@@ -123,7 +128,7 @@ def _may_follow_up(ticket: NormalizedTicket) -> bool:
 #
 # The ids come from PostgreSQL and the JSON arrives as text encoded by msgspec ($7, $8): both cost the API process
 # less per request than uuid4() and asyncpg's JSON codec (bench/ingest.py).
-_NEW_TICKET_SQL = """
+_NEW_TICKET_SQL = f"""
 WITH existing_customer AS (
     SELECT id FROM customers WHERE email = $2
 ), fresh_customer AS (
@@ -159,12 +164,22 @@ WITH existing_customer AS (
     INSERT INTO ticket_status_history (ticket_id, from_status, to_status, reason)
     SELECT ticket.id, NULL, 'open', $12 FROM ticket
     RETURNING 1
+), replay AS (
+    -- Nothing written: the key's earlier request, when this statement can see it (committed before the
+    -- statement began, or by an earlier statement of the same batch), answers a replay (or 409) from this round
+    -- trip; when it cannot (the other request committed while this one waited on its key), replay_ticket_id is
+    -- NULL and the caller looks again (`_why_not_written`).
+    {_REPLAY_SQL} AND NOT EXISTS (SELECT FROM ticket)
 )
 -- Always one row (NULLs when nothing was written), so a pipelined batch of these statements answers one row per
 -- ticket, in order (`NewTicketBatcher`).
 SELECT (SELECT id FROM ticket) AS id, (SELECT created_at FROM ticket) AS created_at,
        (SELECT count(*) FROM message) + (SELECT count(*) FROM idempotency_key)
-       + (SELECT count(*) FROM history) AS written
+       + (SELECT count(*) FROM history) AS written,
+       replay.content_hash AS replay_content_hash, replay.ticket_id AS replay_ticket_id,
+       replay.message_id AS replay_message_id, replay.created_at AS replay_created_at,
+       replay.status AS replay_status
+FROM (SELECT) AS one_row LEFT JOIN replay ON true
 """
 
 
@@ -188,6 +203,8 @@ async def _ingest_new_ticket(
             continue  # the customer was created concurrently: it exists now
         if row is not None and row["id"] is not None:
             return _stored(row["id"], row["created_at"])
+        if row is not None and row["replay_ticket_id"] is not None:
+            return _replay_in(row, ticket)
         replay = await _why_not_written(conn, ticket, settings)
         if replay is not None:
             return replay
@@ -329,10 +346,12 @@ class NewTicketBatcher:
     half the CPU of a transaction of its own, and the API process a third of the round trip's (docs/benchmarks.md).
 
     Each statement sees the batch's earlier ones (one transaction, READ COMMITTED), so the customer quota and a
-    replay of a ticket in the same batch come out as they would one after the other. Whatever the batch did not
-    write (a replay, a reused key, a customer over the quota) and every ticket of a batch that failed (say, a
-    customer created concurrently by another process) then takes the one-ticket path, `ingest_once`, whose
-    answers are the reference. Requests that may follow up on a thread never wait here.
+    replay of a ticket in the same batch come out as they would one after the other. A replay, or a key reused for
+    other content (409), is answered from the batch's own row when the statement saw the key's first request (no
+    second round trip: one request in ten in bench/ingest.py). Whatever else the batch did not write (a customer
+    over the quota, a key committed by another request while the statement waited on it) and every ticket of a
+    batch that failed (say, a customer created concurrently by another process) then takes the one-ticket path,
+    `ingest_once`, whose answers are the reference. Requests that may follow up on a thread never wait here.
     """
 
     def __init__(
@@ -349,6 +368,7 @@ class NewTicketBatcher:
         self.max_in_flight = max(1, min(max_in_flight, settings.db_pool_max // 2))
         self.batches = 0  # round trips made, and tickets written through them (tests, logs)
         self.tickets_stored = 0
+        self.tickets_alone = 0  # requests that took the one-ticket path (`ingest_once`)
         self._waiting: list[_Waiting] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._leaving = False  # a batch task was started and has not taken its tickets yet
@@ -371,13 +391,17 @@ class NewTicketBatcher:
             row = await answer
         except _BatchFailed:
             return await self._alone(ticket, raw_payload, customer_verified=customer_verified, replay_first=False)
-        if row["id"] is None:  # not written: most often a replay
-            return await self._alone(ticket, raw_payload, customer_verified=customer_verified, replay_first=True)
-        return _stored(row["id"], row["created_at"])
+        if row["id"] is not None:
+            return _stored(row["id"], row["created_at"])
+        if row["replay_ticket_id"] is not None:  # a replay, or 409: answered from the batch's round trip
+            return _replay_in(row, ticket)
+        # Not written, and the batch could not see why (a key committed meanwhile, or a customer over the quota).
+        return await self._alone(ticket, raw_payload, customer_verified=customer_verified, replay_first=True)
 
     async def _alone(
         self, ticket: NormalizedTicket, raw_payload: dict[str, Any], *, customer_verified: bool, replay_first: bool
     ) -> IngestResult:
+        self.tickets_alone += 1
         async with self.pool.acquire() as conn:
             # Not written by the batch: a replay, 409 or 429 is answered without storing it once more.
             if replay_first and (replay := await _why_not_written(conn, ticket, self.settings)) is not None:
@@ -431,26 +455,46 @@ class _BatchFailed(Exception):
 
 
 async def _replay_of(conn: Connection, ticket: NormalizedTicket) -> IngestResult | None:
-    row = await conn.fetchrow(
-        """SELECT k.content_hash, k.ticket_id, k.message_id, k.created_at, t.status
-           FROM ingest_keys k JOIN tickets t ON t.id = k.ticket_id WHERE k.external_id = $1""",
-        ticket.external_id,
-    )
+    row = await conn.fetchrow(_REPLAY_SQL, ticket.external_id)
     if row is None:
         return None
-    if row["content_hash"] != ticket.content_hash:
+    return _replay(ticket, row["content_hash"], row["ticket_id"], row["message_id"], row["created_at"], row["status"])
+
+
+def _replay_in(row: asyncpg.Record, ticket: NormalizedTicket) -> IngestResult:
+    """The replay `_NEW_TICKET_SQL` found (its `replay_*` columns)."""
+    return _replay(
+        ticket,
+        row["replay_content_hash"],
+        row["replay_ticket_id"],
+        row["replay_message_id"],
+        row["replay_created_at"],
+        row["replay_status"],
+    )
+
+
+def _replay(
+    ticket: NormalizedTicket,
+    content_hash: str,
+    ticket_id: UUID,
+    message_id: UUID | None,
+    created_at: datetime,
+    status: str,
+) -> IngestResult:
+    """The answer to a request whose key was stored before: the original's, or 409 for other content."""
+    if content_hash != ticket.content_hash:
         # No ticket id here: the key may be someone else's, and a ticket id opens its thread (thread_ref).
         raise Conflict(
             f"external_id {ticket.external_id!r} was already used for a different request",
             field="external_id",
         )
     return IngestResult(
-        ticket_id=row["ticket_id"],
-        status=row["status"],
-        created_at=row["created_at"],
+        ticket_id=ticket_id,
+        status=status,
+        created_at=created_at,
         duplicate=True,
-        followup=row["message_id"] is not None,
-        message_id=row["message_id"],
+        followup=message_id is not None,
+        message_id=message_id,
     )
 
 

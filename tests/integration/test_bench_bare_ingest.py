@@ -13,6 +13,7 @@ from types import ModuleType
 
 import asyncpg
 import httpx
+import pytest
 
 from core import db
 
@@ -101,3 +102,33 @@ def test_the_notifying_variant_sends_a_notify_with_each_stored_payload(pg_admin_
         endpoint.stop()
     assert statuses == [201, 200]
     assert heard == ["bench_bare"]  # one NOTIFY for the stored payload, none for the replay
+
+
+def test_a_measured_phase_reports_the_cpu_per_request_of_each_party(pg_admin_url: str, tmp_path: Path) -> None:
+    """bench/ingest.py's CPU accounting: the server's process tree, all of PostgreSQL and the load process."""
+    name = f"bench_bare_{uuid.uuid4().hex[:8]}"
+    db._ensure_database(pg_admin_url, name)
+    url = pg_admin_url.replace("/postgres?", f"/{name}?")
+
+    async def data_directory() -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            directory: str = await conn.fetchval("SHOW data_directory")
+        finally:
+            await conn.close()
+        return directory
+
+    postmaster = bench_ingest.postmaster_pid(Path(asyncio.run(data_directory())))
+    assert postmaster is not None
+    endpoint = BareEndpoint({BARE_URL_VARIABLE: url, "DESKPILOT_DB_POOL_MAX": "4"}, tmp_path / "bare.log", 1)
+    try:
+        endpoint.wait_ready()
+        assert bench_ingest.process_tree(postmaster)[0] == postmaster
+        phase = bench_ingest.measured_load(endpoint.process.pid, postmaster, endpoint.port, 2, 1.0, None, "cpu")
+    finally:
+        endpoint.stop()
+
+    assert phase["requests"] > 0
+    cpu = phase["cpu_ms"]
+    assert cpu["server"] > 0 and cpu["postgres"] > 0 and cpu["load"] > 0, cpu
+    assert cpu["total"] == pytest.approx(cpu["server"] + cpu["postgres"] + cpu["load"], abs=0.002)

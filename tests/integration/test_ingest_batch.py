@@ -121,6 +121,8 @@ async def test_a_batch_answers_and_stores_what_one_ticket_after_another_does(
     assert await stored(clean_db) == expected_rows
     assert batcher.batches == 1  # every ticket went in one round trip
     assert batcher.tickets_stored == 4
+    # Only the refusal over the quota looked again on its own; the replay and the 409 came with the batch's rows.
+    assert batcher.tickets_alone == 1
 
 
 async def test_a_failed_batch_stores_each_ticket_alone(clean_db: asyncpg.Pool, settings: Settings) -> None:
@@ -160,3 +162,61 @@ async def test_an_idle_batcher_stores_a_lone_ticket_at_once(clean_db: asyncpg.Po
     assert (result.status, result.duplicate, result.followup) == ("open", False, False)
     assert (batcher.batches, batcher.tickets_stored) == (1, 1)
     assert await clean_db.fetchval("SELECT count(*) FROM tickets WHERE id = $1", result.ticket_id) == 1
+
+
+async def test_replays_of_earlier_tickets_are_answered_from_the_batch(
+    clean_db: asyncpg.Pool, settings: Settings
+) -> None:
+    """A replay (200, the original ticket) or a key reused for other content (409) needs no second round trip."""
+    batcher = NewTicketBatcher(clean_db, settings, max_in_flight=1)
+    parsed, raw = parse_payload(json.dumps(payload("r-1", "ada")).encode())
+    original = await batcher.ingest(normalize_payload(parsed), raw)
+
+    async def arrive(body: dict[str, Any]) -> IngestResult:
+        parsed, raw = parse_payload(json.dumps(body).encode())
+        return await batcher.ingest(normalize_payload(parsed), raw)
+
+    replay, reuse, fresh = await asyncio.gather(
+        arrive(payload("r-1", "ada")),
+        arrive(payload("r-1", "ada", body="Other content under the same key.")),
+        arrive(payload("r-2", "grace")),
+        return_exceptions=True,
+    )
+    await batcher.close()
+
+    assert isinstance(replay, IngestResult) and isinstance(fresh, IngestResult)
+    assert (replay.ticket_id, replay.status, replay.created_at) == (original.ticket_id, "open", original.created_at)
+    assert (replay.duplicate, replay.followup, fresh.duplicate) == (True, False, False)
+    assert isinstance(reuse, Conflict) and reuse.field == "external_id"
+    assert (batcher.batches, batcher.tickets_stored, batcher.tickets_alone) == (2, 2, 0)
+    assert await clean_db.fetchval("SELECT count(*) FROM tickets") == 2
+
+
+async def test_a_replay_committed_while_the_batch_waited_is_looked_up_again(
+    clean_db: asyncpg.Pool, settings: Settings
+) -> None:
+    """The batch's statement waits for a concurrent request holding the same key; once that one commits, the key
+    is taken but not visible to the statement that waited: the request looks again and is answered the replay."""
+    batcher = NewTicketBatcher(clean_db, settings, max_in_flight=1)
+    parsed, raw = parse_payload(json.dumps(payload("c-1", "ada")).encode())
+    ticket = normalize_payload(parsed)
+    async with clean_db.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        first = await ingest_once(conn, ticket, raw, settings=settings)
+        waiting = asyncio.create_task(batcher.ingest(ticket, raw))
+        for _ in range(200):  # until the batch's statement waits for this transaction's key
+            if await clean_db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the batch never waited for the concurrent key")
+        await transaction.commit()
+    answer = await waiting
+    await batcher.close()
+
+    assert (answer.ticket_id, answer.duplicate) == (first.ticket_id, True)
+    assert batcher.tickets_alone == 1
+    assert await clean_db.fetchval("SELECT count(*) FROM tickets") == 1

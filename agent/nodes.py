@@ -23,7 +23,7 @@ from agent.drafting.composer import ANSWER_FLOOR
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
 from agent.drafting.reader import Evidence
-from agent.drafting.request import Draft, DraftRequest
+from agent.drafting.request import NOT_ASKED, Draft, DraftRequest
 from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
 from agent.scoring.risk_model import risk_model
@@ -401,7 +401,10 @@ async def draft(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
     if result.fell_back and ctx.fallback_drafter is not None:
         failed = result
         result = await ctx.fallback_drafter.draft(request)
-        result.notes.append(f"LLM failed ({failed.error}); offline drafter used")
+        if failed.detail.get("error_kind") == NOT_ASKED:
+            result.notes.append(f"the model was not asked ({failed.error}); offline drafter used")
+        else:
+            result.notes.append(f"LLM failed ({failed.error}); offline drafter used")
         result.model = {**result.model, "llm": failed.model}
     drafted: dict[str, Any] = {
         "draft": result.text,

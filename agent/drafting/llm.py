@@ -64,9 +64,10 @@ from agent.drafting.prompts import (
     build_messages,
     build_quote_messages,
     reply_limit,
+    reply_material,
 )
 from agent.drafting.reader import Evidence, Quote
-from agent.drafting.request import Draft, DrafterName, DraftRequest, allowed_addresses
+from agent.drafting.request import NOT_ASKED, Draft, DrafterName, DraftRequest, allowed_addresses
 from agent.drafting.support import (
     SupportCheck,
     check_support,
@@ -146,7 +147,7 @@ class DraftResult:
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     latency_ms: float = 0.0
     error: str | None = None
-    error_kind: Outcome | None = None
+    error_kind: Outcome | Literal["nothing_to_cite"] | None = None
     raw_output: str = ""
     prompt: str = ""
     labels: dict[str, str] = field(default_factory=dict)  # "R1" / "KB-1a2b3c4d" -> item id, as the model saw them
@@ -779,6 +780,16 @@ class LLMDrafter:
             self._compose_quoted(result, request, [[] for _ in request.evidence], opening="")
             result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
             return result
+        if not self._quotes(request) and not reply_material(request):
+            # No passage and no past answer: a model could only write an unsupported reply or a handover, and
+            # the decision escalates either way. The offline drafter writes the handover; no tokens are spent.
+            return DraftResult(
+                model=self.model,
+                error="nothing to cite: no knowledge-base passage or past answer was retrieved",
+                error_kind=NOT_ASKED,
+                fell_back=True,
+                fallback="offline",
+            )
         await self.find_tokenizer()
         result = DraftResult(model=self.model, token_source=self._counter.source)
         attempt, built = await self._attempt_with_retries(request, result)

@@ -315,6 +315,14 @@ def retrieved_items(request: DraftRequest) -> list[RetrievedItem]:
     return list({str(i.id): i for i in items}.values())
 
 
+def reply_material(request: DraftRequest) -> list[RetrievedItem]:
+    """The retrieved items a reply could say something from: a knowledge-base passage's text, a past resolution's
+    answer. A past ticket with no answer recorded is a problem, not material."""
+    return [
+        i for i in retrieved_items(request) if ((i.resolution or "") if _is_resolution(i) else (i.text or "")).strip()
+    ]
+
+
 def assign_labels(items: Sequence[RetrievedItem]) -> list[tuple[str, RetrievedItem]]:
     """[R1], [R2]... for past resolutions and [K1], [K2]... for knowledge-base passages, in rank order."""
     counts = {"R": 0, "K": 0}

@@ -16,6 +16,8 @@ from agent.triage.specialists import Specialist
 from knowledge.retrieval import RetrievedItem
 
 DrafterName = Literal["offline", "llm"]
+# A model drafter's `error_kind` when it did not ask the model: nothing retrieved holds anything a reply could say.
+NOT_ASKED: Literal["nothing_to_cite"] = "nothing_to_cite"
 
 
 @dataclass

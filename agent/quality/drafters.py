@@ -30,7 +30,7 @@ from agent.drafting.drafter import OfflineDrafter
 from agent.drafting.llm import DraftResult, LLMDrafter, make_llm_drafter
 from agent.drafting.prompts import passage_text
 from agent.drafting.questions import SIGNOFF
-from agent.drafting.request import Draft, Drafter, DrafterName, DraftRequest
+from agent.drafting.request import NOT_ASKED, Draft, Drafter, DrafterName, DraftRequest
 from agent.drafting.support import check_support
 from agent.quality.evaluation import (
     SENT,
@@ -244,8 +244,11 @@ def drafter_summary(rows: Sequence[DrafterRow]) -> dict[str, Any]:
             tokens_out_per_reply=_mean(tokens_out),
             written_unsupported_per_reply=_mean([len(x["written_unsupported"]) for x in llm if x["ok"]]),
             llm_replies=sum(1 for x in llm if x["drafter"] == "llm"),
-            fell_back=sum(1 for x in llm if x["fell_back"]),
-            fell_back_by_kind=dict(Counter(str(x["error_kind"]) for x in llm if x["fell_back"])),
+            not_asked=sum(1 for x in llm if x["error_kind"] == NOT_ASKED),
+            fell_back=sum(1 for x in llm if x["fell_back"] and x["error_kind"] != NOT_ASKED),
+            fell_back_by_kind=dict(
+                Counter(str(x["error_kind"]) for x in llm if x["fell_back"] and x["error_kind"] != NOT_ASKED)
+            ),
             escalated_by_llm_check=sum(1 for x in llm if x["ok"] and x["escalate"]),
             model_asked_for_a_person=sum(1 for x in llm if x["needs_human"]),
             questions_disputed_by_model=sum(int(x.get("disputed_by_model", 0)) for x in llm),

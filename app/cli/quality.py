@@ -359,7 +359,8 @@ def print_side_by_side(report: dict[str, Any]) -> None:
     console.print(table)
     llm = report["drafters"]["llm"]
     console.print(
-        f"LLM: {llm.get('llm_replies')} replies written by the model, {llm.get('fell_back')} fell back "
+        f"LLM: {llm.get('llm_replies')} replies written by the model, {llm.get('not_asked')} not asked (nothing to "
+        f"cite), {llm.get('fell_back')} fell back "
         f"{llm.get('fell_back_by_kind')}, {llm.get('escalated_by_llm_check')} escalated by its checks; "
         f"structured output {llm.get('structured_output')}; token counter {llm.get('token_counter')}; "
         f"tokens in/out {llm.get('tokens_in_total')}/{llm.get('tokens_out_total')}"

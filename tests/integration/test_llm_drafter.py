@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent.drafting.llm import DraftResult, LLMDrafter, make_llm_drafter
-from agent.drafting.request import DraftRequest
+from agent.drafting.request import NOT_ASKED, DraftRequest
 from core.metrics import Metrics
 from core.settings import Settings
 from tests.support.draft_requests import item
@@ -201,6 +201,27 @@ async def test_confident_answer_citing_nothing_is_not_grounded(
     assert result.cited_ids == []
     assert "cites no reference material" in result.flags
     assert_no_secret(result, server)
+
+
+async def test_nothing_to_cite_does_not_ask_the_model(
+    server: FakeOpenAI, make_drafter: Callable[..., LLMDrafter], metrics: Metrics
+) -> None:
+    # A past ticket with no answer recorded (banking77's history is all like this) and no passage: a reply could
+    # only be unsupported or a handover, and the decision escalates either way.
+    unanswered = item("res-9c0", kind="resolution", title="Card not arrived", text="Where is my card?")
+    request = replace(TICKET, grounding=unanswered, resolutions=[unanswered], passages=[])
+    server.script(reply_json(verdict()))
+
+    result = await make_drafter().write(request)
+
+    assert server.requests == []
+    assert result.fell_back and result.fallback == "offline" and result.error_kind == NOT_ASKED
+    assert result.usage == {"prompt_tokens": 0, "completion_tokens": 0}
+    assert calls(metrics, "ok") == 0
+    # One retrieved answer is enough to ask.
+    answered = replace(request, passages=[ITEMS[1]])
+    assert (await make_drafter().write(answered)).ok
+    assert len(server.requests) == 1
 
 
 async def test_wrong_citations_lower_validity_and_are_listed(

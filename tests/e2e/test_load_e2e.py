@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.support.fake_openai import FakeOpenAI, RecordedRequest, reply_json, slow
+from tests.support.knowledge import load_example_resolutions, memo_embedder
 from tests.support.server import ServerProcess
 from tests.support.workers import eventually
 
@@ -176,7 +177,7 @@ ANSWER = {
     "reply": "Hello, open Settings, then Data, then Export, and choose CSV.",
     "cited_ids": [],
     "confidence": 0.4,
-    "reasons": ["nothing retrieved to cite"],
+    "reasons": ["no past resolution is about this"],
     "needs_human": False,
 }
 
@@ -235,8 +236,10 @@ async def nothing_in_flight(pool: asyncpg.Pool) -> bool:
 
 
 async def test_a_20s_model_call_slows_neither_ingest_nor_the_admin_api_and_keeps_its_lease(
-    clean_db: asyncpg.Pool, database_url: str, tmp_path: Path
+    clean_db: asyncpg.Pool, database_url: str, tmp_path: Path, embedder: Any
 ) -> None:
+    async with clean_db.acquire() as conn:  # something to cite: with nothing retrieved, the model is not asked
+        await load_example_resolutions(conn, memo_embedder(embedder))
     with FakeOpenAI() as llm:
         llm.default = reply_json(ANSWER)  # every other ticket: an answer at once
         env = {

@@ -21,6 +21,7 @@ from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from ingest.signatures import sign_webhook
 from tests.support.fake_openai import FakeOpenAI, reply_json, reset, status
+from tests.support.knowledge import load_example_resolutions, memo_embedder
 from tests.support.trace_fixtures import seed_traces
 from tickets import reads as tickets
 from tickets.queue import claim_next_ticket
@@ -232,6 +233,8 @@ async def test_credentials_in_the_llm_base_url_are_not_shown(
     # An answer; a refusal whose message quotes the URL it was sent to; a connection that drops twice.
     llm.script(reply_json({**answer, "needs_human": False}), status(401, message=f"proxy refused {url}"))
     llm.script(reset(), reset())
+    async with clean_db.acquire() as conn:  # something to cite: with nothing, the model is not asked
+        await load_example_resolutions(conn, memo_embedder(embedder))
     processor = TicketProcessor(clean_db, settings, Metrics(), embedder=embedder, models=RoutingModelCache())
     seen = Surface()
     async with llm_client as client:

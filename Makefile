@@ -66,8 +66,13 @@ llm-test-runtime: install
 	@$(PY) -m app.local_llm ready $(LLM_TEST_MODEL) || \
 		{ $(VENV)/bin/deskpilot llm build && $(VENV)/bin/deskpilot llm fetch $(LLM_TEST_MODEL); }
 
+# Two pytest-xdist workers (one on a one-core machine), each with its own PostgreSQL and data folders: a file's tests
+# stay on one worker, and the end-to-end files that start many processes against time limits run one after another
+# (tests/conftest.py). In one process: make test PYTEST_ARGS="-p no:xdist" (or plain .venv/bin/pytest).
+PYTEST_ARGS ?= -n auto --maxprocesses 2 --dist loadfile --no-loadscope-reorder
+
 test: install-dev browser test-services llm-test-runtime
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Style, formatting, the one-way layers ([tool.importlinter]), declared imports ([tool.deptry]: the packages may use
 # only the runtime dependencies; tests/ and bench/ the dev extra too) and types.

@@ -147,7 +147,55 @@ async def client(
         yield c
 
 
+# End-to-end files whose tests start many processes at once and hold them to time limits (leases, "rescued within
+# 60 s", a soak with kills and a database restart). Under pytest-xdist they run one after another on one worker,
+# never beside each other.
+EXCLUSIVE_FILES = frozenset(
+    {
+        "test_agent_faults.py",
+        "test_soak.py",
+        "test_worker_processes.py",
+        "test_database_restart_e2e.py",
+        "test_load_e2e.py",
+        "test_shadow_switch_e2e.py",
+    }
+)
+SLOWNESS = {"browser": 2, "e2e": 2, "slow": 1}
+
+
+def _file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
+    """With `--dist loadfile` (`make test`), each file is one unit of work for one worker, as in pytest-xdist's own
+    loadfile, except that the EXCLUSIVE_FILES are one unit together, so they run one after another."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "exclusive end-to-end files" if Path(path).name in EXCLUSIVE_FILES else path
+
+    return FilesScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):
+        # A pytest-xdist worker (`make test`: `--dist loadfile --no-loadscope-reorder`): each file is one unit of
+        # work, the EXCLUSIVE_FILES together one, handed out in this order as workers free up: that unit first,
+        # then the files with end-to-end, browser or slow tests, so the last unit to start is a short one.
+        # A file's tests stay together, in their own order.
+        weight: dict[str, int] = {}
+        for item in items:
+            path = _file_of(item)
+            slowness = max((SLOWNESS.get(m.name, 0) for m in item.iter_markers()), default=0)
+            weight[path] = max(weight.get(path, 0), 3 if Path(path).name in EXCLUSIVE_FILES else slowness)
+        items.sort(key=lambda item: -weight[_file_of(item)])
+        return
     # Browser and end-to-end tests last: they are the slowest and the least likely to explain a failure first.
     order = {"browser": 2, "e2e": 1}
     items.sort(key=lambda item: max((order.get(m.name, 0) for m in item.iter_markers()), default=0))

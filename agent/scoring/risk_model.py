@@ -21,10 +21,15 @@ vectors move the examples' scores (`RuntimeShift`). Fitted on the int8 vectors i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import inspect
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy
+import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -41,6 +48,7 @@ from threadpoolctl import threadpool_limits
 
 from agent.scoring.risk import Risk, RiskKind, fold
 from agent.triage.stacking import _Tfidf
+from core.settings import Settings
 from knowledge.embedder import Embedder
 
 log = logging.getLogger(__name__)
@@ -356,13 +364,144 @@ def write_vectors(embedders: Sequence[Embedder]) -> None:
         np.savez_compressed(f, **arrays)
 
 
+# The fitted detector, kept on disk (DESKPILOT_EMBEDDING_CACHE/risk-detector) so that the next process fitting
+# the same thing loads it in milliseconds instead (the cross-validated fit takes seconds, tens when several workers
+# start at once). A file is named by a hash of everything the fit depends on: the examples, the vectors it is fitted
+# on, this module's and `agent.scoring.risk`'s code, and the numpy, scipy and scikit-learn versions; anything else
+# is another file. Plain arrays and JSON, no pickle. Written to a temporary file and renamed into place; one
+# process fits while the others wait on a lock beside it and then load what it wrote.
+CACHE_FOLDER = "risk-detector"
+CACHE_FORMAT = 1
+
+
+def _code() -> str:
+    """The code a fit runs: this module and the folding of `agent.scoring.risk`, with the libraries' versions."""
+    modules = (Path(__file__), Path(inspect.getfile(Risk)))  # with agent.scoring.risk, whose `fold` it uses
+    return "\n".join(
+        [
+            f"format {CACHE_FORMAT} numpy {np.__version__} scipy {scipy.__version__} sklearn {sklearn.__version__}",
+            *(module.read_text(encoding="utf-8") for module in modules),
+        ]
+    )
+
+
+def _fit_key(examples: Sequence[Example], embeddings: np.ndarray, reference: np.ndarray | None) -> str:
+    digest = hashlib.sha256()
+    for part in (json.dumps([(e.text, e.label, e.lang) for e in examples], ensure_ascii=False), _code()):
+        digest.update(part.encode())
+    for vectors in (embeddings, reference):
+        if vectors is None:
+            digest.update(b"no reference")
+            continue
+        array = np.ascontiguousarray(vectors, dtype=np.float32)
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:40]
+
+
+def save_model(model: RiskModel, path: Path) -> None:
+    """`model` as arrays in `path`, written whole or not at all (a temporary file renamed into place)."""
+    heads = model.heads
+    vocabulary = heads.vectorizer.vocabulary_
+    terms = np.empty(len(vocabulary), dtype=object)
+    for term, column in vocabulary.items():
+        terms[column] = term
+    shift = model.runtime_shift
+    arrays: dict[str, Any] = {
+        "classes": np.array(model.classes, dtype=str),
+        "embedding_coef": heads.embedding.coef_,
+        "embedding_intercept": heads.embedding.intercept_,
+        "char_coef": heads.char.coef_,
+        "char_intercept": heads.char.intercept_,
+        "terms": terms.astype(str),
+        "idf": np.asarray(heads.vectorizer.idf_),
+        "threshold": np.float64(model.threshold),
+        "cross_validation": np.array(json.dumps(model.cross_validation)),
+        "runtime_shift": np.array([] if shift is None else [shift.median, shift.largest], dtype=np.float64),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _logistic_of(coef: np.ndarray, intercept: np.ndarray, c: float) -> LogisticRegression:
+    fitted = _logistic(c)
+    fitted.coef_, fitted.intercept_ = coef, intercept
+    fitted.classes_ = np.arange(coef.shape[0])
+    fitted.n_features_in_ = coef.shape[1]
+    return fitted
+
+
+def load_model(path: Path) -> RiskModel:
+    """The model `save_model` wrote to `path`."""
+    with np.load(path, allow_pickle=False) as data:
+        vectorizer = _char_vectorizer()
+        vectorizer.vocabulary_ = {str(term): column for column, term in enumerate(data["terms"])}
+        vectorizer.idf_ = np.asarray(data["idf"])
+        heads = _Heads(
+            _logistic_of(data["embedding_coef"], data["embedding_intercept"], EMBEDDING_C),
+            _logistic_of(data["char_coef"], data["char_intercept"], CHAR_C),
+            vectorizer,
+        )
+        shift = [float(x) for x in data["runtime_shift"]]
+        return RiskModel(
+            [str(c) for c in data["classes"]],
+            heads,
+            float(data["threshold"]),
+            json.loads(str(data["cross_validation"])),
+            RuntimeShift(*shift) if shift else None,
+        )
+
+
+def _fit(examples: Sequence[Example], embeddings: np.ndarray, reference: np.ndarray | None) -> RiskModel:
+    # One BLAS thread: on a busy machine a pool of them made the fits ten times slower.
+    with threadpool_limits(1):
+        if reference is None:
+            return RiskModel.fit(examples, embeddings)
+        # Another runtime of the packaged model: the reference's detector, its threshold moved.
+        return RiskModel.fit(examples, reference).for_runtime(examples, reference, embeddings)
+
+
+def _cached_fit(embedder: Embedder, examples: Sequence[Example], embeddings: np.ndarray, cache: Path) -> RiskModel:
+    """The model a process fitted before on these inputs (from `cache`), else fitted here and stored there."""
+    reference = _reference_vectors(embedder, examples, embeddings)
+    path = cache / CACHE_FOLDER / f"{_fit_key(examples, embeddings, reference)}.npz"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.with_suffix(".lock").open("a")
+    except OSError as exc:
+        log.warning("risk detector cache %s not usable (%s): fitting without it", path.parent, exc)
+        return _fit(examples, embeddings, reference)
+    with lock:  # closing it releases the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            try:
+                return load_model(path)
+            except Exception as exc:  # a damaged or foreign file: fitted again and replaced
+                log.warning("risk detector cache %s unreadable (%s): fitting again", path, exc)
+        model = _fit(examples, embeddings, reference)
+        try:
+            save_model(model, path)
+        except OSError as exc:
+            log.warning("risk detector cache %s not written: %s", path, exc)
+        return model
+
+
 _lock = threading.Lock()
 _models: dict[tuple[str, int], RiskModel] = {}
 
 
-def risk_model(embedder: Embedder) -> RiskModel:
+def risk_model(embedder: Embedder, cache: Path | None = None) -> RiskModel:
     """The detector for this embedder's model, fitted on first use (about a second with the stored vectors, a few
-    more when the examples must be encoded; call it from a thread, not the event loop)."""
+    more when the examples must be encoded; call it from a thread, not the event loop), or loaded from the fit a
+    process made before on the same inputs (`cache`, default DESKPILOT_EMBEDDING_CACHE)."""
     key = (embedder.name, embedder.dimension)
     model = _models.get(key)
     if model is not None:
@@ -375,17 +514,10 @@ def risk_model(embedder: Embedder) -> RiskModel:
             embeddings = _stored_vectors(embedder, examples)
             if embeddings is None:
                 embeddings = np.asarray(embedder.encode([e.text for e in examples]), dtype=np.float32)
-            reference = _reference_vectors(embedder, examples, embeddings)
-            # One BLAS thread: on a busy machine a pool of them made the fits ten times slower.
-            with threadpool_limits(1):
-                if reference is None:
-                    model = RiskModel.fit(examples, embeddings)
-                else:
-                    # Another runtime of the packaged model: the reference's detector, its threshold moved.
-                    model = RiskModel.fit(examples, reference).for_runtime(examples, reference, embeddings)
+            model = _cached_fit(embedder, examples, embeddings, cache or Settings.from_env().embedding_cache)
             _models[key] = model
             log.info(
-                "risk detector fitted on %d examples in %.1f s: %s%s",
+                "risk detector ready (%d examples) in %.1f s: %s%s",
                 len(examples),
                 time.perf_counter() - started,
                 model.cross_validation,

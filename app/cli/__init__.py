@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from app.cli.kb import kb, reembed_on_start
 from app.cli.llm import llm
 from app.cli.mailbox import mailbox
-from app.cli.quality import calibrate, evaluate
-from app.cli.report import report
 from app.cli.startup import (
     configure_logging,
     database_url_or_exit,
@@ -33,7 +32,48 @@ from core import db
 from core.settings import redact_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _evaluate() -> click.Command:
+    from app.cli.quality import evaluate
+
+    return evaluate
+
+
+def _calibrate() -> click.Command:
+    from app.cli.quality import calibrate
+
+    return calibrate
+
+
+def _report() -> click.Command:
+    from app.cli.report import report
+
+    return report
+
+
+class CommandGroup(click.Group):
+    """A group whose `lazy` commands are imported when one is run or the commands are listed (`--help`), not when
+    the program starts: `eval`, `calibrate` and `report` bring in the whole agent (scikit-learn, LangChain; seconds),
+    which `serve` refused for a missing token, `migrate`, `db-url` or `llm serve` never need."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, Callable[[], click.Command]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        load = self.lazy.pop(cmd_name, None)
+        if load is not None:
+            self.add_command(load(), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=CommandGroup,
+    lazy={"eval": _evaluate, "calibrate": _calibrate, "report": _report},
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 def main(log_level: str) -> None:
     """DeskPilot: self-hosted support automation."""
@@ -195,10 +235,7 @@ def customers_load(file: Path) -> None:
 
 
 main.add_command(kb)
-main.add_command(evaluate, "eval")
-main.add_command(calibrate)
 main.add_command(mailbox)
-main.add_command(report)
 main.add_command(llm)
 
 if __name__ == "__main__":

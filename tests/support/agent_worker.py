@@ -16,8 +16,9 @@ no `finally`, no lease release) the first time a ticket reaches one of `POINTS`:
   not sent yet.
 
 The hooks wrap the node functions when this process builds its own graph, and the decision transaction's helpers
-in `agent.outcome`; nothing in the product knows about them. The embedder is loaded before the worker starts, so
-"listening on" in the log means the process takes a ticket at once. `--no-outbox` leaves sending to other
+in `agent.outcome`; nothing in the product knows about them. The embedder is loaded, and the risk detector fitted
+(or loaded from its cache), before the worker starts, so "listening on" in the log means the process takes a ticket
+and runs it through the graph at once. `--no-outbox` leaves sending to other
 processes. Settings (lease, poll interval, SMTP) come from the environment, as for `deskpilot worker`.
 
 `--pause-at after:<node>` sends SIGSTOP instead (once): the whole process, heartbeats included, stops there, and
@@ -43,6 +44,7 @@ from typing import Any, NoReturn
 from agent import nodes, outcome
 from agent.graph import PIPELINE, build_graph
 from agent.runner import TicketProcessor
+from agent.scoring.risk_model import risk_model
 from app.worker import Processor, ProcessorFactory, run_on_event_loop, run_worker_process
 from core.metrics import Metrics
 from core.settings import PROJECT_ROOT, Settings
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log_to_stderr()
     settings = Settings.from_env(env_file=None)
-    get_embedder(settings.embedding_model)  # warm: the processor's first `embeddings()` finds it loaded
+    # Warm: the processor's first `embeddings()` finds the model loaded, and its first ticket the risk detector
+    # fitted (or loaded from the cache): from its first claim, the ticket runs through the graph at once.
+    risk_model(get_embedder(settings.embedding_model))
     run_on_event_loop(
         run_worker_process(
             settings,

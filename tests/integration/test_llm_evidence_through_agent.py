@@ -16,7 +16,7 @@ from agent.state import AgentState
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
-from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Step, computed, reply_json
+from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Step, computed, reply_json, write_answer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,27 +56,23 @@ def first_passage(request: RecordedRequest) -> tuple[str, str]:
     return match.group(1), max(sentences, key=len)
 
 
+# The issue's own example: the answering passage ("Free – … No invoicing. Starter – … invoicing") is in the demo KB.
+INVOICING_ON_FREE = (
+    "Invoicing on the free plan?",
+    "I tracked hours on the free plan and can't find an invoice button. Which plan has invoicing?",
+)
+
+
 def answer_with_invented_sentences(request: RecordedRequest) -> Step:
     label, quoted = first_passage(request)
     reply = " ".join([quoted.rstrip(".") + f" [{label}].", *(s[:-1] + f" [{label}]." for s in INVENTED)])
-    return reply_json(
-        {
-            "reply": f"Hi Sam,\n\n{reply}\n\nKind regards,\nSupport",
-            "cited_ids": [label],
-            "confidence": 0.9,
-            "reasons": ["cited"],
-            "needs_human": False,
-        }
-    )
+    return write_answer(f"Hi Sam,\n\n{reply}\n\nKind regards,\nSupport", [label])
 
 
 async def test_the_model_gets_the_readers_evidence_and_unsupported_sentences_escalate(run: Any) -> None:
     go, server = run
     server.script(computed(answer_with_invented_sentences))
-    state = await go(
-        "Invoicing on the free plan?",
-        "I tracked hours on the free plan and can't find an invoice button. Which plan has invoicing?",
-    )
+    state = await go(*INVOICING_ON_FREE)
 
     # The same per-question evidence the offline reply would quote, labelled as the offline reply cites it.
     question = state["retrieval"]["questions"][0]
@@ -101,14 +97,8 @@ async def test_the_model_gets_the_readers_evidence_and_unsupported_sentences_esc
 async def test_a_reply_citing_nothing_it_was_given_escalates(run: Any) -> None:
     go, server = run
     server.script(
-        reply_json(
-            {
-                "reply": "Hello! Invoicing comes with every plan, including Free.",
-                "cited_ids": ["R1"],
-                "confidence": 0.95,
-                "reasons": ["R1"],
-                "needs_human": False,
-            }
+        write_answer(
+            "Hello! Invoicing comes with every plan, including Free.", ["R1"], confidence=0.95, reasons=("R1",)
         )
     )
     state = await go("Invoicing?", "Which plan has invoicing? I am on the free plan.")
@@ -135,10 +125,7 @@ def choose_the_first_sentence(request: RecordedRequest) -> Step:
 async def test_quote_mode_quotes_the_chosen_sentence_and_keeps_the_readers_confidence(run: Any) -> None:
     go, server = run
     server.script(computed(choose_the_first_sentence))
-    state = await go(
-        "Invoicing on the free plan?",
-        "I tracked hours on the free plan and can't find an invoice button. Which plan has invoicing?",
-    )
+    state = await go(*INVOICING_ON_FREE)
 
     user = server.requests[0].message_text("user")
     first = re.search(r"^1\.(\d+) (.+)$", user, flags=re.MULTILINE)

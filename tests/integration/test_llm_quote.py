@@ -19,7 +19,7 @@ from agent.drafting.reader import Candidate, Evidence
 from agent.drafting.request import DraftRequest
 from core.settings import Settings
 from tests.support.draft_requests import item, request
-from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Step, computed, reply_json
+from tests.support.fake_openai import FakeOpenAI, RecordedRequest, Step, computed, reply_json, write_answer
 
 PLANS_ID = "1a2b3c4d-0000-4000-8000-000000000001"
 INVOICES_ID = "2b3c4d5e-0000-4000-8000-000000000002"
@@ -280,15 +280,7 @@ async def test_nothing_answerable_asks_the_model_nothing_and_hands_over(drafter:
 async def test_write_mode_stays_available(drafter: Any) -> None:
     build, server = drafter
     server.script(
-        reply_json(
-            {
-                "reply": "Hi Ana, Starter – invoicing and reports [KB-1a2b3c4d].",
-                "cited_ids": ["KB-1a2b3c4d"],
-                "confidence": 0.8,
-                "reasons": ["r"],
-                "needs_human": False,
-            }
-        )
+        write_answer("Hi Ana, Starter – invoicing and reports [KB-1a2b3c4d].", ["KB-1a2b3c4d"], confidence=0.8)
     )
     result = await build(DESKPILOT_LLM_REPLY="write").write(two_questions())
 

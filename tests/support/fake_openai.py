@@ -62,6 +62,21 @@ def reply_json(obj: Any, *, usage: dict[str, int] | None = None) -> Step:
     return Step("json", payload=obj, usage=usage)
 
 
+def write_answer(
+    reply: str, cited_ids: list[str], *, confidence: float = 0.9, reasons: tuple[str, ...] = ("cited",)
+) -> Step:
+    """A write-mode verdict: the model's reply, the labels it cites and its self-assessment (no person needed)."""
+    return reply_json(
+        {
+            "reply": reply,
+            "cited_ids": cited_ids,
+            "confidence": confidence,
+            "reasons": list(reasons),
+            "needs_human": False,
+        }
+    )
+
+
 def reply_text(text: str, *, usage: dict[str, int] | None = None, finish_reason: str = "stop") -> Step:
     """A plain assistant message, no tool call: what a server that ignores `tool_choice` sends."""
     return Step("text", payload=text, usage=usage, finish_reason=finish_reason)

@@ -31,7 +31,7 @@ from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, t
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
-from knowledge.retrieval import RetrievedItem, nearest_resolutions, search, shorten
+from knowledge.retrieval import RetrievedItem, article_sections, nearest_resolutions, search, shorten
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,15 @@ async def _read_knowledge(
         questions = split_questions(ticket.get("subject") or "", latest_message(ticket))
         if not questions:
             return [], []
-        vectors = await ctx.embeddings.encode_many([q.query for q in questions])
+        # One encode for the questions and, of a question asking several things, its parts.
+        parts = [q.parts if len(q.parts) > 1 else [] for q in questions]
+        encoded = await ctx.embeddings.encode_many([q.query for q in questions] + [p for ps in parts for p in ps])
+        vectors = encoded[: len(questions)]
+        part_vectors: list[Any] = []
+        at = len(questions)
+        for ps in parts:
+            part_vectors.append(encoded[at : at + len(ps)] if ps else None)
+            at += len(ps)
         for question, vector in zip(questions, vectors, strict=True):
             found = await search(
                 conn,
@@ -372,7 +380,13 @@ async def _read_knowledge(
                 ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
-    evidence = await ctx.embeddings.reader.read(questions, vectors, embedding, list(passages.values()))
+        sections: list[RetrievedItem] = []
+        if any(v is not None for v in part_vectors):
+            documents = list(dict.fromkeys(UUID(str(i.metadata["document_id"])) for i in passages.values()))
+            sections = await article_sections(conn, documents)
+    evidence = await ctx.embeddings.reader.read(
+        questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors, sections=sections
+    )
     return questions, evidence
 
 

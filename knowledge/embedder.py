@@ -145,7 +145,7 @@ class ReplicaPool:
         texts = list(texts)
         groups = length_groups([len(t) for t in texts], self.batch_size)
         if len(groups) == 1:
-            parts = [self._encode_group(texts)]
+            parts = [self._encode_group([texts[i] for i in groups[0]])]
         else:
             parts = list(self._threads.map(self._encode_group, [[texts[i] for i in group] for group in groups]))
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)

@@ -297,6 +297,25 @@ async def nearest_resolutions(
     return await _nearest(conn, query_embedding, k, ef_search, exclude_ticket_id, exact=False)
 
 
+async def article_sections(conn: Any, document_ids: Sequence[UUID]) -> list[RetrievedItem]:
+    """Every section of the given help-centre articles, in article order: the reader looks for the answer to each
+    part of a question in the whole article it chose, not only in the sections a search happened to return."""
+    if not document_ids:
+        return []
+    p = _Params()
+    sql = f"""
+        SELECT 'kb_chunk'::text AS kind, c.id, NULL::bigint AS vector_rank, NULL::bigint AS text_rank,
+               0.0::float8 AS score, NULL::float8 AS similarity, {_DETAIL_COLUMNS}
+        FROM kb_chunks c
+        JOIN kb_documents d ON d.id = c.document_id
+        LEFT JOIN past_resolutions r ON false
+        WHERE c.document_id = ANY({p("documents", list(document_ids))}::uuid[])
+        ORDER BY c.document_id, c.seq
+    """
+    rows = await conn.fetch(sql, *p.values)
+    return [_item(row) for row in rows]
+
+
 async def exact_nearest(
     conn: Any,
     query_embedding: np.ndarray,

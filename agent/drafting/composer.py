@@ -77,6 +77,8 @@ def compose_answers(
             by_article.setdefault(_title(quote.item.title), []).append(quote)
             if str(quote.item.id) not in out.citations:
                 out.citations.append(str(quote.item.id))
+        # An article's sections in the article's order.
+        by_article = {t: sorted(qs, key=lambda q: q.item.metadata.get("seq", 0)) for t, qs in by_article.items()}
         for title, quotes in by_article.items():
             refs = ", ".join(short_ref(str(q.item.id), q.item.kind) for q in quotes)
             lines.append("\n".join(_join_units(q.units) for q in quotes))

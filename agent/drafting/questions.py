@@ -71,6 +71,11 @@ class Question:
         """What to search and read with: the question with its context."""
         return f"{self.context} {self.text}".strip() if self.context else self.text
 
+    @property
+    def parts(self) -> list[str]:
+        """What the question asks, clause by clause (`clauses`): one part for a simple question."""
+        return clauses(self.text)
+
 
 def sentences(text: str) -> list[str]:
     """The text's sentences and short lines, bullets unwrapped, greeting and sign-off lines left out."""
@@ -95,6 +100,94 @@ def is_question(sentence: str) -> bool:
     if stripped.endswith("?") or "?" in stripped[-3:]:
         return True
     return bool(_INTERROGATIVE.match(stripped) and len(stripped.split()) >= 3) or bool(_REQUEST.search(stripped))
+
+
+# Where one sentence asks a second thing: a comma, semicolon or "and" (five languages), then an interrogative or
+# request, possibly after one adverb ("…, and roughly how long…", "…, is there a key…"). "Or" joins alternatives of
+# one question ("is it in Starter or do we need Pro?"), not two questions.
+_CLAUSE_BREAK = re.compile(r"\s*[,;]\s*(?:(?:and|und|y|e|et)\s+)?|\s+(?:and|und|y|e|et)\s+")
+MIN_CLAUSE_WORDS = 3
+
+
+def _opens_question(text: str) -> bool:
+    """The text starts as a question or request does, or does after one leading adverb."""
+    second = text.split(" ", 1)[-1]
+    return bool(_INTERROGATIVE.match(text) or _REQUEST.match(text) or _INTERROGATIVE.match(second))
+
+
+def clauses(question: str) -> list[str]:
+    """The things one question sentence asks: "How do we ask for a refund, and roughly how long does it take?"
+    asks two. A clause starts where a break (`_CLAUSE_BREAK`) is followed by an interrogative or request, each
+    side at least three words; an opening clause that asks nothing ("If I find something, where…") stays with
+    the one after it. Otherwise the sentence is one clause. Pure: no model."""
+    text = question.strip()
+    spans: list[tuple[int, int]] = []  # (where a clause starts, where the break before it starts)
+    start = 0
+    for m in _CLAUSE_BREAK.finditer(text):
+        rest = text[m.end() :]
+        if (
+            _opens_question(rest)
+            and len(text[start : m.start()].split()) >= MIN_CLAUSE_WORDS
+            and len(rest.split()) >= MIN_CLAUSE_WORDS
+        ):
+            spans.append((start, m.start()))
+            start = m.end()
+    if not spans:
+        return [text]
+    spans.append((start, len(text)))
+    parts = [text[a:b].strip() for a, b in spans]
+    if not _opens_question(parts[0]):
+        parts[:2] = [f"{parts[0]}, {parts[1]}"]
+    return parts
+
+
+# What kind of answer a question asks for, and what a sentence of the help centre gives: a place in the product
+# ("where…?" -> "Settings → Billing"), a duration ("how long…?" -> "within 5 business days"), a quantity ("how
+# many…?" -> "up to 50,000 rows") or steps ("how do I…?" -> "Open… Click…"). Classic answer-type matching: the
+# embedding alone reads "how long does a refund take" as close to every sentence about refunds.
+_ASKS: dict[str, re.Pattern[str]] = {
+    "place": re.compile(r"\b(?:where|wo|wohin|d[óo]nde|o[ùu]|onde|which (?:menu|page|screen|tab|setting))\b", re.I),
+    "duration": re.compile(
+        r"\b(?:how (?:long|quickly|soon|fast)|how many (?:days|hours|weeks|minutes)|when (?:will|does|do|is|are|can)|"
+        r"on what (?:day|date)|wie (?:lange|schnell)|wann|cu[áa]nto tiempo|cu[áa]ndo|combien de temps|quand|"
+        r"quanto tempo|quando)\b",
+        re.I,
+    ),
+    "quantity": re.compile(
+        r"\b(?:how (?:many|much)|wie viele?|cu[áa]nt[oa]s?|combien|quant[oa]s?|limits?|maximum|minimum)\b", re.I
+    ),
+    "steps": re.compile(
+        r"\b(?:how (?:do|can|should|would) (?:i|we|you|they|he|she)|how to|is there a way|wie (?:kann|k[öo]nnen)|"
+        r"c[óo]mo (?:puedo|podemos|se)|comment (?:puis-je|peut-on|faire)|como (?:posso|podemos|fa[çc]o))\b",
+        re.I,
+    ),
+}
+_GIVES: dict[str, re.Pattern[str]] = {
+    "place": re.compile(
+        r"→|›|\b(?:Settings|Einstellungen|Configuraci[óo]n|Param[èe]tres|Configura[çc][õo]es)\b|\w > \w"
+    ),
+    "duration": re.compile(
+        r"\b(?:\d+(?:[–-]\d+)?\s*(?:business |working |calendar )?(?:seconds?|minutes?|hours?|days?|weeks?|months?|"
+        r"years?)|within|immediately|at once|right away)\b",
+        re.I,
+    ),
+    "quantity": re.compile(r"\d"),
+    "steps": re.compile(
+        r"^(?:\d+[.)]\s*)?(?:open|click|choose|select|go to|enter|tick|type|press|sign in|add|turn on|turn off|set|"
+        r"copy|paste|drag|upload|download|find|pick|switch)\b",
+        re.I,
+    ),
+}
+
+
+def asked_for(question: str) -> frozenset[str]:
+    """The kinds of answer the question asks for (`_ASKS`); empty when it asks for none of them."""
+    return frozenset(kind for kind, pattern in _ASKS.items() if pattern.search(question))
+
+
+def gives(sentence: str) -> frozenset[str]:
+    """The kinds of answer a help-centre sentence gives (`_GIVES`)."""
+    return frozenset(kind for kind, pattern in _GIVES.items() if pattern.search(sentence))
 
 
 def split_questions(subject: str, body: str) -> list[Question]:

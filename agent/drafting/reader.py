@@ -8,6 +8,12 @@ plus half the passage's cosine to the whole ticket (the question alone often lac
 measured on the demo deployment set (examples/deployment), the passage holding a required fact is the reader's
 first choice for 70 % of facts, against 57 % for the retrieval order alone.
 
+Two refinements the embedding alone misses. A unit giving the kind of answer the question asks for (a place in the
+product for "where", a duration for "how long", a quantity, steps for "how do I": `questions.asked_for`) scores a
+little higher. And a question asking several things in one sentence ("how do I request a refund, and how long
+does it take?") has each further part looked for in every section of the chosen article, so the reply quotes the
+section that answers it even when no search returned it.
+
 Units and their vectors are computed once per passage text and cached: a help center is small and its passages
 come back ticket after ticket, so after warm-up a ticket costs one encode per question and a few dot products.
 """
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.drafting.questions import Question, sentences
+from agent.drafting.questions import Question, asked_for, gives, sentences
 from knowledge.embedder import Embedder, embed
 from knowledge.retrieval import RetrievedItem
 
@@ -38,6 +44,12 @@ WHOLE_PASSAGE_UNITS = 5
 # answer is often split across two sections (measured on the demo deployment set: 43 -> 48 of 67 tickets with
 # every required fact in the quoted passages).
 SECOND_MARGIN = 0.05
+# A question asking several things in one sentence ("how do I ask for a refund, and how long does it take?"): each
+# further part's best unit in the chosen article is quoted too, when it scores at least this against the part.
+PART_FLOOR = 0.35
+# Added to a unit's score when it gives the kind of answer the question asks for (`questions.asked_for`: a place,
+# a duration, a quantity, steps): the embedding ranks every sentence on the question's topic alike.
+ANSWER_KIND_BONUS = 0.05
 # What a model choosing the sentences is shown per question (`Evidence.candidates`): the best passages, each with
 # the units the offline reply would quote from it, when within this much of the best passage's score.
 CANDIDATE_PASSAGES = 3
@@ -73,6 +85,15 @@ class ReadPassage:
     units: tuple[str, ...]
     unit_vectors: np.ndarray
     vector: np.ndarray
+    # The kinds of answer each unit gives (`questions.gives`); empty for a passage read without them.
+    unit_kinds: tuple[frozenset[str], ...] = ()
+
+    def unit_scores(self, vector: np.ndarray, asked: frozenset[str]) -> np.ndarray:
+        """Each unit's cosine to `vector`, plus the bonus where the unit gives a kind of answer `asked` for."""
+        scores: np.ndarray = self.unit_vectors @ vector
+        if asked and self.unit_kinds:
+            scores = scores + ANSWER_KIND_BONUS * np.array([bool(asked & k) for k in self.unit_kinds])
+        return scores
 
 
 @dataclass(frozen=True)
@@ -106,15 +127,23 @@ class Evidence:
     runner_up: float = 0.0
     # Passages scored for this question, best first: (item id, score), for the trace.
     ranking: list[tuple[str, float]] = field(default_factory=list)
-    # A second passage as close as the first, quoted after it.
-    also: Quote | None = None
+    # More quoted passages: a second passage as close as the first, and the sections of the chosen article that
+    # answer a further part of the question (`Question.parts`).
+    more: list[Quote] = field(default_factory=list)
+    # Of a question asking several things, the weakest part's best unit score (`weakest_part`).
+    part_min: float | None = None
     # The best passages for this question (the chosen one first), for a model to choose sentences from.
     candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def quotes(self) -> list[Quote]:
         first = [Quote(self.item, tuple(self.units))] if self.item is not None and self.units else []
-        return first + ([self.also] if self.also is not None else [])
+        return first + self.more
+
+    @property
+    def weakest_part(self) -> float:
+        """How well the least well answered part of the question is answered: its best unit's score."""
+        return self.best_unit if self.part_min is None else self.part_min
 
     @property
     def margin(self) -> float:
@@ -126,7 +155,8 @@ class Evidence:
             "passage": str(self.item.id) if self.item is not None else None,
             "title": self.item.title if self.item is not None else None,
             "units": self.units,
-            "also": {"passage": str(self.also.item.id), "units": list(self.also.units)} if self.also else None,
+            "more": [{"passage": str(q.item.id), "units": list(q.units)} for q in self.more],
+            "weakest_part": round(self.weakest_part, 4),
             "score": round(self.score, 4),
             "best_unit": round(self.best_unit, 4),
             "runner_up": round(self.runner_up, 4),
@@ -165,7 +195,9 @@ class Reader:
             spans.append((k, units, start))
         vectors = await embed(self.embedder, texts)
         for k, units, start in spans:
-            self._cache[k] = ReadPassage(units, vectors[start + 1 : start + 1 + len(units)], vectors[start])
+            self._cache[k] = ReadPassage(
+                units, vectors[start + 1 : start + 1 + len(units)], vectors[start], tuple(gives(u) for u in units)
+            )
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
@@ -175,14 +207,30 @@ class Reader:
         question_vectors: np.ndarray,
         ticket_vector: np.ndarray,
         items: Sequence[RetrievedItem],
+        part_vectors: Sequence[np.ndarray | None] | None = None,
+        sections: Sequence[RetrievedItem] = (),
     ) -> list[Evidence]:
-        """The best passage for each question among `items`, with the units to quote from it."""
+        """The best passage for each question among `items`, with the units to quote from it. `part_vectors`, one
+        entry per question, holds its parts' vectors when it asks several things (`Question.parts`); each part
+        is looked for in the chosen article's passages among `items` and `sections` (whole articles)."""
         items = [i for i in items if _passage_text(i).strip()]
         if not items:
             return [Evidence(q, None) for q in questions]
-        read = await self.passages(items)
+        known = {i.id for i in items}
+        extra = [i for i in sections if i.id not in known and _passage_text(i).strip()]
+        read = await self.passages([*items, *extra])
+        parts = part_vectors or [None] * len(questions)
         return [
-            choose(question, question_vectors[n], ticket_vector, items, read) for n, question in enumerate(questions)
+            choose(
+                question,
+                question_vectors[n],
+                ticket_vector,
+                items,
+                read[: len(items)],
+                parts[n],
+                sections=list(zip(extra, read[len(items) :], strict=True)),
+            )
+            for n, question in enumerate(questions)
         ]
 
 
@@ -192,11 +240,16 @@ def choose(
     ticket_vector: np.ndarray,
     items: Sequence[RetrievedItem],
     read: Sequence[ReadPassage],
+    part_vectors: np.ndarray | None = None,
+    sections: Sequence[tuple[RetrievedItem, ReadPassage]] = (),
 ) -> Evidence:
-    """Pure: the passage whose best unit (plus its closeness to the ticket) answers `question` best."""
+    """Pure: the passage whose best unit (plus its closeness to the ticket) answers `question` best, and what to
+    quote: its best units, a second passage as close, and for each further part of the question (`part_vectors`)
+    the section of the same article that answers it."""
     scored: list[tuple[float, float, np.ndarray, int]] = []
+    asked = asked_for(question.text)
     for n, passage in enumerate(read):
-        unit_scores = passage.unit_vectors @ question_vector
+        unit_scores = passage.unit_scores(question_vector, asked)
         best_unit = float(unit_scores.max()) if len(unit_scores) else 0.0
         score = (best_unit + TICKET_WEIGHT * float(passage.vector @ ticket_vector)) / (1 + TICKET_WEIGHT)
         scored.append((score, best_unit, unit_scores, n))
@@ -211,26 +264,64 @@ def choose(
         for s, _, u, m in scored[:CANDIDATE_PASSAGES]
         if s >= score - CANDIDATE_MARGIN
     ]
+    quoted: dict[int, list[int]] = {n: quoted_indices(passage, unit_scores)}
+    if second is not None:
+        quoted[second[2]] = quoted_indices(read[second[2]], second[1])
+    part_min = None
+    more_items = list(items)
+    if part_vectors is not None and len(part_vectors) > 1:
+        # The chosen article's other sections join the passages the parts are looked for in.
+        article = [(i, r) for i, r in sections if _document(i) == document]
+        more_items += [i for i, _ in article]
+        read = [*read, *(r for _, r in article)]
+        part_min = _quote_parts(
+            list(zip(question.parts, part_vectors, strict=True)),
+            [m for m in range(len(more_items)) if _document(more_items[m]) == document],
+            read,
+            quoted,
+        )
     return Evidence(
         question=question,
         item=item,
-        units=quoted_units(passage, unit_scores),
+        units=[passage.units[i] for i in quoted.pop(n)],
         score=score,
         best_unit=best_unit,
         runner_up=runner_up,
         ranking=[(str(items[m].id), s) for s, _, _, m in scored],
-        also=Quote(items[second[2]], tuple(quoted_units(read[second[2]], second[1]))) if second else None,
+        more=[Quote(more_items[m], tuple(read[m].units[i] for i in indices)) for m, indices in quoted.items()],
         candidates=candidates,
+        part_min=part_min,
     )
 
 
-def quoted_units(passage: ReadPassage, unit_scores: np.ndarray) -> list[str]:
-    """A short passage whole; of a longer one, the units closest to the question, in passage order."""
-    return [passage.units[i] for i in quoted_indices(passage, unit_scores)]
+def _quote_parts(
+    parts: Sequence[tuple[str, np.ndarray]],
+    article: Sequence[int],
+    read: Sequence[ReadPassage],
+    quoted: dict[int, list[int]],
+) -> float:
+    """Adds to `quoted` (passage index -> unit indices) each part's best unit among the article's passages, or
+    the section around it when its passage is not quoted yet; returns the weakest part's best score."""
+    weakest = 1.0
+    for text, vector in parts:
+        asked = asked_for(text)
+        scores = {m: read[m].unit_scores(vector, asked) for m in article if len(read[m].units)}
+        m, best = max(((m, float(u.max())) for m, u in scores.items()), key=lambda x: x[1], default=(-1, 0.0))
+        weakest = min(weakest, best)
+        if m < 0 or best < PART_FLOOR:
+            continue
+        i = int(scores[m].argmax())
+        if m in quoted:
+            if i not in quoted[m]:
+                quoted[m] = sorted([*quoted[m], i])
+        else:
+            quoted[m] = quoted_indices(read[m], scores[m])
+    return weakest
 
 
 def quoted_indices(passage: ReadPassage, unit_scores: np.ndarray) -> list[int]:
-    """The indices of the units `quoted_units` quotes, in passage order."""
+    """Which units of a passage to quote, in passage order: a short passage whole; of a longer one, the units
+    closest to the question."""
     if len(passage.units) <= WHOLE_PASSAGE_UNITS:
         return list(range(len(passage.units)))
     best = float(unit_scores.max())

@@ -48,7 +48,7 @@ KNOWLEDGE_SIGNALS: tuple[str, ...] = (
 )
 NOTES: dict[str, str] = {
     "reader_min": "reader score of the passage answering the least well answered question",
-    "unit_min": "best sentence's similarity to its question, for the least well answered question",
+    "unit_min": "best sentence's similarity to its question (or to its least well answered part), the lowest",
     "margin_min": "lead of that passage over the best passage of another article",
     "coverage": "share of the ticket's questions some passage answers",
     "issue_probability": "issue model's probability for the grounding resolution's issue",
@@ -120,7 +120,7 @@ def knowledge_signals(evidence: Sequence[Evidence], *, category_certainty: float
     weakest = min(evidence, key=lambda e: e.score)
     return {
         "reader_min": float(weakest.score),
-        "unit_min": float(min(e.best_unit for e in evidence)),
+        "unit_min": float(min(e.weakest_part for e in evidence)),
         "margin_min": float(min(e.margin for e in evidence)),
         "coverage": sum(e.score >= floor and e.item is not None for e in evidence) / len(evidence),
         "category_certainty": float(category_certainty),

@@ -139,12 +139,13 @@ def _automaton(*alternatives: str) -> Any:
 _MONEY = r"(?:full |partial |a |my |the |our |your )?(?:refund|reimbursement|money back|credit|store credit|compensation|chargeback reversal|discount|voucher|free months?)"
 _ACCOUNT = (
     r"(?:my |our |the |this )(?:account|subscription|plan|membership|licen[cs]e|seats?|profile|billing details|"
-    r"email(?: address)?|password|phone number|username|user name|address|payment method|card on file|tier)"
+    r"email(?: address)?|password|phone number|username|user name|address|payment method|card on file|tier|"
+    r"trial(?: period| end(?: date)?)?|renewal(?: date)?)"
 )
 _DO_MONEY = r"(?:refund|reimburse|credit|compensate|pay)"
 _DO_ACCOUNT = (
     r"(?:cancel|close|delete|remove|deactivate|terminate|upgrade|downgrade|change|switch|update|modify|edit|"
-    r"reset|unlock|reactivate|transfer|extend|unsubscribe|erase|move)"
+    r"reset|unlock|reactivate|transfer|extend|unsubscribe|erase|move|postpone|delay|defer|push back|backdate)"
 )
 # A sentence that asks how to do something, or whether something is possible, is answered like any other.
 _HOW_TO = _rx(
@@ -268,6 +269,12 @@ _INJECTION = _automaton(
     r"\bnew policy effective\b",
     r"\b(?:ai|assistant|bot|model|agent)\s*:\s*(?:reply|respond|say|tell|answer|write|confirm)\b",
     r"\binternal note from\b",
+    # Words addressed to the automated reader of the message rather than to the people at support.
+    r"\b(?:for|to) (?:the|any) (?:ai|assistant|bot|agent|model|auto-?responder|automated (?:system|assistant|agent)) "
+    r"(?:handling|reading|processing|answering|replying to|triaging) (?:this|the|these)\b",
+    r"\b(?:note|message|instructions?|reminder|request) (?:to|for) (?:the|any) (?:ai|assistant|bot|language model|"
+    r"auto-?responder|automated (?:system|assistant|agent))\s*[:\-–]",
+    r"\bif you are an? (?:ai|bot|assistant|language model|automated (?:system|assistant|agent))\b",
     r"(?:```|''')\s*(?:system|assistant|developer)\b",  # fold() turns backticks into apostrophes
     r"\b(?:decode|read|translate|reverse) (?:this|it|the following)\b[^.\n]{0,40}\b(?:and|then) (?:do|obey|follow|execute|run|apply)\b",
     r"\b(?:run|execute|follow) the following instruction",

@@ -87,3 +87,18 @@ async def test_the_account_tier_is_named_when_the_quoted_passage_speaks_of_it(ru
         account={"tier": "Free", "events": [], "prior_tickets": []},
     )
     assert "Your account is on Free." in state["drafted"]["draft"]
+
+
+async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_article(run: Any) -> None:
+    # One sentence, two things asked: how to request it (the steps) and how long it takes (another section).
+    state = await run(
+        "Refund question",
+        "We paid for a year but only need a month. What do I click to request a refund, and how many days until "
+        "the bank shows the money?",
+    )
+    [question] = state["retrieval"]["questions"]
+    draft = state["drafted"]["draft"]
+    assert "Ask about this charge" in draft  # the steps to request one
+    assert "5–10 business days" in draft  # the bank's delay, from the section after it
+    assert draft.index("Ask about this charge") < draft.index("5–10 business days")  # in the article's order
+    assert question["more"] and question["weakest_part"] > 0.35

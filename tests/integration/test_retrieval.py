@@ -14,7 +14,14 @@ import pytest
 from core import db
 from core.settings import Settings
 from knowledge import store
-from knowledge.retrieval import RRF_K, exact_nearest, nearest_resolutions, search, text_search_terms
+from knowledge.retrieval import (
+    RRF_K,
+    article_sections,
+    exact_nearest,
+    nearest_resolutions,
+    search,
+    text_search_terms,
+)
 from tests.support.knowledge import (
     SEARCH_HIT_KEYS,
     MemoEmbedder,
@@ -99,6 +106,22 @@ async def test_category_filter_keeps_the_category_and_uncategorised_articles(
     assert resolutions
     assert {item.category for item in resolutions} == {"technical"}
     assert {item.category for item in unfiltered} - {"billing", None}
+
+
+async def test_an_articles_sections_come_back_whole_and_in_order(demo_kb: asyncpg.Pool, memo: MemoEmbedder) -> None:
+    [hit] = await ask(demo_kb, memo, "How long does a refund take to reach my bank?", kinds=("kb_chunk",), k=1)
+    assert hit.source == "kb/billing/refund-policy.md"
+    document = UUID(hit.metadata["document_id"])
+    async with demo_kb.acquire() as conn:
+        sections = await article_sections(conn, [document])
+        stored = await conn.fetchval("SELECT count(*) FROM kb_chunks WHERE document_id = $1", document)
+        assert await article_sections(conn, []) == []
+    assert len(sections) == stored > 1
+    assert hit.id in {s.id for s in sections}
+    assert [s.metadata["seq"] for s in sections] == sorted(s.metadata["seq"] for s in sections)
+    assert {s.source for s in sections} == {"kb/billing/refund-policy.md"}
+    assert all(s.kind == "kb_chunk" and s.text for s in sections)
+    assert any("How to request a refund" in s.title for s in sections)
 
 
 @pytest.mark.parametrize(

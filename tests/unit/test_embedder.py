@@ -62,6 +62,17 @@ def test_batching_does_not_change_the_vectors(embedder: Any) -> None:
     np.testing.assert_allclose(together[:6], one_by_one, atol=1e-5)
 
 
+def test_a_call_that_fits_one_group_returns_each_texts_own_vector_in_order(embedder: Any) -> None:
+    # One group, encoded shortest first: the vectors must still come back in the caller's order.
+    texts = [
+        "All the time entries from last Tuesday have vanished from my week view.",
+        "Where can I see who changed or deleted an entry in the timesheet?",
+    ]
+    assert len(length_groups([len(t) for t in texts], embedder.batch_size)) == 1
+    together = embedder.encode(texts)
+    np.testing.assert_allclose(together, np.stack([embedder.encode([t])[0] for t in texts]), atol=1e-5)
+
+
 def test_groups_keep_padding_small_and_cover_every_text_once() -> None:
     lengths = [600, 20, 21, 580, 22, 1500, 20, 610, 19]
     groups = length_groups(lengths, max_size=32)

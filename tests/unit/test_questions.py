@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.drafting.questions import is_question, language_of, sentences, split_questions
+from agent.drafting.questions import asked_for, clauses, gives, is_question, language_of, sentences, split_questions
 
 
 def test_two_questions_are_two_with_the_sentence_before_each_as_context() -> None:
@@ -62,3 +62,49 @@ def test_the_language_of_the_ticket() -> None:
     assert language_of("Hola, esta mañana me llegó un aviso de que el correo de mi cuenta cambió") == "es"
     assert language_of("Bonjour, mes rendez-vous personnels de Google Agenda") == "fr"
     assert language_of("How do I update those?") == "en"
+
+
+@pytest.mark.parametrize(
+    ("question", "parts"),
+    [
+        (
+            "How do we ask for a refund of the annual charge, and roughly how long does the process take?",
+            ["How do we ask for a refund of the annual charge", "roughly how long does the process take?"],
+        ),
+        (
+            "If I find something worth reporting, where should it go, is there a key for encrypting it, and how "
+            "quickly do you reply?",
+            [
+                "If I find something worth reporting, where should it go",  # the condition stays with its question
+                "is there a key for encrypting it",
+                "how quickly do you reply?",
+            ],
+        ),
+        (
+            "Pourquoi la TVA est-elle appliquée et comment corriger les factures ?",
+            ["Pourquoi la TVA est-elle appliquée", "comment corriger les factures ?"],
+        ),
+        # Alternatives of one question, a list, and a short tail are one part.
+        (
+            "Is the API part of Starter or do we need Pro for that?",
+            ["Is the API part of Starter or do we need Pro for that?"],
+        ),
+        ("Can I export rates and invoices and time entries?", ["Can I export rates and invoices and time entries?"]),
+        ("Can I reset it for him, and if so where?", ["Can I reset it for him, and if so where?"]),
+    ],
+)
+def test_a_question_asking_several_things_is_split_into_its_parts(question: str, parts: list[str]) -> None:
+    assert clauses(question) == parts
+
+
+def test_the_kind_of_answer_a_question_asks_for_and_a_sentence_gives() -> None:
+    assert asked_for("Where do I find the audit log?") == {"place"}
+    assert asked_for("How long until the money is back?") == {"duration"}
+    assert asked_for("How many rows can one file have?") == {"quantity"}
+    assert asked_for("How do I record a payment?") == {"steps"}
+    assert asked_for("¿Dónde se configura eso?") == {"place"}
+    assert asked_for("Why was I charged VAT?") == frozenset()
+    assert gives("Open Settings → Security → Audit log.") == {"place", "steps"}
+    assert gives("The billing team replies within 5 business days.") == {"duration", "quantity"}
+    assert gives("Files can have up to 50,000 rows.") == {"quantity"}
+    assert gives("Refunds are reviewed by a person.") == frozenset()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 
 from agent.drafting.composer import compose_answers
-from agent.drafting.questions import Question
-from agent.drafting.reader import Evidence, Quote, ReadPassage, choose, passage_units, plain
+from agent.drafting.questions import Question, asked_for, gives
+from agent.drafting.reader import ANSWER_KIND_BONUS, Evidence, Quote, ReadPassage, choose, passage_units, plain
 from knowledge.retrieval import RetrievedItem
 
 
@@ -89,6 +90,55 @@ def test_the_best_passages_are_kept_as_candidates_with_their_units_numbered() ->
     assert evidence.candidates[1].units == ((5, "Sentence 5."), (6, "Sentence 6."))
 
 
+def test_each_part_of_a_compound_question_is_quoted_from_the_article_even_a_section_not_retrieved() -> None:
+    # "How do I ask for a refund, and how long does it take?": the chosen section answers the first part; the
+    # second part's answer is in another section of the same article, which no search returned.
+    steps = item("Refunds › How to ask", "...", "refunds")
+    timing = item("Refunds › After you ask", "...", "refunds")
+    other = item("Invoices › Download", "...", "invoices")
+    read = [
+        ReadPassage(("Click Ask about this charge.",), np.stack([unit(1, 0, 0)]), unit(1, 0, 0)),
+        ReadPassage(("Download a PDF.",), np.stack([unit(0, 1, 0.3)]), unit(0, 1, 0)),
+    ]
+    timing_read = ReadPassage(("Banks take 5–10 business days.",), np.stack([unit(0, 0.2, 1)]), unit(0, 0, 1))
+    question = Question("How do I ask for a refund, and how long does it take?")
+    assert question.parts == ["How do I ask for a refund", "how long does it take?"]
+    parts = np.stack([unit(1, 0, 0), unit(0, 0, 1)])
+    evidence = choose(
+        question, unit(1, 0, 0.2), unit(1, 0, 0.2), [steps, other], read, parts, sections=[(timing, timing_read)]
+    )
+    assert evidence.item is steps
+    assert [(q.item, q.units) for q in evidence.more] == [(timing, ("Banks take 5–10 business days.",))]
+    assert evidence.weakest_part == pytest.approx(float(unit(0, 0.2, 1) @ unit(0, 0, 1)))  # the second part's
+    # Without the parts, only the chosen section is quoted; a single-part question's weakest part is its best unit.
+    alone = choose(question, unit(1, 0, 0.2), unit(1, 0, 0.2), [steps, other], read)
+    assert alone.more == [] and alone.weakest_part == alone.best_unit
+
+
+def test_a_part_nothing_in_the_article_answers_is_not_quoted_and_lowers_the_weakest_part() -> None:
+    steps = item("Refunds › How to ask", "...", "refunds")
+    read = [ReadPassage(("Click Ask about this charge.",), np.stack([unit(1, 0)]), unit(1, 0))]
+    question = Question("How do I ask for a refund, and can you sign our HIPAA agreement?")
+    evidence = choose(question, unit(1, 0), unit(1, 0), [steps], read, np.stack([unit(1, 0), unit(0, 1)]))
+    assert evidence.units == ["Click Ask about this charge."] and evidence.more == []
+    assert evidence.weakest_part == pytest.approx(0.0)
+
+
+def test_the_sentence_giving_the_kind_of_answer_asked_for_wins_a_tie() -> None:
+    # Two sections equally close to the question; only one states a duration.
+    review = item("Refunds › Review", "...", "refunds")
+    bank = item("Refunds › Your bank", "...", "refunds")
+    units = (("The billing team reviews each request.",), ("Banks take 5–10 business days.",))
+    read = [ReadPassage(u, np.stack([unit(1, 0.1)]), unit(1, 0), tuple(gives(x) for x in u)) for u in units]
+    how_long = choose(Question("How long does a refund take?"), unit(1, 0), unit(1, 0), [review, bank], read)
+    assert how_long.item is bank
+    assert how_long.best_unit == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)) + ANSWER_KIND_BONUS)
+    # A question asking for no particular kind of answer scores both alike: the first stays first.
+    about = choose(Question("Tell me about refunds."), unit(1, 0), unit(1, 0), [review, bank], read)
+    assert about.item is review and about.best_unit == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)))
+    assert asked_for("Tell me about refunds.") == frozenset()
+
+
 def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:
     return Evidence(Question(question), item(title, " ".join(units), title), units, score, score, 0.0)
 
@@ -116,7 +166,7 @@ def test_two_sections_of_one_article_are_cited_once() -> None:
     first = item("Invoices › Download", "Open Settings → Billing → Invoices.", "invoices")
     second = item("Invoices › When they are issued", "An invoice is issued every period.", "invoices")
     ev = Evidence(Question("Where are my invoices?"), first, ["Open Settings → Billing → Invoices."], 0.7, 0.7, 0.0)
-    ev.also = Quote(second, ("An invoice is issued every period.",))
+    ev.more = [Quote(second, ("An invoice is issued every period.",))]
     [paragraph] = compose_answers([ev], language="en").paragraphs
     assert paragraph.count("(Source: Invoices,") == 1
     assert f"KB-{str(first.id)[:8]}, KB-{str(second.id)[:8]}" in paragraph

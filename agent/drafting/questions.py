@@ -15,6 +15,8 @@ MAX_QUESTIONS = 4
 # sentence before it.
 MIN_QUESTION_CHARS = 12
 SHORT_QUESTION_CHARS = 40
+# A short question reads with at most this many sentences said before it.
+MAX_CONTEXT_SENTENCES = 3
 
 # Sentence ends: terminal punctuation followed by space, or a line break (bullets and short lines are sentences).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*[ \t]+|\s*\n+\s*")
@@ -198,16 +200,24 @@ def split_questions(subject: str, body: str) -> list[Question]:
     """
     found: list[Question] = []
     previous = ""
+    said: list[str] = []  # what was said since the last question
     for sentence in sentences(body):
         if is_question(sentence):
             if len(sentence) < MIN_QUESTION_CHARS and found:
                 last = found[-1]
                 found[-1] = Question(f"{last.text} {sentence}", last.context, last.explicit)
             elif not any(_same(sentence, q.text) for q in found):
-                # A short question leans on the sentence before it ("Can I pick them?"), even another question.
+                # A short question leans on what comes before it ("Can I pick them?" on the sentence before,
+                # even another question; "What's going on?" on everything said since the last question).
                 leans = len(sentence) < SHORT_QUESTION_CHARS
-                context = previous if previous and (leans or not is_question(previous)) else ""
+                if leans and said:
+                    context = " ".join(said[-MAX_CONTEXT_SENTENCES:])
+                else:
+                    context = previous if previous and (leans or not is_question(previous)) else ""
                 found.append(Question(sentence, context=context))
+            said = []
+        else:
+            said.append(sentence)
         previous = sentence
     if not found and subject.strip() and is_question(subject.strip()):
         found.append(Question(subject.strip()))

@@ -17,7 +17,10 @@ def test_two_questions_are_two_with_the_sentence_before_each_as_context() -> Non
         "How do I update those?",
         "And which rate wins if a member also has their own rate on the project?",
     ]
-    assert questions[0].context == "New entries look right, but older ones do not."
+    # A short question reads with what was said before it: "those" are the entries of the re-rated project.
+    assert questions[0].context == (
+        "We raised our rates on the Orion project from 1 November. New entries look right, but older ones do not."
+    )
     assert "older ones" in questions[0].query
 
 
@@ -42,6 +45,24 @@ def test_an_abbreviation_does_not_end_the_sentence() -> None:
 def test_a_short_question_leans_on_the_one_before_it() -> None:
     questions = split_questions("Free plan", "Which two people keep access on the free plan? Can I pick them?")
     assert questions[1].context == "Which two people keep access on the free plan?"
+
+
+def test_a_short_vague_question_reads_with_everything_said_since_the_last_question() -> None:
+    body = (
+        "Hi, I sent our developer the link to the Atlas project and he gets a 403 page. "
+        "He can open his other projects without any trouble. What's going on?"
+    )
+    [question] = split_questions("403 on one project", body)
+    assert question.text == "What's going on?"
+    assert "403 page" in question.context and "other projects" in question.context
+    # At most three sentences, the latest ones.
+    long = "One. Two is here. Three is here. Four is here. Is it broken?"
+    assert split_questions("", long)[0].context == "Two is here. Three is here. Four is here."
+    # A longer question keeps only the sentence before it.
+    [longer] = split_questions(
+        "", "The app crashed. It crashed again today. How do I send you the crash logs from the desktop app?"
+    )
+    assert longer.context == "It crashed again today."
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,9 @@ from langgraph.runtime import Runtime
 from agent import outcome
 from agent.account import load_account, offline_account
 from agent.context import Context
-from agent.drafting.composer import ANSWER_FLOOR
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
-from agent.drafting.reader import Evidence
+from agent.drafting.reader import ANSWER_FLOOR, Evidence
 from agent.drafting.request import NOT_ASKED, Draft, DraftRequest
 from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action

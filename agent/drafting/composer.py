@@ -11,14 +11,10 @@ from dataclasses import dataclass, field
 
 from agent.drafting.guardrails import check_reply
 from agent.drafting.phrasing import localized
-from agent.drafting.reader import Evidence, Quote
+from agent.drafting.reader import ANSWER_FLOOR, Evidence, Quote
 from agent.drafting.request import DraftRequest, allowed_addresses
 from agent.scoring.risk import injection_in
 
-# A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
-# reply hands the question over. Chosen on the demo deployment set together with the calibration: the
-# confidence, not this floor, decides whether a reply goes out.
-ANSWER_FLOOR = 0.40
 QUESTION_QUOTE_CHARS = 140
 
 

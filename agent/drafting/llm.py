@@ -44,7 +44,7 @@ from langchain_core.runnables import Runnable
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr, ValidationError
 
-from agent.drafting.composer import ANSWER_FLOOR, compose_answers, knowledge_reply
+from agent.drafting.composer import compose_answers, knowledge_reply
 from agent.drafting.guardrails import check_reply
 from agent.drafting.phrasing import localized
 from agent.drafting.prompts import (
@@ -66,7 +66,7 @@ from agent.drafting.prompts import (
     reply_limit,
     reply_material,
 )
-from agent.drafting.reader import Evidence, Quote
+from agent.drafting.reader import ANSWER_FLOOR, Evidence, Quote
 from agent.drafting.request import NOT_ASKED, Draft, DrafterName, DraftRequest, allowed_addresses
 from agent.drafting.support import (
     SupportCheck,

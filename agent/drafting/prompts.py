@@ -21,8 +21,8 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, Field, field_validator
 
-from agent.drafting.composer import ANSWER_FLOOR, compose_answers, short_ref
-from agent.drafting.reader import Candidate, Evidence, plain
+from agent.drafting.composer import compose_answers, short_ref
+from agent.drafting.reader import ANSWER_FLOOR, Candidate, Evidence, plain
 from agent.drafting.request import DraftRequest
 from agent.drafting.tokens import CHARS_ESTIMATE, TokenCounter
 from knowledge.retrieval import RetrievedItem

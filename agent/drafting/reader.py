@@ -55,6 +55,10 @@ ANSWER_KIND_BONUS = 0.05
 CANDIDATE_PASSAGES = 3
 CANDIDATE_MARGIN = 0.15
 CACHE_SIZE = 20_000
+# A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
+# reply hands the question over. Chosen on the demo deployment set together with the calibration: the
+# confidence, not this floor, decides whether a reply goes out.
+ANSWER_FLOOR = 0.40
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 _TABLE_RULE = re.compile(r"^[\s|:-]+$")
@@ -219,19 +223,51 @@ class Reader:
         known = {i.id for i in items}
         extra = [i for i in sections if i.id not in known and _passage_text(i).strip()]
         read = await self.passages([*items, *extra])
-        parts = part_vectors or [None] * len(questions)
-        return [
-            choose(
-                question,
-                question_vectors[n],
-                ticket_vector,
-                items,
-                read[: len(items)],
-                parts[n],
-                sections=list(zip(extra, read[len(items) :], strict=True)),
-            )
-            for n, question in enumerate(questions)
-        ]
+        return choose_each(
+            questions,
+            question_vectors,
+            ticket_vector,
+            items,
+            read[: len(items)],
+            part_vectors or [None] * len(questions),
+            sections=list(zip(extra, read[len(items) :], strict=True)),
+        )
+
+
+def choose_each(
+    questions: Sequence[Question],
+    question_vectors: np.ndarray,
+    ticket_vector: np.ndarray,
+    items: Sequence[RetrievedItem],
+    read: Sequence[ReadPassage],
+    part_vectors: Sequence[np.ndarray | None],
+    sections: Sequence[tuple[RetrievedItem, ReadPassage]] = (),
+) -> list[Evidence]:
+    """Pure: `choose` for each question in turn. A later question whose answer would quote word for word what an
+    earlier one's quotes asks something else about the same article ("Can I correct a sent invoice? … how do I
+    show it as paid?"): it takes the article's next-best section instead, when that section answers at all
+    (`ANSWER_FLOOR`); otherwise it keeps the quote."""
+    out: list[Evidence] = []
+    for n, question in enumerate(questions):
+        ev = choose(question, question_vectors[n], ticket_vector, items, read, part_vectors[n], sections=sections)
+        chosen = ev.item
+        if chosen is not None and any(
+            o.item is not None and o.item.id == chosen.id and o.units == ev.units for o in out
+        ):
+            others = [k for k, i in enumerate(items) if i.id != chosen.id and _document(i) == _document(chosen)]
+            if others:
+                instead = choose(
+                    question,
+                    question_vectors[n],
+                    ticket_vector,
+                    [items[k] for k in others],
+                    [read[k] for k in others],
+                    part_vectors[n],
+                    sections=sections,
+                )
+                ev = instead if instead.score >= ANSWER_FLOOR else ev
+        out.append(ev)
+    return out
 
 
 def choose(

@@ -10,7 +10,16 @@ import pytest
 
 from agent.drafting.composer import compose_answers
 from agent.drafting.questions import Question, asked_for, gives
-from agent.drafting.reader import ANSWER_KIND_BONUS, Evidence, Quote, ReadPassage, choose, passage_units, plain
+from agent.drafting.reader import (
+    ANSWER_KIND_BONUS,
+    Evidence,
+    Quote,
+    ReadPassage,
+    choose,
+    choose_each,
+    passage_units,
+    plain,
+)
 from knowledge.retrieval import RetrievedItem
 
 
@@ -137,6 +146,30 @@ def test_the_sentence_giving_the_kind_of_answer_asked_for_wins_a_tie() -> None:
     about = choose(Question("Tell me about refunds."), unit(1, 0), unit(1, 0), [review, bank], read)
     assert about.item is review and about.best_unit == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)))
     assert asked_for("Tell me about refunds.") == frozenset()
+
+
+def test_a_second_question_gets_the_articles_next_section_rather_than_the_same_quote_again() -> None:
+    # "Can I correct a sent invoice? … How do I show it as paid?": both land on the "Correct" section, which
+    # mentions "marked as paid"; the second question takes the article's "Record a payment" section instead.
+    correct = item("Invoices › Correct a sent invoice", "...", "invoices")
+    payment = item("Invoices › Record a payment", "...", "invoices")
+    other = item("Accounting › Sync payments", "...", "accounting")
+    read = [
+        ReadPassage(("Click Edit until it is marked as paid.",), np.stack([unit(1, 0, 0)]), unit(1, 0, 0)),
+        ReadPassage(("Click Mark as paid.",), np.stack([unit(0.6, 0.8, 0)]), unit(0.6, 0.8, 0)),
+        ReadPassage(("Payments sync from Xero.",), np.stack([unit(0.8, 0.6, 0)]), unit(0.8, 0.6, 0)),
+    ]
+    questions = [Question("Can I correct a sent invoice?"), Question("How do I show an invoice as paid?")]
+    vectors = np.stack([unit(1, 0, 0), unit(1, 0.3, 0)])
+    first, second = choose_each(questions, vectors, unit(1, 0.2, 0), [correct, payment, other], read, [None, None])
+    assert first.item is correct
+    assert second.item is payment and second.units == ["Click Mark as paid."]  # not the other article's passage
+    # Without the same-article section, or when it does not answer at all, the second keeps the quote.
+    alone = choose_each(questions, vectors, unit(1, 0.2, 0), [correct, other], [read[0], read[2]], [None, None])
+    assert alone[1].item is correct
+    far = [read[0], ReadPassage(("Unrelated.",), np.stack([unit(0, 0, 1)]), unit(0, 0, 1)), read[2]]
+    kept = choose_each(questions, vectors, unit(1, 0.2, 0), [correct, payment, other], far, [None, None])
+    assert kept[1].item is correct
 
 
 def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:

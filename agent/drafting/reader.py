@@ -316,6 +316,15 @@ def choose(
             read,
             quoted,
         )
+    # A model choosing the sentences is offered what the offline reply quotes first (the chosen passage, a second
+    # one as close, the sections answering further parts), then the other close passages.
+    passage_score = {m: s for s, _, _, m in scored}
+    offered = [
+        Candidate(more_items[m], passage_score.get(m, 0.0), tuple((i, read[m].units[i]) for i in indices))
+        for m, indices in quoted.items()
+    ]
+    offered_ids = {c.item.id for c in offered}
+    candidates = offered + [c for c in candidates if c.item.id not in offered_ids]
     return Evidence(
         question=question,
         item=item,

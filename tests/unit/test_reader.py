@@ -118,6 +118,9 @@ def test_each_part_of_a_compound_question_is_quoted_from_the_article_even_a_sect
     )
     assert evidence.item is steps
     assert [(q.item, q.units) for q in evidence.more] == [(timing, ("Banks take 5–10 business days.",))]
+    # A model choosing the sentences is offered the same sections first.
+    assert [c.item for c in evidence.candidates][:2] == [steps, timing]
+    assert evidence.candidates[1].units == ((0, "Banks take 5–10 business days."),)
     assert evidence.weakest_part == pytest.approx(float(unit(0, 0.2, 1) @ unit(0, 0, 1)))  # the second part's
     # Without the parts, only the chosen section is quoted; a single-part question's weakest part is its best unit.
     alone = choose(question, unit(1, 0, 0.2), unit(1, 0, 0.2), [steps, other], read)

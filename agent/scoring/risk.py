@@ -193,6 +193,9 @@ _MONEY_DEMAND = _rx(
     r"\brendez[- ]moi mon argent\b",
     r"\b(?:quero|exijo|preciso de) (?:o |um |meu )*reembolso\b",
     r"\bdevolvam (?:o )?meu dinheiro\b",
+    # Announced rather than asked: "we will be deducting the credit from the next payment".
+    r"\b(?:we|i)(?: will| are going to| shall|'ll)(?: be)? (?:apply|applying|deduct|deducting|withhold|withholding|"
+    r"offset|offsetting|short-pay|short-paying)\b[^.!?]{0,60}\b(?:credit|refund|amount|fee|penalty|difference|discount)\b",
 )
 _ACCOUNT_DEMAND = _rx(
     r"^(?:please |kindly |just |now )?(?:upgrade|downgrade|delete|remove|make|turn off|disable|add|transfer|cancel|reactivate|merge|grant|give|unlock|close|switch|move)\b[^.!?]{0,60}\b(?:accounts?|admin|administrator|seats?|subscriptions?|contract|two-factor|2fa|mfa|ownership|owner|workspace|organi[sz]ation|users?|login|balance|termination fee|enterprise|licen[cs]es?)\b",

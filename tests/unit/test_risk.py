@@ -29,6 +29,8 @@ def kinds(text: str) -> set[str]:
         ("Remboursez-moi immédiatement.", "Comment faire une demande de remboursement ?"),
         ("Can you move our trial end date to next Friday?", "How long does the trial last?"),
         ("Could you push back our renewal date by a month?", "When is our renewal date?"),
+        ("We will deduct the agreed credit from our next payment.", "How are service credits calculated?"),
+        ("I'll be withholding the late fee from this month's payment.", "Where can I see the late fee?"),
     ],
 )
 def test_demands_escalate_while_how_to_questions_do_not(demand: str, question: str) -> None:

@@ -478,7 +478,10 @@ async def score(state: AgentState, *, runtime: Runtime[Context]) -> dict[str, An
     evidence: list[Evidence] = list(state.get("evidence") or [])
     if evidence:
         signals = knowledge_signals(
-            evidence, category_certainty=state["classification"]["certainty"], floor=ANSWER_FLOOR
+            evidence,
+            category_certainty=state["classification"]["certainty"],
+            floor=ANSWER_FLOOR,
+            items=state.get("items", []),
         )
     else:
         signals = compute_signals(

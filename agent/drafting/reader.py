@@ -254,7 +254,7 @@ def choose_each(
         if chosen is not None and any(
             o.item is not None and o.item.id == chosen.id and o.units == ev.units for o in out
         ):
-            others = [k for k, i in enumerate(items) if i.id != chosen.id and _document(i) == _document(chosen)]
+            others = [k for k, i in enumerate(items) if i.id != chosen.id and document_of(i) == document_of(chosen)]
             if others:
                 instead = choose(
                     question,
@@ -292,8 +292,8 @@ def choose(
     scored.sort(key=lambda s: -s[0])
     score, best_unit, unit_scores, n = scored[0]
     item, passage = items[n], read[n]
-    document = _document(item)
-    runner_up = next((s for s, _, _, m in scored[1:] if _document(items[m]) != document), 0.0)
+    document = document_of(item)
+    runner_up = next((s for s, _, _, m in scored[1:] if document_of(items[m]) != document), 0.0)
     second = next(((s, u, m) for s, _, u, m in scored[1:2] if s >= score - SECOND_MARGIN), None)
     candidates = [
         Candidate(items[m], s, tuple((i, read[m].units[i]) for i in quoted_indices(read[m], u)))
@@ -307,12 +307,12 @@ def choose(
     more_items = list(items)
     if part_vectors is not None and len(part_vectors) > 1:
         # The chosen article's other sections join the passages the parts are looked for in.
-        article = [(i, r) for i, r in sections if _document(i) == document]
+        article = [(i, r) for i, r in sections if document_of(i) == document]
         more_items += [i for i, _ in article]
         read = [*read, *(r for _, r in article)]
         part_min = _quote_parts(
             list(zip(question.parts, part_vectors, strict=True)),
-            [m for m in range(len(more_items)) if _document(more_items[m]) == document],
+            [m for m in range(len(more_items)) if document_of(more_items[m]) == document],
             read,
             quoted,
         )
@@ -378,7 +378,8 @@ def _passage_text(item: RetrievedItem) -> str:
     return item.resolution if item.kind == "resolution" and item.resolution else item.text
 
 
-def _document(item: RetrievedItem) -> str:
+def document_of(item: RetrievedItem) -> str:
+    """The article a passage belongs to (the passage itself when it has none)."""
     return str(item.metadata.get("document_id") or item.id)
 
 

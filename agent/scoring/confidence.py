@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.drafting.reader import Evidence
+from agent.drafting.reader import Evidence, document_of
 from agent.triage.classifier import Neighbour
 from knowledge.retrieval import RetrievedItem
 
@@ -45,12 +45,15 @@ KNOWLEDGE_SIGNALS: tuple[str, ...] = (
     "margin_min",
     "coverage",
     "category_certainty",
+    "source_agreement",
 )
 NOTES: dict[str, str] = {
     "reader_min": "reader score of the passage answering the least well answered question",
     "unit_min": "best sentence's similarity to its question (or to its least well answered part), the lowest",
     "margin_min": "lead of that passage over the best passage of another article",
     "coverage": "share of the ticket's questions some passage answers",
+    "source_agreement": "share of the ticket's two searches (vector, full text) whose best help-centre passage is "
+    "from an article the reply quotes",
     "issue_probability": "issue model's probability for the grounding resolution's issue",
     "top_similarity": "cosine similarity of the grounding resolution to the ticket",
     "similarity_margin": "lead of the grounding over the closest resolution of another issue",
@@ -113,18 +116,35 @@ def compute_signals(
     return signals
 
 
-def knowledge_signals(evidence: Sequence[Evidence], *, category_certainty: float, floor: float) -> dict[str, float]:
-    """The raw evidence for a reply composed from the knowledge base, one answer per question."""
+def knowledge_signals(
+    evidence: Sequence[Evidence], *, category_certainty: float, floor: float, items: Sequence[RetrievedItem] = ()
+) -> dict[str, float]:
+    """The raw evidence for a reply composed from the knowledge base, one answer per question; `items`, the
+    ticket's own hybrid search, tells whether its two arms agree with the reader."""
     if not evidence:
         return {name: 0.0 for name in KNOWLEDGE_SIGNALS} | {"category_certainty": float(category_certainty)}
     weakest = min(evidence, key=lambda e: e.score)
     return {
+        "source_agreement": source_agreement(evidence, items),
         "reader_min": float(weakest.score),
         "unit_min": float(min(e.weakest_part for e in evidence)),
         "margin_min": float(min(e.margin for e in evidence)),
         "coverage": sum(e.score >= floor and e.item is not None for e in evidence) / len(evidence),
         "category_certainty": float(category_certainty),
     }
+
+
+def source_agreement(evidence: Sequence[Evidence], items: Sequence[RetrievedItem]) -> float:
+    """Share of the ticket's two searches — by vector and by full text — whose best help-centre passage belongs to
+    an article the reader quotes: 1 when both point where the reader went, 0 when neither does (or found nothing).
+    """
+    quoted = {document_of(e.item) for e in evidence if e.item is not None}
+    passages = [i for i in items if i.kind == "kb_chunk"]
+    agree = 0
+    for rank in ("vector_rank", "text_rank"):
+        ranked = sorted((i for i in passages if getattr(i, rank) is not None), key=lambda i: getattr(i, rank))
+        agree += bool(ranked) and document_of(ranked[0]) in quoted
+    return agree / 2
 
 
 def features(signals: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
@@ -198,7 +218,7 @@ _DEFAULT = {
     },
     "knowledge": {
         "signals": list(KNOWLEDGE_SIGNALS),
-        "coef": [12.0, 4.0, 6.0, 3.0, 0.3],
+        "coef": [12.0, 4.0, 6.0, 3.0, 0.3, 2.0],
         "intercept": -12.0,
         "isotonic": {"x": [], "y": []},
     },

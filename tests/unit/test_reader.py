@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from agent.drafting.reader import (
     passage_units,
     plain,
 )
+from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
 from knowledge.retrieval import RetrievedItem
 
 
@@ -206,3 +208,24 @@ def test_two_sections_of_one_article_are_cited_once() -> None:
     [paragraph] = compose_answers([ev], language="en").paragraphs
     assert paragraph.count("(Source: Invoices,") == 1
     assert f"KB-{str(first.id)[:8]}, KB-{str(second.id)[:8]}" in paragraph
+
+
+def test_source_agreement_counts_the_searches_whose_best_passage_is_in_a_quoted_article() -> None:
+    steps = item("Refunds › How to ask", "Click Ask about this charge.", "refunds")
+    timing = item("Refunds › After", "Banks take days.", "refunds")
+    plans = item("Plans › Free", "Free has no invoicing.", "plans")
+
+    def ranked(it: RetrievedItem, vector: int | None, text: int | None) -> RetrievedItem:
+        return replace(it, vector_rank=vector, text_rank=text)
+
+    ev = [Evidence(Question("How do I ask for a refund?"), steps, ["Click Ask about this charge."], 0.7, 0.7)]
+    # Both searches' best passages are sections of the quoted article (not the quoted section itself: the article).
+    assert source_agreement(ev, [ranked(timing, 1, 1), ranked(plans, 2, 2)]) == 1.0
+    # The full-text search's best is elsewhere; resolutions do not count.
+    assert source_agreement(ev, [ranked(timing, 1, 2), ranked(plans, 2, 1)]) == 0.5
+    assert source_agreement(ev, [ranked(plans, 1, 1), ranked(steps, 2, None)]) == 0.0
+    # A search that found no help-centre passage does not agree.
+    assert source_agreement(ev, [ranked(steps, 1, None)]) == 0.5
+    assert source_agreement(ev, []) == 0.0
+    signals = knowledge_signals(ev, category_certainty=0.9, floor=0.4, items=[ranked(steps, 1, 1)])
+    assert signals["source_agreement"] == 1.0 and set(signals) == set(KNOWLEDGE_SIGNALS)

@@ -35,6 +35,7 @@ def _result(
             "margin_min": strong / 4,
             "coverage": 1.0,
             "category_certainty": 0.9,
+            "source_agreement": 1.0,
         },
         signal_model=model,
         gate=gate,

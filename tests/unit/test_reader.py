@@ -48,6 +48,11 @@ def unit(*values: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def one_sentence(text: str, *values: float) -> ReadPassage:
+    """A passage of one sentence whose vector, and the passage's, point along `values`."""
+    return ReadPassage((text,), np.stack([unit(*values)]), unit(*values))
+
+
 def test_units_are_sentences_and_list_items_with_markdown_removed() -> None:
     text = "Tallyhive has four plans:\n\n- **Free** – up to 2 members. No invoicing.\n- **Starter** – invoicing."
     assert plain("**Free** and __bold__") == "Free and bold"
@@ -107,11 +112,8 @@ def test_each_part_of_a_compound_question_is_quoted_from_the_article_even_a_sect
     steps = item("Refunds › How to ask", "...", "refunds")
     timing = item("Refunds › After you ask", "...", "refunds")
     other = item("Invoices › Download", "...", "invoices")
-    read = [
-        ReadPassage(("Click Ask about this charge.",), np.stack([unit(1, 0, 0)]), unit(1, 0, 0)),
-        ReadPassage(("Download a PDF.",), np.stack([unit(0, 1, 0.3)]), unit(0, 1, 0)),
-    ]
-    timing_read = ReadPassage(("Banks take 5–10 business days.",), np.stack([unit(0, 0.2, 1)]), unit(0, 0, 1))
+    read = [one_sentence("Click Ask about this charge.", 1, 0, 0), one_sentence("Download a PDF.", 0, 1, 0.3)]
+    timing_read = one_sentence("Banks take 5–10 business days.", 0, 0.2, 1)
     question = Question("How do I ask for a refund, and how long does it take?")
     assert question.parts == ["How do I ask for a refund", "how long does it take?"]
     parts = np.stack([unit(1, 0, 0), unit(0, 0, 1)])
@@ -131,7 +133,7 @@ def test_each_part_of_a_compound_question_is_quoted_from_the_article_even_a_sect
 
 def test_a_part_nothing_in_the_article_answers_is_not_quoted_and_lowers_the_weakest_part() -> None:
     steps = item("Refunds › How to ask", "...", "refunds")
-    read = [ReadPassage(("Click Ask about this charge.",), np.stack([unit(1, 0)]), unit(1, 0))]
+    read = [one_sentence("Click Ask about this charge.", 1, 0)]
     question = Question("How do I ask for a refund, and can you sign our HIPAA agreement?")
     evidence = choose(question, unit(1, 0), unit(1, 0), [steps], read, np.stack([unit(1, 0), unit(0, 1)]))
     assert evidence.units == ["Click Ask about this charge."] and evidence.more == []
@@ -160,9 +162,9 @@ def test_a_second_question_gets_the_articles_next_section_rather_than_the_same_q
     payment = item("Invoices › Record a payment", "...", "invoices")
     other = item("Accounting › Sync payments", "...", "accounting")
     read = [
-        ReadPassage(("Click Edit until it is marked as paid.",), np.stack([unit(1, 0, 0)]), unit(1, 0, 0)),
-        ReadPassage(("Click Mark as paid.",), np.stack([unit(0.6, 0.8, 0)]), unit(0.6, 0.8, 0)),
-        ReadPassage(("Payments sync from Xero.",), np.stack([unit(0.8, 0.6, 0)]), unit(0.8, 0.6, 0)),
+        one_sentence("Click Edit until it is marked as paid.", 1, 0, 0),
+        one_sentence("Click Mark as paid.", 0.6, 0.8, 0),
+        one_sentence("Payments sync from Xero.", 0.8, 0.6, 0),
     ]
     questions = [Question("Can I correct a sent invoice?"), Question("How do I show an invoice as paid?")]
     vectors = np.stack([unit(1, 0, 0), unit(1, 0.3, 0)])
@@ -172,7 +174,7 @@ def test_a_second_question_gets_the_articles_next_section_rather_than_the_same_q
     # Without the same-article section, or when it does not answer at all, the second keeps the quote.
     alone = choose_each(questions, vectors, unit(1, 0.2, 0), [correct, other], [read[0], read[2]], [None, None])
     assert alone[1].item is correct
-    far = [read[0], ReadPassage(("Unrelated.",), np.stack([unit(0, 0, 1)]), unit(0, 0, 1)), read[2]]
+    far = [read[0], one_sentence("Unrelated.", 0, 0, 1), read[2]]
     kept = choose_each(questions, vectors, unit(1, 0.2, 0), [correct, payment, other], far, [None, None])
     assert kept[1].item is correct
 

@@ -49,7 +49,7 @@ KNOWLEDGE_SIGNALS: tuple[str, ...] = (
 )
 NOTES: dict[str, str] = {
     "reader_min": "reader score of the passage answering the least well answered question",
-    "unit_min": "best sentence's similarity to its question (or to its least well answered part), the lowest",
+    "unit_min": "best sentence's similarity to its question, for the least well answered question",
     "margin_min": "lead of that passage over the best passage of another article",
     "coverage": "share of the ticket's questions some passage answers",
     "source_agreement": "share of the ticket's two searches (vector, full text) whose best help-centre passage is "
@@ -127,7 +127,7 @@ def knowledge_signals(
     return {
         "source_agreement": source_agreement(evidence, items),
         "reader_min": float(weakest.score),
-        "unit_min": float(min(e.weakest_part for e in evidence)),
+        "unit_min": float(min(e.best_unit for e in evidence)),
         "margin_min": float(min(e.margin for e in evidence)),
         "coverage": sum(e.score >= floor and e.item is not None for e in evidence) / len(evidence),
         "category_certainty": float(category_certainty),

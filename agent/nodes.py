@@ -21,7 +21,7 @@ from agent.account import load_account, offline_account
 from agent.context import Context
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
-from agent.drafting.reader import ANSWER_FLOOR, Evidence
+from agent.drafting.reader import ANSWER_FLOOR, Evidence, document_of
 from agent.drafting.request import NOT_ASKED, Draft, DraftRequest
 from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
@@ -379,13 +379,17 @@ async def _read_knowledge(
                 ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
-        sections: list[RetrievedItem] = []
-        if any(v is not None for v in part_vectors):
-            documents = list(dict.fromkeys(UUID(str(i.metadata["document_id"])) for i in passages.values()))
-            sections = await article_sections(conn, documents)
-    evidence = await ctx.embeddings.reader.read(
-        questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors, sections=sections
-    )
+    reader = ctx.embeddings.reader
+    evidence = await reader.read(questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors)
+    # A question asking several things looks for its further parts in every section of the article it chose:
+    # fetched for those articles only, then read again (the passages' units are cached by then).
+    chosen = [e.item for e, p in zip(evidence, part_vectors, strict=True) if p is not None and e.item is not None]
+    if chosen:
+        async with ctx.pool.acquire() as conn:
+            sections = await article_sections(conn, list(dict.fromkeys(UUID(document_of(i)) for i in chosen)))
+        evidence = await reader.read(
+            questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors, sections=sections
+        )
     return questions, evidence
 
 

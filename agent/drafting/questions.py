@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 MAX_QUESTIONS = 4
 # A question shorter than this says too little to be answered on its own ("Why?", "Any news?"): it joins the
@@ -62,7 +63,8 @@ _REQUEST = re.compile(
 
 @dataclass(frozen=True)
 class Question:
-    """One thing the customer asks. `context` is the sentence before it, which often carries what it is about."""
+    """One thing the customer asks. `context` is what was said before it (the sentence before; for a short, vague
+    question up to three), which often carries what it is about."""
 
     text: str
     context: str = ""
@@ -73,7 +75,7 @@ class Question:
         """What to search and read with: the question with its context."""
         return f"{self.context} {self.text}".strip() if self.context else self.text
 
-    @property
+    @cached_property
     def parts(self) -> list[str]:
         """What the question asks, clause by clause (`clauses`): one part for a simple question."""
         return clauses(self.text)

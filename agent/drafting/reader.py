@@ -295,11 +295,6 @@ def choose(
     document = document_of(item)
     runner_up = next((s for s, _, _, m in scored[1:] if document_of(items[m]) != document), 0.0)
     second = next(((s, u, m) for s, _, u, m in scored[1:2] if s >= score - SECOND_MARGIN), None)
-    candidates = [
-        Candidate(items[m], s, tuple((i, read[m].units[i]) for i in quoted_indices(read[m], u)))
-        for s, _, u, m in scored[:CANDIDATE_PASSAGES]
-        if s >= score - CANDIDATE_MARGIN
-    ]
     quoted: dict[int, list[int]] = {n: quoted_indices(passage, unit_scores)}
     if second is not None:
         quoted[second[2]] = quoted_indices(read[second[2]], second[1])
@@ -319,12 +314,14 @@ def choose(
     # A model choosing the sentences is offered what the offline reply quotes first (the chosen passage, a second
     # one as close, the sections answering further parts), then the other close passages.
     passage_score = {m: s for s, _, _, m in scored}
-    offered = [
+    candidates = [
         Candidate(more_items[m], passage_score.get(m, 0.0), tuple((i, read[m].units[i]) for i in indices))
         for m, indices in quoted.items()
+    ] + [
+        Candidate(items[m], s, tuple((i, read[m].units[i]) for i in quoted_indices(read[m], u)))
+        for s, _, u, m in scored[:CANDIDATE_PASSAGES]
+        if s >= score - CANDIDATE_MARGIN and m not in quoted
     ]
-    offered_ids = {c.item.id for c in offered}
-    candidates = offered + [c for c in candidates if c.item.id not in offered_ids]
     return Evidence(
         question=question,
         item=item,

@@ -25,7 +25,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*[ \t]+|\s*\n+\s*")
 _ABBREVIATION = re.compile(
     r"\b(?:e\.g|i\.e|etc|vs|approx|z\.\s?B|bzw|ca|usw|p\.\s?ex|p\.\s?e|Nr|No|Dr|Mr|Mrs|Ms)\.[ \t]", re.IGNORECASE
 )
-_BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
+BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 # A greeting or sign-off line, whole (stripped): what a reply or a ticket opens and closes with.
 GREETING = re.compile(
     r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
@@ -94,7 +94,7 @@ def sentences(text: str) -> list[str]:
     for line in lines:
         if not line or GREETING.match(line):
             continue
-        line = _BULLET.sub("", line)
+        line = BULLET.sub("", line)
         out.extend(part.replace("\u00a0", " ").strip() for part in _SENTENCE_END.split(line) if part and part.strip())
     return out
 
@@ -245,7 +245,9 @@ def _words(text: str) -> set[str]:
 _LANGUAGE_WORDS: dict[str, frozenset[str]] = {
     lang: frozenset(words.split())
     for lang, words in {
-        "en": "the and is are you we our my how what can do does with for this that have not",
+        # "a" is Portuguese too: without it, "a" in a short English ticket made it Portuguese.
+        "en": "the and is are you we our my how what can do does with for this that have not a i to of on at be was "
+        "will there any your me or if",
         "de": "der die das und ist sind wir unser ich wie was kann können nicht mit für ein eine haben den dem auf "
         "sich sie zu",
         "es": "el la los las y es son nosotros nuestro cómo qué puedo podemos no con para una tengo hay del mi mis "
@@ -253,7 +255,7 @@ _LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         "fr": "le la les et est sont nous notre je comment quoi peut pouvons pas avec pour une avons vous des du "
         "mes mon ma au aux ce cette",
         "pt": "o a os as e é são nós nosso como que posso podemos não com para uma temos do da dos das meu minha "
-        "um você",
+        "um você por",
     }.items()
 }
 

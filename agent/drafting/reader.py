@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.drafting.questions import Question, asked_for, gives, sentences
+from agent.drafting.questions import BULLET, Question, asked_for, gives, sentences
 from knowledge.embedder import Embedder, embed
 from knowledge.retrieval import RetrievedItem
 
@@ -59,6 +59,8 @@ CACHE_SIZE = 20_000
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the
 # confidence, not this floor, decides whether a reply goes out.
 ANSWER_FLOOR = 0.40
+# The longest list item read as one unit.
+LIST_ITEM_CHARS = 300
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 _TABLE_RULE = re.compile(r"^[\s|:-]+$")
@@ -71,8 +73,15 @@ def plain(text: str) -> str:
 
 
 def passage_units(text: str) -> list[str]:
-    """A passage's sentences and list items, in order; a line ending in ':' stays with what it introduces."""
-    units = [u for u in sentences(plain(text)) if len(u) > 2]
+    """A passage's sentences and list items, in order; a line ending in ':' stays with what it introduces. A list
+    item of up to `LIST_ITEM_CHARS` is one unit whatever its sentences: its second sentence ("Retrying with the
+    same key never creates a duplicate") reads only with its first."""
+    units: list[str] = []
+    for line in plain(text).split("\n"):
+        said = [u for u in sentences(line) if len(u) > 2]
+        if BULLET.match(line) and len(said) > 1 and sum(len(u) + 1 for u in said) <= LIST_ITEM_CHARS:
+            said = [" ".join(said)]
+        units.extend(said)
     merged: list[str] = []
     for unit in units:
         if merged and merged[-1].endswith(":") and len(merged[-1]) < 60:

@@ -213,7 +213,9 @@ _ACCOUNT_DEMAND = _rx(
 )
 _ACTION_DEMAND = _rx(
     r"\b(?:waive|remove|reverse|cancel|drop) (?:the |this |that |my |all )?(?:fee|fees|charge|charges|late fee|penalty|invoice|bill)\b(?! policy)",
-    r"\b(?:extend|lengthen) (?:my |our |the )?(?:trial|contract|deadline)\b",
+    r"\b(?:extend|lengthen|prolong) (?:my |our |the |this )?(?:free |current )?(?:trial|contract|deadline)\b",
+    # More time on a trial is granted by staff: "could you give us another two weeks on the trial?"
+    r"\b(?:give|grant|allow|add) (?:me|us) (?:[\w-]+ ){0,3}(?:days?|weeks?|months?|time|extension)\b[^.!?]{0,30}\btrial\b",
     r"\b(?:do it|take care of it|handle it|fix my account) (?:for me|yourself|on my behalf)\b",
 )
 

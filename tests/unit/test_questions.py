@@ -83,6 +83,9 @@ def test_the_language_of_the_ticket() -> None:
     assert language_of("Hola, esta mañana me llegó un aviso de que el correo de mi cuenta cambió") == "es"
     assert language_of("Bonjour, mes rendez-vous personnels de Google Agenda") == "fr"
     assert language_of("How do I update those?") == "en"
+    # "a" is an English word as much as a Portuguese one.
+    assert language_of("Is there any way to get a heads-up before a project burns through its hours?") == "en"
+    assert language_of("Por favor, reduza a interrupção do serviço.") == "pt"
 
 
 @pytest.mark.parametrize(

@@ -54,13 +54,31 @@ def one_sentence(text: str, *values: float) -> ReadPassage:
 
 
 def test_units_are_sentences_and_list_items_with_markdown_removed() -> None:
-    text = "Tallyhive has four plans:\n\n- **Free** – up to 2 members. No invoicing.\n- **Starter** – invoicing."
+    text = (
+        "Tallyhive has four plans. Each has its limits:\n\n- **Free** – up to 2 members. No invoicing.\n"
+        "- **Starter** – invoicing."
+    )
     assert plain("**Free** and __bold__") == "Free and bold"
     assert passage_units(text) == [
-        "Tallyhive has four plans: Free – up to 2 members.",
-        "No invoicing.",
+        "Tallyhive has four plans.",
+        "Each has its limits: Free – up to 2 members. No invoicing.",
         "Starter – invoicing.",
     ]
+
+
+def test_a_list_item_is_one_unit_so_its_second_sentence_keeps_what_it_refers_to() -> None:
+    step = (
+        "2. For `POST` requests, send an `Idempotency-Key` header. Retrying with the same key never creates a "
+        "duplicate entry."
+    )
+    assert passage_units(f"What to do:\n\n1. Retry with backoff.\n{step}") == [
+        "What to do: Retry with backoff.",
+        "For `POST` requests, send an `Idempotency-Key` header. Retrying with the same key never creates a "
+        "duplicate entry.",
+    ]
+    # A list item longer than a unit should be is read sentence by sentence.
+    long_item = "- " + " ".join(f"Sentence number {i} says something about the product." for i in range(8))
+    assert len(passage_units(long_item)) == 8
 
 
 def test_the_passage_whose_best_sentence_answers_the_question_wins_over_the_closer_passage() -> None:

@@ -29,6 +29,8 @@ def kinds(text: str) -> set[str]:
         ("Remboursez-moi immédiatement.", "Comment faire une demande de remboursement ?"),
         ("Can you move our trial end date to next Friday?", "How long does the trial last?"),
         ("Could you push back our renewal date by a month?", "When is our renewal date?"),
+        ("Could you give us another two weeks on the trial?", "Can I get more time on the trial?"),
+        ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
         ("We will deduct the agreed credit from our next payment.", "How are service credits calculated?"),
         ("I'll be withholding the late fee from this month's payment.", "Where can I see the late fee?"),
     ],

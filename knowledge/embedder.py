@@ -14,6 +14,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,6 +52,30 @@ class Embedder(Protocol):
     dimension: int
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """A text's tokens as the model sees them: their ids, their contextual vectors (the transformer's last
+    hidden state, before pooling), and which are (pieces of) words rather than punctuation; the [CLS]/[SEP]
+    marks and padding left out."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    words: np.ndarray
+
+
+def word_pieces(tokens: Sequence[str]) -> np.ndarray:
+    """Which tokens are (pieces of) words or numbers: "##ing" is, "?" and "→" are not."""
+    return np.array([t.removeprefix("##").isalnum() for t in tokens], dtype=bool)
+
+
+@runtime_checkable
+class TokenEmbedder(Protocol):
+    """An embedder that also gives each text's token vectors (`TokenRows`), for reading a question against a
+    sentence token by token (`agent.drafting.reader`)."""
+
+    def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]: ...
 
 
 class EmbeddingDimensionError(RuntimeError):
@@ -113,9 +138,28 @@ class SentenceTransformerEmbedder:
             else:
                 encoders.append(_eager_encoder(first if not encoders else copy.deepcopy(first)))
         self._pool = ReplicaPool(encoders, self.dimension, batch_size)
+        # Token vectors come from the eager model, one caller at a time (its tokenizer is not thread-safe).
+        self._model = first
+        self._tokens_lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self._pool.encode(texts)
+
+    def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]:
+        if not texts:
+            return []
+        with self._tokens_lock:
+            hidden = self._model.encode(
+                list(texts), output_value="token_embeddings", convert_to_numpy=False, show_progress_bar=False
+            )
+            tokenizer = self._model.tokenizer
+            limit = self._model.max_seq_length
+            ids = [tokenizer(t, truncation=True, max_length=limit)["input_ids"][1:-1] for t in texts]
+            pieces = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+        return [
+            TokenRows(np.asarray(i, dtype=np.int32), h.float().numpy()[1 : len(i) + 1], word_pieces(p))
+            for i, h, p in zip(ids, hidden, pieces, strict=True)
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -363,6 +407,14 @@ async def load_embedder(model: str | None = None) -> Embedder:
 async def embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     """Encode in a worker thread so the event loop keeps serving while the model runs."""
     return await asyncio.to_thread(embedder.encode, list(texts))
+
+
+async def embed_tokens(embedder: Embedder, texts: Sequence[str]) -> list[TokenRows] | None:
+    """`TokenRows` for each text in a worker thread, or None when the embedder has no token vectors (a packaged
+    model other than MiniLM, or a test double)."""
+    if not isinstance(embedder, TokenEmbedder):
+        return None
+    return await asyncio.to_thread(embedder.encode_tokens, list(texts))
 
 
 async def vector_column_dimensions(conn: Any) -> dict[str, int]:

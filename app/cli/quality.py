@@ -414,12 +414,15 @@ def print_side_by_side(report: dict[str, Any]) -> None:
 )
 @click.option(
     "--deployment",
+    "deployments",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Fit only the knowledge-base replies' mapping, on this deployment-shaped set against the demo deployment.",
+    help="Fit only the knowledge-base replies' mapping, on this deployment-shaped set against the demo deployment; "
+    "repeat to fit on several sets.",
 )
 def calibrate(
     histories: tuple[Path, ...],
-    deployment: Path | None,
+    deployments: tuple[Path, ...],
     out: Path,
     folds: int,
     limit: int | None,
@@ -436,8 +439,8 @@ def calibrate(
     if from_reviews:
         calibrate_from_reviews(holdout_share=holdout_share, min_reviews=min_reviews, as_json=as_json)
         return
-    if deployment is not None:
-        calibrate_knowledge(deployment, out)
+    if deployments:
+        calibrate_knowledge(list(deployments), out)
         return
     from agent.quality.calibration import fit_calibration, fit_from_signals
 
@@ -476,8 +479,8 @@ def calibrate(
     click.echo(f"calibration written to {out}")
 
 
-def calibrate_knowledge(dataset: Path, out: Path) -> None:
-    """`deskpilot calibrate --deployment FILE`: refit the knowledge-base replies' mapping, keep the others."""
+def calibrate_knowledge(datasets: list[Path], out: Path) -> None:
+    """`deskpilot calibrate --deployment FILE …`: refit the knowledge-base replies' mapping, keep the others."""
     from agent.quality.calibration import fit_knowledge_calibration
     from app.demo import EXAMPLES_DIR, demo_newest_event_at
 
@@ -486,7 +489,7 @@ def calibrate_knowledge(dataset: Path, out: Path) -> None:
     with bars.progress:
         model, summary = asyncio.run(
             fit_knowledge_calibration(
-                dataset,
+                datasets,
                 settings=settings,
                 examples=EXAMPLES_DIR,
                 newest_event_at=demo_newest_event_at(),

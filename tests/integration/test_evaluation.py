@@ -229,3 +229,32 @@ async def test_demo_accounts_have_recent_events(clean_db: asyncpg.Pool) -> None:
     assert timedelta(days=5) < anchor - started < timedelta(days=30)
     # The account is as old as its oldest event, not as the row the loader just wrote.
     assert datetime.fromisoformat(trial["customer_since"]) == started
+
+
+@pytest.mark.slow
+def test_calibrate_fits_the_knowledge_mapping_on_several_deployment_sets(
+    pg_admin_url: str, embedder: Any, tmp_path: Path
+) -> None:
+    sets = PROJECT_ROOT / "examples" / "deployment"
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    # Eight answerable or not-covered tickets of each shipped set: both right and wrong drafts among them.
+    for source, target in ((sets / "tickets.jsonl", first), (sets / "second-set.jsonl", second)):
+        lines = [line for line in source.read_text().splitlines() if '"must_escalate"' not in line]
+        target.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
+    out = tmp_path / "calibration.json"
+    out.write_text((PROJECT_ROOT / "agent" / "scoring" / "calibration.json").read_text())
+    before = json.loads(out.read_text())
+    env = {"DESKPILOT_DATABASE_URL": pg_admin_url, "DESKPILOT_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(
+        main,
+        ["calibrate", "--deployment", str(first), "--deployment", str(second), "--out", str(out)],
+        env=env,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    after = json.loads(out.read_text())
+    fitted_on = after["knowledge"]["fitted_on"]
+    assert fitted_on["rows_per_file"] == {f"{tmp_path.name}/first.jsonl": 8, f"{tmp_path.name}/second.jsonl": 8}
+    assert after["summary"]["knowledge"]["n"] == 16
+    # Only the knowledge-base replies' mapping moved.
+    assert after["with_intents"] == before["with_intents"] and after["without_intents"] == before["without_intents"]

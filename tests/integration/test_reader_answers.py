@@ -4,18 +4,23 @@ loader, the real embedder, the reader choosing a passage per question."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 
 from agent.drafting.drafter import OfflineDrafter
+from agent.drafting.questions import Question, asked_for
+from agent.drafting.reader import Reader
 from agent.runner import TicketProcessor, run_graph_offline
 from agent.state import AgentState
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
+from knowledge.retrieval import RetrievedItem
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -102,3 +107,34 @@ async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_ar
     assert "5–10 business days" in draft  # the bank's delay, from the section after it
     assert draft.index("Ask about this charge") < draft.index("5–10 business days")  # in the article's order
     assert question["more"] and question["weakest_part"] > 0.35
+
+
+async def test_the_reader_reads_token_by_token_in_the_help_centres_language_only(embedder: Any) -> None:
+    passage = RetrievedItem(
+        kind="kb_chunk",
+        id=uuid.uuid4(),
+        title="Reset your password",
+        text="Click Forgot password on the sign-in page. We email you a reset link. The link is valid for 60 "
+        "minutes and works once. Email security scanners sometimes open links before you do.",
+        resolution=None,
+        category="technical",
+        intent=None,
+        source="kb",
+        similarity=0.5,
+        text_rank=None,
+        vector_rank=None,
+        score=0.1,
+        metadata={"document_id": "reset"},
+    )
+    reader = Reader(embedder)
+    [read] = await reader.passages([passage])
+    assert len(read.unit_tokens) == len(read.units) and read.unit_tokens[0].dtype == np.float16
+    english = Question("How long does the reset link stay usable?")
+    french = Question("Combien de temps le lien reste-t-il valable ?")
+    tokens = await reader.token_queries([english, french], [None, None], [read])
+    assert tokens is not None
+    assert tokens[0].question is not None  # English, like the help centre
+    assert tokens[1].question is None  # another language: the sentence vectors alone
+    vectors = embedder.encode([english.query])
+    scores = read.unit_scores(vectors[0], asked_for(english.text), tokens[0].question)
+    assert "valid for 60 minutes" in read.units[int(np.argmax(scores))]

@@ -90,3 +90,21 @@ def _state(confidence: float, gate: str | None = None) -> AgentState:
 )
 def test_route_after_score(confidence: float, gate: str | None, expected: str) -> None:
     assert route_after_score(_state(confidence, gate)) == expected
+
+
+def test_a_fitted_mapping_does_not_depend_on_the_scale_a_signal_is_measured_in() -> None:
+    from agent.quality.calibration import fit_model
+
+    rng = np.random.default_rng(0)
+    cosine = rng.uniform(0.3, 0.8, 300)  # a narrow range
+    agreement = rng.integers(0, 3, 300) / 2  # 0, ½ or 1
+    right = rng.random(300) < 1 / (1 + np.exp(-(12 * (cosine - 0.55) + 2 * (agreement - 0.5))))
+    names = ("cosine", "agreement")
+
+    def fit(scale: float) -> list[float]:
+        rows = [{"cosine": c * scale, "agreement": a} for c, a in zip(cosine, agreement, strict=True)]
+        model, _ = fit_model(rows, list(right), [1.0] * len(rows), names, {})
+        return [model.raw(r)[0] for r in rows]
+
+    # The same signal in tenths gets ten times the weight: the regularisation treats both alike.
+    assert fit(1.0) == pytest.approx(fit(0.1), abs=1e-6)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -13,15 +14,21 @@ from agent.drafting.composer import compose_answers
 from agent.drafting.questions import Question, asked_for, gives
 from agent.drafting.reader import (
     ANSWER_KIND_BONUS,
+    LATE_SCALE,
+    LATE_SHIFT,
+    LATE_WEIGHT,
     Evidence,
+    QuestionTokens,
     Quote,
     ReadPassage,
+    TokenQuery,
     choose,
     choose_each,
     passage_units,
     plain,
 )
 from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
+from knowledge.embedder import TokenRows
 from knowledge.retrieval import RetrievedItem
 
 
@@ -249,3 +256,43 @@ def test_source_agreement_counts_the_searches_whose_best_passage_is_in_a_quoted_
     assert source_agreement(ev, []) == 0.0
     signals = knowledge_signals(ev, category_certainty=0.9, floor=0.4, items=[ranked(steps, 1, 1)])
     assert signals["source_agreement"] == 1.0 and set(signals) == set(KNOWLEDGE_SIGNALS)
+
+
+def test_token_reading_weighs_the_words_that_tell_the_units_apart() -> None:
+    # Token 1 ("invoice") is in every unit being read, token 2 ("receipt") in one, token 3 is a question mark.
+    frequency = Counter({1: 2, 2: 1, 3: 2})
+    rows = TokenRows(np.array([1, 2, 3]), np.eye(3, dtype=np.float32) * 5, np.array([True, True, False]))
+    query = TokenQuery.of(rows, frequency, documents=2)
+    assert query is not None
+    assert query.weights.tolist() == [0.0, 1.0, 0.0]  # only the rare word counts
+    invoice_only = np.eye(3, dtype=np.float16)[[0]]
+    with_receipt = np.eye(3, dtype=np.float16)[[0, 1]]
+    assert query.score(invoice_only) == 0.0 and query.score(with_receipt) == 1.0
+
+
+def test_a_unit_holding_the_rare_word_asked_for_wins_a_tie_of_sentence_vectors() -> None:
+    same = unit(1, 0, 0)
+    # Two units with the same sentence vector; only the second has the question's rare word among its tokens.
+    passage = ReadPassage(
+        ("Invoices are emailed.", "Receipts go to three addresses."),
+        np.stack([same, same]),
+        same,
+        unit_tokens=(np.eye(3, dtype=np.float16)[[0]], np.eye(3, dtype=np.float16)[[0, 1]]),
+        unit_token_ids=(np.array([1]), np.array([1, 2])),
+    )
+    query = TokenQuery.of(
+        TokenRows(np.array([1, 2]), np.eye(3, dtype=np.float32)[:2], np.array([True, True])),
+        Counter({1: 2, 2: 1}),
+        documents=2,
+    )
+    scores = passage.unit_scores(same, frozenset(), query)
+    assert scores[1] > scores[0]
+    cosine_part = (1 - LATE_WEIGHT) * 1.0
+    assert scores[1] == pytest.approx(cosine_part + LATE_WEIGHT * (LATE_SCALE * 1.0 + LATE_SHIFT))
+    assert scores[0] == pytest.approx(cosine_part + LATE_WEIGHT * (LATE_SCALE * 0.0 + LATE_SHIFT))
+    # Without token vectors (another embedding model) the sentence vectors decide alone.
+    assert passage.unit_scores(same, frozenset()).tolist() == pytest.approx([1.0, 1.0])
+    # `choose` reads with the question's tokens when given them.
+    plans = item("Receipts", "...", "receipts")
+    ev = choose(Question("Where do receipts go?"), same, same, [plans], [passage], tokens=QuestionTokens(query))
+    assert ev.best_unit == pytest.approx(float(scores[1]))

@@ -145,13 +145,21 @@ class TokenQuery:
     weights: np.ndarray
 
     @classmethod
-    def of(cls, rows: TokenRows, document_frequency: Counter[int], documents: int) -> TokenQuery | None:
+    def of(
+        cls, rows: TokenRows, document_frequency: Counter[int], documents: int, *, shared_only: bool = False
+    ) -> TokenQuery | None:
+        """The question's tokens weighted by rarity among `documents` units; with `shared_only`, only the words
+        some unit has count (None when there are none)."""
         if not len(rows.ids):
             return None
         idf = np.array(
             [math.log((documents + 1) / (document_frequency[int(i)] + 1)) for i in rows.ids], dtype=np.float32
         )
         weights = np.where(rows.words, idf, 0.0)
+        if shared_only:
+            weights = np.where([document_frequency[int(i)] > 0 for i in rows.ids], weights, 0.0)
+            if weights.sum() <= 0:
+                return None
         if weights.sum() <= 0:
             weights = np.ones(len(rows.ids), dtype=np.float32)
         return cls(_normalized(rows.vectors), (weights / weights.sum()).astype(np.float32))
@@ -328,12 +336,13 @@ class Reader:
             for ids in passage.unit_token_ids:
                 frequency.update(set(ids.tolist()))
                 documents += 1
-        # Token by token only in the help centre's own language: a German question's words are not in English
-        # sentences, while the sentence vectors still bring them close.
+        # A question in another language than the help centre's is read token by token on the words it shares
+        # with the units (product names, menu labels, codes: "Token", "Settings", "2FA"): its own words are in
+        # no English sentence, and their token vectors would only add noise.
         language = language_of(" ".join(p.units[0] for p in read if p.units))
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
         queries = [
-            TokenQuery.of(r, frequency, documents) if language_of(t) == language else None
+            TokenQuery.of(r, frequency, documents, shared_only=language_of(t) != language)
             for r, t in zip(rows, texts, strict=True)
         ]
         out: list[QuestionTokens] = []

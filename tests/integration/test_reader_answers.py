@@ -109,7 +109,7 @@ async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_ar
     assert question["more"] and question["weakest_part"] > 0.35
 
 
-async def test_the_reader_reads_token_by_token_in_the_help_centres_language_only(embedder: Any) -> None:
+async def test_the_reader_reads_token_by_token_and_another_language_on_the_words_it_shares(embedder: Any) -> None:
     passage = RetrievedItem(
         kind="kb_chunk",
         id=uuid.uuid4(),
@@ -130,11 +130,17 @@ async def test_the_reader_reads_token_by_token_in_the_help_centres_language_only
     [read] = await reader.passages([passage])
     assert len(read.unit_tokens) == len(read.units) and read.unit_tokens[0].dtype == np.float16
     english = Question("How long does the reset link stay usable?")
-    french = Question("Combien de temps le lien reste-t-il valable ?")
-    tokens = await reader.token_queries([english, french], [None, None], [read])
+    german = Question("Wie lange bleibt der Link gültig, wenn ich auf Forgot password klicke?")
+    tokens = await reader.token_queries([english, german], [None, None], [read])
     assert tokens is not None
-    assert tokens[0].question is not None  # English, like the help centre
-    assert tokens[1].question is None  # another language: the sentence vectors alone
+    assert tokens[0].question is not None  # English, like the help centre: every word counts
+    # Another language: only the words some unit has count ("Forgot password"), not the German ones.
+    german_query = tokens[1].question
+    assert german_query is not None
+    [rows] = embedder.encode_tokens([german.query])
+    unit_ids = {int(i) for ids in read.unit_token_ids for i in ids}
+    counted = {int(i) for i, w in zip(rows.ids, german_query.weights, strict=True) if w > 0}
+    assert counted and counted <= unit_ids
     vectors = embedder.encode([english.query])
     scores = read.unit_scores(vectors[0], asked_for(english.text), tokens[0].question)
     assert "valid for 60 minutes" in read.units[int(np.argmax(scores))]

@@ -268,6 +268,12 @@ def test_token_reading_weighs_the_words_that_tell_the_units_apart() -> None:
     invoice_only = np.eye(3, dtype=np.float16)[[0]]
     with_receipt = np.eye(3, dtype=np.float16)[[0, 1]]
     assert query.score(invoice_only) == 0.0 and query.score(with_receipt) == 1.0
+    # A question in another language counts only the words some unit has; none shared, no token reading.
+    foreign = TokenRows(np.array([2, 7, 8]), np.eye(3, dtype=np.float32), np.array([True, True, True]))
+    shared = TokenQuery.of(foreign, frequency, documents=2, shared_only=True)
+    assert shared is not None and shared.weights.tolist() == [1.0, 0.0, 0.0]
+    alone = TokenRows(np.array([7, 8]), np.eye(3, dtype=np.float32)[:2], np.array([True, True]))
+    assert TokenQuery.of(alone, frequency, documents=2, shared_only=True) is None
 
 
 def test_a_unit_holding_the_rare_word_asked_for_wins_a_tie_of_sentence_vectors() -> None:

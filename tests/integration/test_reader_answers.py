@@ -4,7 +4,6 @@ loader, the real embedder, the reader choosing a passage per question."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from agent.state import AgentState
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
-from knowledge.retrieval import RetrievedItem
+from tests.support.knowledge import kb_passage
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -110,21 +109,12 @@ async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_ar
 
 
 async def test_the_reader_reads_token_by_token_and_another_language_on_the_words_it_shares(embedder: Any) -> None:
-    passage = RetrievedItem(
-        kind="kb_chunk",
-        id=uuid.uuid4(),
-        title="Reset your password",
-        text="Click Forgot password on the sign-in page. We email you a reset link. The link is valid for 60 "
+    passage = kb_passage(
+        "Reset your password",
+        "Click Forgot password on the sign-in page. We email you a reset link. The link is valid for 60 "
         "minutes and works once. Email security scanners sometimes open links before you do.",
-        resolution=None,
+        "reset",
         category="technical",
-        intent=None,
-        source="kb",
-        similarity=0.5,
-        text_rank=None,
-        vector_rank=None,
-        score=0.1,
-        metadata={"document_id": "reset"},
     )
     reader = Reader(embedder)
     [read] = await reader.passages([passage])

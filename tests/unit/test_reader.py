@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from dataclasses import replace
 
@@ -30,24 +29,11 @@ from agent.drafting.reader import (
 from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
 from knowledge.embedder import TokenRows
 from knowledge.retrieval import RetrievedItem
+from tests.support.knowledge import kb_passage
 
 
 def item(title: str, text: str, document: str) -> RetrievedItem:
-    return RetrievedItem(
-        kind="kb_chunk",
-        id=uuid.uuid4(),
-        title=title,
-        text=text,
-        resolution=None,
-        category="billing",
-        intent=None,
-        source="kb",
-        similarity=0.5,
-        text_rank=None,
-        vector_rank=None,
-        score=0.1,
-        metadata={"document_id": document},
-    )
+    return kb_passage(title, text, document)
 
 
 def unit(*values: float) -> np.ndarray:

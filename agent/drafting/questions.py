@@ -51,12 +51,17 @@ _INTERROGATIVE = re.compile(
     r"como|o que|onde|quando|por que|qual|quais|quem|posso|pode|podem|podemos|[ée] poss[íi]vel)\b",
     re.IGNORECASE,
 )
+# A request: asking for something anywhere in the sentence ("could you please…", "let me know…"), or saying what
+# one needs or wants when the sentence opens with it ("We need to change the billing email."). Said later in a
+# sentence, a need is usually the situation ("… no email has arrived, and I need to approve timesheets before
+# noon"), not something asked.
 _REQUEST = re.compile(
-    r"\b(?:please|pls|kindly|i need to|we need to|i want to|we want to|i'd like to|we'd like to|i would like to|"
-    r"we would like to|help me|help us|let me know|tell me|tell us|explain|is there a way|any way to|bitte|"
-    r"ich m[öo]chte|wir m[öo]chten|ich will|wir wollen|por favor|quisiera|quisi[ée]ramos|necesito|necesitamos|"
-    r"me gustar[íi]a|s'il vous pla[îi]t|merci de|je voudrais|nous voudrions|j'aimerais|nous aimerions|"
-    r"je souhaite|nous souhaitons|gostaria|gostar[íi]amos|preciso|precisamos|por gentileza)\b",
+    r"\b(?:please|pls|kindly|help me|help us|let me know|tell me|tell us|explain|is there a way|any way to|bitte|"
+    r"por favor|s'il vous pla[îi]t|merci de|por gentileza)\b"
+    r"|^(?:(?:so|also|now|but|and|hi|hello|hey)\b[,!]?\s+)?(?:i need to|we need to|i want to|we want to|"
+    r"i'd like to|we'd like to|i would like to|we would like to|ich m[öo]chte|wir m[öo]chten|ich will|wir wollen|"
+    r"quisiera|quisi[ée]ramos|necesito|necesitamos|me gustar[íi]a|je voudrais|nous voudrions|j'aimerais|"
+    r"nous aimerions|je souhaite|nous souhaitons|gostaria|gostar[íi]amos|preciso|precisamos)\b",
     re.IGNORECASE,
 )
 

@@ -180,7 +180,7 @@ def replying(port: int) -> bool:
 def test_a_model_server_killed_mid_reply_falls_back_and_the_ticket_is_answered_once(
     llama_server: ModelSlot, deskpilot: ServerProcess
 ) -> None:
-    payload = {**example_ticket("password-reset"), "external_id": "e2e-local-llm-killed-1"}
+    payload = {**example_ticket("howto-invoice"), "external_id": "e2e-local-llm-killed-1"}
     try:
         with httpx.Client(base_url=deskpilot.base_url, timeout=10) as http:
             ticket_id = http.post("/api/webhooks/support/ingest", json=payload).json()["ticket_id"]

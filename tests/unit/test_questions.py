@@ -73,6 +73,11 @@ def test_a_short_vague_question_reads_with_everything_said_since_the_last_questi
         ("Merci de m'indiquer la marche à suivre.", True),
         ("We moved the business to Canada this year.", False),
         ("Please reset the 2FA for my colleague.", True),
+        ("We need to change the billing email on our invoices.", True),
+        ("Also, we would like to add two seats.", True),
+        ("Ich möchte unser Abo kündigen.", True),
+        # A need said after the situation is the situation, not a request.
+        ("No reset email has arrived, and I need to approve timesheets before noon.", False),
     ],
 )
 def test_questions_and_requests_in_several_languages(sentence: str, expected: bool) -> None:

@@ -122,9 +122,9 @@ class ReadPassage:
     unit_token_ids: tuple[np.ndarray, ...] = ()
 
     def unit_scores(self, vector: np.ndarray, asked: frozenset[str], tokens: TokenQuery | None = None) -> np.ndarray:
-        """Each unit's closeness to the question: read token by token when `tokens` is given and the units have
-        token vectors, else the cosine to `vector`; plus the bonus where the unit gives a kind of answer `asked`
-        for."""
+        """Each unit's closeness to the question: its cosine to `vector`, averaged (`LATE_WEIGHT`) with its
+        reading token by token when `tokens` is given and the units have token vectors; plus the bonus where the
+        unit gives a kind of answer `asked` for."""
         scores = self.unit_vectors @ vector
         if tokens is not None and self.unit_tokens:
             late = LATE_SCALE * np.array([tokens.score(u) for u in self.unit_tokens]) + LATE_SHIFT
@@ -329,7 +329,8 @@ class Reader:
         if not all(p.unit_tokens for p in read if p.units):
             return None
         parts = [list(q.parts) if v is not None else [] for q, v in zip(questions, part_vectors, strict=True)]
-        rows = await embed_tokens(self.embedder, [q.query for q in questions] + [p for ps in parts for p in ps])
+        texts = [q.query for q in questions] + [p for ps in parts for p in ps]
+        rows = await embed_tokens(self.embedder, texts)
         if rows is None:
             return None
         frequency: Counter[int] = Counter()
@@ -342,7 +343,6 @@ class Reader:
         # with the units (product names, menu labels, codes: "Token", "Settings", "2FA"): its own words are in
         # no English sentence, and their token vectors would only add noise.
         language = language_of(" ".join(p.units[0] for p in read if p.units))
-        texts = [q.query for q in questions] + [p for ps in parts for p in ps]
         queries = [
             TokenQuery.of(r, frequency, documents, shared_only=language_of(t) != language)
             for r, t in zip(rows, texts, strict=True)

@@ -19,7 +19,7 @@ from agent.state import AgentState
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
-from tests.support.knowledge import kb_passage
+from tests.support.draft_requests import item
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -109,12 +109,12 @@ async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_ar
 
 
 async def test_the_reader_reads_token_by_token_and_another_language_on_the_words_it_shares(embedder: Any) -> None:
-    passage = kb_passage(
-        "Reset your password",
-        "Click Forgot password on the sign-in page. We email you a reset link. The link is valid for 60 "
+    passage = item(
+        "reset-1",
+        title="Reset your password",
+        text="Click Forgot password on the sign-in page. We email you a reset link. The link is valid for 60 "
         "minutes and works once. Email security scanners sometimes open links before you do.",
-        "reset",
-        category="technical",
+        document="reset",
     )
     reader = Reader(embedder)
     [read] = await reader.passages([passage])

@@ -20,7 +20,9 @@ def item(
     text: str = "",
     resolution: str | None = None,
     similarity: float | None = 0.8,
+    document: str | None = None,
 ) -> RetrievedItem:
+    """A retrieved item named `item_id`; `document` names the article a help-centre passage belongs to."""
     return RetrievedItem(
         kind=kind,  # type: ignore[arg-type]
         id=item_id,  # type: ignore[arg-type]  # tests name their items; the store's are UUIDs
@@ -34,6 +36,7 @@ def item(
         text_rank=None,
         vector_rank=None,
         score=similarity or 0.0,
+        metadata={"document_id": document} if document else {},
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import numpy as np
 from core.settings import PROJECT_ROOT
 from knowledge.embedder import Embedder
 from knowledge.loader import load_paths
-from knowledge.retrieval import RetrievedItem
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 # A small labelled sample of the public data sets ships with the tests (tests/data/README.md: the rows, the licences).
@@ -30,25 +28,6 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 SEARCH_HIT_KEYS = frozenset(
     {"kind", "id", "title", "text", "source", "category", "intent", "similarity", "text_rank", "score"}
 )
-
-
-def kb_passage(title: str, text: str, document: str, category: str = "billing") -> RetrievedItem:
-    """A help-centre passage as retrieval returns it, of the article `document`."""
-    return RetrievedItem(
-        kind="kb_chunk",
-        id=uuid.uuid4(),
-        title=title,
-        text=text,
-        resolution=None,
-        category=category,
-        intent=None,
-        source="kb",
-        similarity=0.5,
-        text_rank=None,
-        vector_rank=None,
-        score=0.1,
-        metadata={"document_id": document},
-    )
 
 
 class MemoEmbedder:

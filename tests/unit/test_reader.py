@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from dataclasses import replace
 
@@ -29,11 +30,11 @@ from agent.drafting.reader import (
 from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
 from knowledge.embedder import TokenRows
 from knowledge.retrieval import RetrievedItem
-from tests.support.knowledge import kb_passage
+from tests.support.draft_requests import item as passage_item
 
 
 def item(title: str, text: str, document: str) -> RetrievedItem:
-    return kb_passage(title, text, document)
+    return passage_item(str(uuid.uuid4()), title=title, text=text, document=document)
 
 
 def unit(*values: float) -> np.ndarray:

@@ -65,6 +65,8 @@ CANDIDATE_PASSAGES = 3
 CANDIDATE_MARGIN = 0.15
 # Passages whose units are kept read (LRU): with token vectors (float16) about 0.1 MB each.
 CACHE_SIZE = 2_000
+# Question texts whose token vectors are kept: a ticket's questions are read once or twice, moments apart.
+QUESTION_CACHE_SIZE = 256
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the
 # confidence, not this floor, decides whether a reply goes out.
@@ -252,6 +254,8 @@ class Reader:
         self.embedder = embedder
         self.cache_size = cache_size
         self._cache: OrderedDict[str, ReadPassage] = OrderedDict()
+        # Questions' token rows by text, the most recent kept.
+        self._question_tokens: OrderedDict[str, TokenRows] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def passages(self, items: Sequence[RetrievedItem]) -> list[ReadPassage]:
@@ -330,9 +334,15 @@ class Reader:
             return None
         parts = [list(q.parts) if v is not None else [] for q, v in zip(questions, part_vectors, strict=True)]
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
-        rows = await embed_tokens(self.embedder, texts)
-        if rows is None:
+        # A ticket whose question asks several things is read twice (`agent.nodes`): its texts are encoded once.
+        missing = [t for t in dict.fromkeys(texts) if t not in self._question_tokens]
+        encoded = await embed_tokens(self.embedder, missing) if missing else []
+        if encoded is None:
             return None
+        self._question_tokens.update(zip(missing, encoded, strict=True))
+        while len(self._question_tokens) > QUESTION_CACHE_SIZE:
+            self._question_tokens.popitem(last=False)
+        rows = [self._question_tokens[t] for t in texts]
         frequency: Counter[int] = Counter()
         documents = 0
         for passage in read:

@@ -4,7 +4,7 @@ loader, the real embedder, the reader choosing a passage per question."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from agent.state import AgentState
 from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
+from knowledge.embedder import TokenRows
 from tests.support.draft_requests import item
 
 pytestmark = pytest.mark.timeout(240)
@@ -134,3 +135,32 @@ async def test_the_reader_reads_token_by_token_and_another_language_on_the_words
     vectors = embedder.encode([english.query])
     scores = read.unit_scores(vectors[0], asked_for(english.text), tokens[0].question)
     assert "valid for 60 minutes" in read.units[int(np.argmax(scores))]
+
+
+async def test_a_question_read_twice_is_encoded_token_by_token_once(embedder: Any) -> None:
+    # A question asking several things is read twice (the second time with its article's sections).
+    class CountingTokens:
+        def __init__(self) -> None:
+            self.name, self.dimension, self.token_texts = embedder.name, embedder.dimension, 0
+
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            return np.asarray(embedder.encode(texts))
+
+        def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]:
+            self.token_texts += len(texts)
+            return list(embedder.encode_tokens(texts))
+
+    counting = CountingTokens()
+    reader = Reader(counting)
+    passage = item("plans-1", title="Plans", text="Starter includes invoicing. Free has no invoicing.", document="p")
+    read = await reader.passages([passage])
+    units = counting.token_texts
+    question = Question("Which plan has invoicing, and can I try it first?")
+    parts = np.asarray(embedder.encode(question.parts))
+    first = await reader.token_queries([question], [parts], read)
+    assert counting.token_texts == units + 1 + len(question.parts)
+    second = await reader.token_queries([question], [parts], read)
+    assert counting.token_texts == units + 1 + len(question.parts)  # nothing encoded again
+    assert first is not None and second is not None
+    assert first[0].question is not None and second[0].question is not None
+    assert np.array_equal(first[0].question.weights, second[0].question.weights)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from agent.scoring.confidence import CALIBRATION_PATH, Calibration
-from app.cli.report import calibrate_from_reviews
+from app.cli.report import calibrate_from_reviews, calibrated_ece_range
 from app.cli.startup import load_settings
 
 
@@ -143,6 +143,7 @@ def print_deployment_report(report: dict[str, Any]) -> None:
     table.add_row("category accuracy", _fmt(report["category_accuracy"]))
     table.add_row("priority accuracy", _fmt(report["priority_accuracy"]))
     table.add_row("ECE (10 bins)", _fmt(report["ece"], False))
+    table.add_row("ECE a perfect curve would show here", calibrated_ece_range(report.get("ece_if_calibrated")))
     table.add_row("tickets/s", _fmt(report["tickets_per_second"], False))
     console.print(table)
     per_kind = Table(title="by kind")

@@ -150,6 +150,11 @@ def go_live_rehearsal(dataset: Path, json_out: Path | None, reviewed_share: floa
         click.echo(f"figures written to {json_out}")
 
 
+def calibrated_ece_range(noise: dict[str, float] | None) -> str:
+    """`evaluation.ece_if_calibrated` as "median (5th–95th percentile)"."""
+    return "—" if not noise else f"{noise['median']:.3f} ({noise['p05']:.3f}–{noise['p95']:.3f})"
+
+
 def print_rehearsal(data: dict[str, Any]) -> None:
     refit = data["refit"]
     click.echo(
@@ -159,7 +164,8 @@ def print_rehearsal(data: dict[str, Any]) -> None:
     click.echo(f"refit: {'activated' if refit['activated'] else 'not activated'}: {refit['reason']}")
     ece = data["ece_unseen"]
     click.echo(
-        f"unseen half: ECE {ece['in_force']} (shipped curve {ece['shipped']}), "
+        f"unseen half: ECE {ece['in_force']} (shipped curve {ece['shipped']}; a perfectly calibrated curve would "
+        f"show {calibrated_ece_range(ece.get('if_calibrated'))} on these tickets), "
         f"highest confidence {data['max_confidence_unseen']}, right {data['right_share_unseen']}"
     )
     at = data["at_recommended_threshold"]

@@ -124,6 +124,7 @@ DEPLOYMENT_KEYS = (
     "category_accuracy",
     "priority_accuracy",
     "ece",
+    "ece_if_calibrated",
     "tickets_per_second",
     "by_kind",
     "failures",

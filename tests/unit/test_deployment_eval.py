@@ -12,6 +12,7 @@ import pytest
 
 from agent.quality.evaluation import (
     DeploymentResult,
+    ece_if_calibrated,
     missing_facts,
     read_deployment_set,
     score_deployment,
@@ -103,6 +104,7 @@ def test_scores_of_a_tiny_set_by_hand() -> None:
     # 0.7 {a3 right, m1} |0.7 - 1/2| * 2/8; 0.3 {a4 right} |0.3 - 1| * 1/8; 0.1 {n2, m2} |0.1 - 0| * 2/8.
     expected = (0.9 - 1 / 3) * 3 / 8 + 0.2 * 2 / 8 + 0.7 * 1 / 8 + 0.1 * 2 / 8
     assert report["ece"] == pytest.approx(expected)
+    assert report["ece_if_calibrated"] == ece_if_calibrated([r.confidence for r in TINY])
     assert report["by_kind"]["answerable"] == {
         "n": 4,
         "deliver": 2,

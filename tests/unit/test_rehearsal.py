@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.quality.evaluation import DeploymentResult, expected_calibration_error
+from agent.quality.evaluation import DeploymentResult, ece_if_calibrated, expected_calibration_error
 from agent.scoring.confidence import Calibration
 from review import calibration as review_calibration
 from review.rehearsal import rehearse_go_live, rehearsed, reviewed_half
@@ -86,6 +86,10 @@ def test_figures_equal_a_hand_computation() -> None:
     p = [review_calibration.predict(in_force, row.label) for row in unseen]
     y = [row.label.right for row in unseen]
     assert data["ece_unseen"]["in_force"] == pytest.approx(expected_calibration_error(p, y), abs=1e-3)
+    assert data["ece_unseen"]["if_calibrated"] == ece_if_calibrated(p)
+    assert data["targets"]["ece_within_what_a_calibrated_curve_shows"] == (
+        expected_calibration_error(p, y) <= ece_if_calibrated(p)["p95"]  # type: ignore[index,operator]
+    )
 
     threshold = data["recommended_threshold"]
     assert threshold is not None
@@ -138,3 +142,32 @@ def test_the_command_names_a_bad_line_and_exits_non_zero(tmp_path: Path) -> None
 
     missing = CliRunner().invoke(main, ["report", "go-live-rehearsal", str(tmp_path / "none.jsonl")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_a_perfect_curve_on_few_tickets_still_shows_an_ece_well_above_zero() -> None:
+    rng = random.Random(0)
+    few = [rng.uniform(0.2, 0.9) for _ in range(60)]
+    noise = ece_if_calibrated(few)
+    assert noise is not None
+    assert 0.05 < noise["median"] < 0.2
+    assert noise["p05"] < noise["median"] < noise["p95"]
+    # The same confidences give the same range: the draws are seeded.
+    assert ece_if_calibrated(few) == noise
+    # Many tickets: sampling noise shrinks and a perfect curve's ECE approaches zero.
+    many = [rng.uniform(0.2, 0.9) for _ in range(20_000)]
+    assert ece_if_calibrated(many, draws=200)["median"] < 0.01  # type: ignore[index]
+    assert ece_if_calibrated([]) is None
+
+
+def test_a_measured_ece_is_judged_against_what_a_calibrated_curve_shows() -> None:
+    rng = random.Random(1)
+    confidence = [rng.uniform(0.1, 0.9) for _ in range(300)]
+    noise = ece_if_calibrated(confidence)
+    assert noise is not None
+    # Outcomes drawn with the confidences' own probabilities fall inside the range; a curve claiming 0.9 for
+    # tickets right half the time does not.
+    calibrated = [rng.random() < c for c in confidence]
+    assert expected_calibration_error(confidence, calibrated) <= noise["p95"]  # type: ignore[operator]
+    overconfident = [0.9] * 300
+    coin = [rng.random() < 0.5 for _ in overconfident]
+    assert expected_calibration_error(overconfident, coin) > ece_if_calibrated(overconfident)["p95"]  # type: ignore[index,operator]

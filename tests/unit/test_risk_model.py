@@ -225,7 +225,8 @@ def test_held_out_reports_are_caught_and_their_look_alikes_mostly_not(model: Ris
     when written: 95 of 96 reports caught (one English legal threat missed), 2 of 66 look-alikes flagged; after the
     everyday problems joined the examples (794): 95 of 96 (one Spanish data loss missed), 4 of 66 flagged; after
     requests for billing exceptions joined (817): 96 of 96, 5 of 66 flagged; after takeovers noticed as sessions
-    from unknown places joined (830): the same."""
+    from unknown places joined (830): the same; after ticket-length examples joined (965): 95 of 96 (the Spanish
+    data loss again), 3 of 66 flagged."""
     rows = [json.loads(line) for line in (DATA / "risk_reports.jsonl").read_text().splitlines() if line.strip()]
     vectors = embedder.encode([r["text"] for r in rows])
     flagged = [bool(model.detect(r["text"], v)) for r, v in zip(rows, vectors, strict=True)]

@@ -63,8 +63,10 @@ def compose_answers(
         lines: list[str] = []
         if several:
             lines.append(words["you_asked"].format(question=_quote(ev.question.text)))
-        if tier and not told_tier and _mentions(body, tier):
-            lines.append(words["your_tier"].format(tier=tier))
+        written = _mentioned(body, tier) if tier and not told_tier else None
+        if tier and written:
+            # The plan as the help centre spells it ("Starter"), whatever the casing on the account.
+            lines.append(words["your_tier"].format(tier=written))
             out.account_facts.append(f"tier {tier}")
             told_tier = True
         # Quotes of one article read as one passage, cited once with each section's reference.
@@ -108,8 +110,10 @@ def _title(title: str) -> str:
     return title.split(" › ")[0] if title else ""
 
 
-def _mentions(text: str, word: str) -> bool:
-    return bool(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE))
+def _mentioned(text: str, word: str) -> str | None:
+    """`word` as `text` writes it, when it does (whole word, any case)."""
+    found = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)
+    return found.group(0) if found else None
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[{¿¡ÄÖÜÉÀÂÇ])")

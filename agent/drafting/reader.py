@@ -83,12 +83,56 @@ LATE_WEIGHT = 0.5
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 _TABLE_RULE = re.compile(r"^[\s|:-]+$")
+_CELL_BREAK = " | "
 
 
 def plain(text: str) -> str:
-    """Markdown emphasis and table rules removed: replies are plain text."""
-    lines = [line for line in text.split("\n") if not _TABLE_RULE.match(line) or not line.strip()]
-    return _EMPHASIS.sub("", "\n".join(lines))
+    """Markdown emphasis and table rules removed, and a table's rows written as lines a reply can quote
+    ("| Starter | Within 1 business day |" -> "Starter: Within 1 business day."): replies are plain text."""
+    lines = text.split("\n")
+    out: list[str] = []
+    header: list[str] | None = None
+    for n, line in enumerate(lines):
+        if line.strip() and _TABLE_RULE.match(line):
+            continue
+        cells = _table_cells(lines, n)
+        if cells is None:
+            out.append(line)
+            header = None
+            continue
+        following = lines[n + 1] if n + 1 < len(lines) else ""
+        if "|" in following and _TABLE_RULE.match(following):
+            header = cells  # a Markdown table's header row: what its columns are, not something to quote
+            continue
+        out.append(_table_row(cells, header))
+    return _EMPHASIS.sub("", "\n".join(out))
+
+
+def _table_cells(lines: Sequence[str], n: int) -> list[str] | None:
+    """The cells of line `n` when it is a table row: a Markdown row ("| a | b |"), or a row of an HTML table as
+    the chunker writes it ("a | b") next to another such row."""
+    line = lines[n].strip()
+    if line.startswith("|") and line.endswith("|") and line.count("|") >= 3:
+        return [cell.strip() for cell in line[1:-1].split("|")]
+    neighbours = [lines[m].strip() for m in (n - 1, n + 1) if 0 <= m < len(lines)]
+    if _CELL_BREAK in line and any(_CELL_BREAK in other for other in neighbours):
+        return [cell.strip() for cell in line.split("|")]
+    return None
+
+
+def _table_row(cells: Sequence[str], header: Sequence[str] | None) -> str:
+    """A row as a line: its first cell, a colon, the others. A number in the first column reads with the column's
+    name ("Day" and "14": "Day 14: …")."""
+    cells = [cell for cell in cells if cell]
+    if not cells:
+        return ""
+    first = cells[0]
+    if header and header[0] and first[:1].isdigit() and len(header[0].split()) <= 2:
+        first = f"{header[0]} {first}"
+    if len(cells) == 1:
+        return first
+    row = f"{first}: {'; '.join(cells[1:])}"
+    return row if row[-1] in ".!?:" else f"{row}."
 
 
 def passage_units(text: str) -> list[str]:

@@ -198,7 +198,8 @@ def evidence(question: str, units: list[str], score: float, title: str = "Plans 
 def test_each_answered_question_is_introduced_and_cited_and_the_rest_handed_over() -> None:
     answered = evidence("Which plan has invoicing?", ["Starter – invoicing."], 0.7)
     unanswered = evidence("Do you sign a HIPAA agreement?", ["Unrelated."], 0.2)
-    composition = compose_answers([answered, unanswered], language="en", tier="Starter")
+    # The account's tier as the operator stores it; the reply spells it as the help centre does.
+    composition = compose_answers([answered, unanswered], language="en", tier="starter")
     text = "\n\n".join(composition.paragraphs)
     assert "You asked \u201cWhich plan has invoicing?\u201d" in text
     assert "Your account is on Starter." in text
@@ -289,3 +290,22 @@ def test_a_unit_holding_the_rare_word_asked_for_wins_a_tie_of_sentence_vectors()
     plans = item("Receipts", "...", "receipts")
     ev = choose(Question("Where do receipts go?"), same, same, [plans], [passage], tokens=QuestionTokens(query))
     assert ev.best_unit == pytest.approx(float(scores[1]))
+
+
+def test_table_rows_read_as_lines_a_reply_can_quote() -> None:
+    markdown = (
+        "Response times:\n\n| Plan | First response |\n| --- | --- |\n| Free | Within 3 business days |\n"
+        "| Enterprise | Within 4 business hours; 24/7 for urgent incidents |"
+    )
+    # The header row names the columns; it is not quoted.
+    assert plain(markdown).split("\n")[2:] == [
+        "Free: Within 3 business days.",
+        "Enterprise: Within 4 business hours; 24/7 for urgent incidents.",
+    ]
+    # A number in the first column reads with the column's name.
+    schedule = "| Day | What we do |\n|---|---|\n| 14 | The workspace moves to the Free plan. |"
+    assert plain(schedule) == "Day 14: The workspace moves to the Free plan."
+    assert passage_units(schedule) == ["Day 14: The workspace moves to the Free plan."]
+    # An HTML table's rows as the chunker writes them; a lone " | " in prose is left alone.
+    assert plain("Plan | Price\nFree | 0 EUR") == "Plan: Price.\nFree: 0 EUR."
+    assert plain("Separate values with a | b in the filter.") == "Separate values with a | b in the filter."

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from agent.drafting.questions import asked_for, clauses, gives, is_question, language_of, sentences, split_questions
+from agent.drafting.questions import (
+    asked_for,
+    clauses,
+    content_words,
+    gives,
+    is_question,
+    language_of,
+    sentences,
+    split_questions,
+)
 
 
 def test_two_questions_are_two_with_the_sentence_before_each_as_context() -> None:
@@ -63,6 +72,23 @@ def test_a_short_vague_question_reads_with_everything_said_since_the_last_questi
         "", "The app crashed. It crashed again today. How do I send you the crash logs from the desktop app?"
     )
     assert longer.context == "It crashed again today."
+
+
+def test_a_long_question_that_names_nothing_reads_with_what_was_said_before_it() -> None:
+    body = (
+        "The renewal failed twice. The last two emails say authentication_required. "
+        "My bank insists the card is fine. What do I actually need to do so this goes through?"
+    )
+    [question] = split_questions("Card keeps bouncing", body)
+    assert content_words(question.text) == []
+    # Long enough not to count as short, yet it says what it is about only with the sentences before it.
+    assert "authentication_required" in question.context and "card is fine" in question.context
+    # A question of the same length that names its subject keeps only the sentence before it.
+    [named] = split_questions(
+        "", "The renewal failed twice. My bank insists the card is fine. How do I pay the open invoice by card myself?"
+    )
+    assert named.context == "My bank insists the card is fine."
+    assert content_words(named.text) == ["open", "invoice", "card", "myself"]
 
 
 @pytest.mark.parametrize(

@@ -291,14 +291,18 @@ def expected_calibration_error(confidence: Sequence[float], right: Sequence[bool
     if not confidence:
         return None
     conf = np.asarray(confidence, dtype=float)
-    hits = np.asarray(right, dtype=float)
+    return float(_binned_gaps(conf, np.asarray(right, dtype=float)[None, :], bins)[0])
+
+
+def _binned_gaps(conf: np.ndarray, hits: np.ndarray, bins: int) -> np.ndarray:
+    """The binned ECE of `conf` against each row of `hits` (outcomes, one row per draw)."""
     index = np.minimum((conf * bins).astype(int), bins - 1)
-    total = 0.0
+    total = np.zeros(len(hits))
     for b in range(bins):
         mask = index == b
         if mask.any():
-            total += abs(conf[mask].mean() - hits[mask].mean()) * mask.mean()
-    return float(total)
+            total += np.abs(conf[mask].mean() - hits[:, mask].mean(axis=1)) * mask.mean()
+    return total
 
 
 # Simulated outcomes behind `ece_if_calibrated`: enough for a stable median and 90 % range.
@@ -318,13 +322,7 @@ def ece_if_calibrated(
         return None
     conf = np.asarray(confidence, dtype=float)
     hits = np.random.default_rng(seed).random((draws, len(conf))) < conf
-    index = np.minimum((conf * bins).astype(int), bins - 1)
-    total = np.zeros(draws)
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += np.abs(conf[mask].mean() - hits[:, mask].mean(axis=1)) * mask.mean()
-    low, median, high = np.percentile(total, [5, 50, 95])
+    low, median, high = np.percentile(_binned_gaps(conf, hits, bins), [5, 50, 95])
     return {"median": round(float(median), 4), "p05": round(float(low), 4), "p95": round(float(high), 4)}
 
 

@@ -12,15 +12,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agent.drafting.crosslingual import MULTILINGUAL_MODELS, CrossLingualReader
 from agent.drafting.reader import Reader
 from knowledge.embedder import Embedder, embed
 
 
 class QueryEmbedder:
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, *, crosslingual: bool = False) -> None:
         self.embedder = embedder
         # One per process: its cache of passage units is shared by every ticket.
         self.reader = Reader(embedder)
+        # Tickets in another language than the help centre's, when this model reads English only.
+        multilingual = embedder.name in MULTILINGUAL_MODELS
+        self.crosslingual = CrossLingualReader(embedder) if crosslingual and not multilingual else None
 
     async def encode(self, text: str) -> np.ndarray:
         vectors = await embed(self.embedder, [text])

@@ -9,19 +9,22 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any, Protocol
 from uuid import UUID
 
+import numpy as np
 from langgraph.runtime import Runtime
 
 from agent import outcome
 from agent.account import load_account, offline_account
 from agent.context import Context
+from agent.drafting.crosslingual import CrossLingualReader
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
-from agent.drafting.reader import ANSWER_FLOOR, Evidence, document_of
+from agent.drafting.reader import ANSWER_FLOOR, Evidence, Reader, document_of
 from agent.drafting.request import NOT_ASKED, Draft, DraftRequest
 from agent.scoring.confidence import Grounding, compute_signals, knowledge_signals, score_confidence
 from agent.scoring.risk import Risk, detect_risks, hidden_instructions, strongest_action
@@ -30,7 +33,14 @@ from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, t
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
-from knowledge.retrieval import RetrievedItem, article_sections, nearest_resolutions, search, shorten
+from knowledge.retrieval import (
+    RetrievedItem,
+    article_sections,
+    help_centre_passages,
+    nearest_resolutions,
+    search,
+    shorten,
+)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +350,9 @@ async def _read_knowledge(
     """The ticket's questions and, for each, the knowledge-base passage that answers it (the reader).
 
     Each question gets its own search besides the ticket's: a second question is often about something the
-    ticket as a whole is not closest to. A deployment without a knowledge base costs one empty search here.
+    ticket as a whole is not closest to. A deployment without a knowledge base costs one empty search here. A
+    ticket in another language than the help centre's is read, and its passages searched, with the multilingual
+    model (`agent.drafting.crosslingual`) when the configured one reads English only.
     """
     settings = ctx.settings
     passages = {i.id: i for i in items if i.kind == "kb_chunk"}
@@ -362,35 +374,73 @@ async def _read_knowledge(
             return [], []
         # One encode for the questions and, of a question asking several things, its parts.
         parts = [q.parts if len(q.parts) > 1 else [] for q in questions]
-        encoded = await ctx.embeddings.encode_many([q.query for q in questions] + [p for ps in parts for p in ps])
-        vectors = encoded[: len(questions)]
-        part_vectors: list[Any] = []
-        at = len(questions)
-        for ps in parts:
-            part_vectors.append(encoded[at : at + len(ps)] if ps else None)
-            at += len(ps)
-        for question, vector in zip(questions, vectors, strict=True):
+        texts = [q.query for q in questions] + [p for ps in parts for p in ps]
+        reading = _Reading.of(ctx.embeddings.reader, embedding, await ctx.embeddings.encode_many(texts), parts)
+        for text, vector in zip(texts[: len(questions)], reading.questions, strict=True):
             found = await search(
                 conn,
                 query_embedding=vector,
-                query_text=question.query,
+                query_text=text,
                 kinds=("kb_chunk",),
                 k=QUESTION_PASSAGES,
                 ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
-    reader = ctx.embeddings.reader
-    evidence = await reader.read(questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors)
+        crosslingual = _crosslingual(ctx, ticket, list(passages.values()))
+        if crosslingual is not None:
+            # The passages found so far stay: a product word, a code or a menu label is found in any language.
+            encoded = await crosslingual.encode([ticket_text(ticket), *texts])
+            reading = _Reading.of(await crosslingual.reader(), encoded[0], encoded[1:], parts)
+            queries = np.vstack([reading.ticket, reading.questions])
+            found = await crosslingual.nearest(await help_centre_passages(conn), queries, QUESTION_PASSAGES)
+            passages.update((i.id, i) for i in found)
+    evidence = await reading.read(questions, list(passages.values()))
     # A question asking several things looks for its further parts in every section of the article it chose:
     # fetched for those articles only, then read again (the passages' units are cached by then).
-    chosen = [e.item for e, p in zip(evidence, part_vectors, strict=True) if p is not None and e.item is not None]
+    chosen = [e.item for e, p in zip(evidence, reading.parts, strict=True) if p is not None and e.item is not None]
     if chosen:
         async with ctx.pool.acquire() as conn:
             sections = await article_sections(conn, list(dict.fromkeys(UUID(document_of(i)) for i in chosen)))
-        evidence = await reader.read(
-            questions, vectors, embedding, list(passages.values()), part_vectors=part_vectors, sections=sections
-        )
+        evidence = await reading.read(questions, list(passages.values()), sections)
     return questions, evidence
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A ticket as one model reads it: the model's reader, and the ticket's, its questions' and (of a question
+    asking several things) its parts' vectors."""
+
+    reader: Reader
+    ticket: np.ndarray
+    questions: np.ndarray
+    parts: list[np.ndarray | None]
+
+    @classmethod
+    def of(cls, reader: Reader, ticket: np.ndarray, encoded: np.ndarray, parts: list[list[str]]) -> _Reading:
+        """`encoded`: the questions' vectors, then their parts' in order."""
+        at = len(parts)
+        part_vectors: list[np.ndarray | None] = []
+        for ps in parts:
+            part_vectors.append(encoded[at : at + len(ps)] if ps else None)
+            at += len(ps)
+        return cls(reader, ticket, encoded[: len(parts)], part_vectors)
+
+    async def read(
+        self, questions: list[Question], passages: list[RetrievedItem], sections: list[RetrievedItem] | None = None
+    ) -> list[Evidence]:
+        return await self.reader.read(
+            questions, self.questions, self.ticket, passages, part_vectors=self.parts, sections=sections or ()
+        )
+
+
+def _crosslingual(ctx: Context, ticket: TicketInput, passages: list[RetrievedItem]) -> CrossLingualReader | None:
+    """The multilingual reader when the ticket is in another language than the help centre (as its passages
+    found for the ticket are written) and the configured model reads English only; else None."""
+    crosslingual = ctx.embeddings.crosslingual
+    if crosslingual is None:
+        return None
+    help_centre = language_of(" ".join(p.text for p in passages[:QUESTION_PASSAGES]))
+    return crosslingual if language_of(ticket_text(ticket)) != help_centre else None
 
 
 @traced("draft")

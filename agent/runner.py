@@ -63,7 +63,9 @@ class TicketProcessor:
         # (measured: half the CPU of routing a ticket on a 1,500-ticket history).
         threadpool_limits(1, user_api="blas")
         self._embedder = embedder
-        self._queries: QueryEmbedder | None = QueryEmbedder(embedder) if embedder is not None else None
+        self._queries: QueryEmbedder | None = (
+            QueryEmbedder(embedder, crosslingual=settings.crosslingual_reader) if embedder is not None else None
+        )
         self._queries_lock = asyncio.Lock()
         self.drafter = drafter or default_drafter(settings, metrics)
         self.fallback_drafter: Drafter = OfflineDrafter()
@@ -89,7 +91,7 @@ class TicketProcessor:
             async with self._queries_lock:
                 if self._queries is None:
                     self._embedder = await load_embedder(self.settings.embedding_model)
-                    self._queries = QueryEmbedder(self._embedder)
+                    self._queries = QueryEmbedder(self._embedder, crosslingual=self.settings.crosslingual_reader)
         return self._queries
 
     def context(

@@ -303,6 +303,9 @@ class Settings:
 
     # Knowledge base / embeddings
     embedding_model: str | None = None
+    # Tickets in another language than the help centre's are read with a multilingual model (when
+    # `embedding_model` is not one already): `agent.drafting.crosslingual`.
+    crosslingual_reader: bool = True
     embedding_runtime: str = AUTO_RUNTIME
     # Where built embedding runtimes (the int8 ONNX model) are cached, one folder per model content and recipe.
     embedding_cache: Path = field(default_factory=lambda: default_embedding_cache({}))
@@ -441,6 +444,7 @@ class Settings:
             widget_origins=_origins(env, "DESKPILOT_WIDGET_ORIGINS"),
             widget_rate_limit=_int(env, "DESKPILOT_WIDGET_RATE_LIMIT", 60, 1, 100_000),
             embedding_model=_str(env, "DESKPILOT_EMBEDDING_MODEL"),
+            crosslingual_reader=_bool(env, "DESKPILOT_CROSSLINGUAL_READER", True),
             embedding_runtime=_embedding_runtime(env),
             embedding_cache=default_embedding_cache(env),
             hnsw_ef_search=_int(env, "DESKPILOT_HNSW_EF_SEARCH", 40, 1, 1000),

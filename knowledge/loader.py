@@ -549,7 +549,7 @@ def _category_from_folder(file: SourceFile) -> str | None:
     return None
 
 
-def _fallback_title(path: Path) -> str:
+def title_from_file_name(path: Path) -> str:
     return path.stem.replace("-", " ").replace("_", " ").strip().capitalize() or path.name
 
 
@@ -624,7 +624,7 @@ class _Loader:
                 file.format,
                 category=self.category,
                 default_category=_category_from_folder(file),
-                fallback_title=_fallback_title(file.path),
+                fallback_title=title_from_file_name(file.path),
                 metadata={"root": file.root.name, "path": file.source},
             )
         except RecordError as exc:  # a bad category in the front matter

@@ -302,14 +302,25 @@ async def article_sections(conn: Any, document_ids: Sequence[UUID]) -> list[Retr
     part of a question in the whole article it chose, not only in the sections a search happened to return."""
     if not document_ids:
         return []
+    return await _sections(conn, list(document_ids))
+
+
+async def help_centre_passages(conn: Any) -> list[RetrievedItem]:
+    """Every section of every help-centre article, in article order: what a reader on another model than the
+    stored vectors' searches itself (`agent.drafting.crosslingual`)."""
+    return await _sections(conn, None)
+
+
+async def _sections(conn: Any, document_ids: list[UUID] | None) -> list[RetrievedItem]:
     p = _Params()
+    where = "" if document_ids is None else f"WHERE c.document_id = ANY({p('documents', document_ids)}::uuid[])"
     sql = f"""
         SELECT 'kb_chunk'::text AS kind, c.id, NULL::bigint AS vector_rank, NULL::bigint AS text_rank,
                0.0::float8 AS score, NULL::float8 AS similarity, {_DETAIL_COLUMNS}
         FROM kb_chunks c
         JOIN kb_documents d ON d.id = c.document_id
         LEFT JOIN past_resolutions r ON false
-        WHERE c.document_id = ANY({p("documents", list(document_ids))}::uuid[])
+        {where}
         ORDER BY c.document_id, c.seq
     """
     rows = await conn.fetch(sql, *p.values)

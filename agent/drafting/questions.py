@@ -277,12 +277,12 @@ _LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         "will there any your me or if",
         "de": "der die das und ist sind wir unser ich wie was kann können nicht mit für ein eine haben den dem auf "
         "sich sie zu",
-        "es": "el la los las y es son nosotros nuestro cómo qué puedo podemos no con para una tengo hay del mi mis "
-        "su por muy",
+        "es": "el la los las y es son nosotros nuestro nuestra nuestros cómo qué puedo podemos no con para una tengo "
+        "hay del mi mis su por muy que se lo al pero desde este esta",
         "fr": "le la les et est sont nous notre je comment quoi peut pouvons pas avec pour une avons vous des du "
         "mes mon ma au aux ce cette",
-        "pt": "o a os as e é são nós nosso como que posso podemos não com para uma temos do da dos das meu minha "
-        "um você por",
+        "pt": "o a os as e é são nós nosso nossa nossos como que posso podemos não com para uma temos do da dos das "
+        "meu minha um você por em na ao mas também",
     }.items()
 }
 

@@ -155,6 +155,21 @@ def passage_units(text: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class CosineScale:
+    """An affine map putting another model's cosines on the scale of the reader's own (all-MiniLM-L6-v2), which
+    the margins and floors above and the knowledge calibration are in: `factor` × cosine + `shift`."""
+
+    factor: float = 1.0
+    shift: float = 0.0
+
+    def __call__(self, cosines: np.ndarray) -> np.ndarray:
+        return np.asarray(self.factor * cosines + self.shift)
+
+
+IDENTITY = CosineScale()
+
+
+@dataclass(frozen=True)
 class ReadPassage:
     """A passage as the reader sees it: its units, their vectors (title-prefixed), and its own vector."""
 
@@ -166,6 +181,8 @@ class ReadPassage:
     # Each unit's token vectors (L2-normalized, float16) and token ids; empty when the model gives none.
     unit_tokens: tuple[np.ndarray, ...] = ()
     unit_token_ids: tuple[np.ndarray, ...] = ()
+    # How this passage's cosines are put on the reader's scale (`CosineScale`): identity for the reader's own model.
+    scale: CosineScale = field(default_factory=lambda: IDENTITY)
 
     def unit_scores(self, vector: np.ndarray, asked: frozenset[str], tokens: TokenQuery | None = None) -> np.ndarray:
         """Each unit's closeness to the question: its cosine to `vector`, averaged (`LATE_WEIGHT`) with its
@@ -175,6 +192,7 @@ class ReadPassage:
         if tokens is not None and self.unit_tokens:
             late = LATE_SCALE * np.array([tokens.score(u) for u in self.unit_tokens]) + LATE_SHIFT
             scores = (1 - LATE_WEIGHT) * scores + LATE_WEIGHT * late
+        scores = self.scale(scores)
         if asked and self.unit_kinds:
             scores = scores + ANSWER_KIND_BONUS * np.array([bool(asked & k) for k in self.unit_kinds])
         return np.asarray(scores)
@@ -294,16 +312,18 @@ class Evidence:
 class Reader:
     """Scores passages against questions with the embedding model; passages' units are cached by text."""
 
-    def __init__(self, embedder: Embedder, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, embedder: Embedder, cache_size: int = CACHE_SIZE, scale: CosineScale = IDENTITY) -> None:
         self.embedder = embedder
         self.cache_size = cache_size
+        # For a reader on another model than the one the reader's constants were chosen on (`crosslingual`).
+        self.scale = scale
         self._cache: OrderedDict[str, ReadPassage] = OrderedDict()
         # Questions' token rows by text, the most recent kept.
         self._question_tokens: OrderedDict[str, TokenRows] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def passages(self, items: Sequence[RetrievedItem]) -> list[ReadPassage]:
-        keys = [_key(item) for item in items]
+        keys = [passage_key(item) for item in items]
         async with self._lock:
             missing = {k: item for k, item in zip(keys, items, strict=True) if k not in self._cache}
             if missing:
@@ -335,6 +355,7 @@ class Reader:
                 tuple(gives(u) for u in units),
                 tuple(_normalized(r.vectors).astype(np.float16) for r in rows),
                 tuple(r.ids for r in rows),
+                self.scale,
             )
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -483,7 +504,8 @@ def choose(
     for n, passage in enumerate(read):
         unit_scores = passage.unit_scores(question_vector, asked, tokens.question if tokens else None)
         best_unit = float(unit_scores.max()) if len(unit_scores) else 0.0
-        score = (best_unit + TICKET_WEIGHT * float(passage.vector @ ticket_vector)) / (1 + TICKET_WEIGHT)
+        to_ticket = float(passage.scale(passage.vector @ ticket_vector))
+        score = (best_unit + TICKET_WEIGHT * to_ticket) / (1 + TICKET_WEIGHT)
         scored.append((score, best_unit, unit_scores, n))
     scored.sort(key=lambda s: -s[0])
     score, best_unit, unit_scores, n = scored[0]
@@ -580,6 +602,7 @@ def document_of(item: RetrievedItem) -> str:
     return str(item.metadata.get("document_id") or item.id)
 
 
-def _key(item: RetrievedItem) -> str:
+def passage_key(item: RetrievedItem) -> str:
+    """A passage's identity and content: what its cached reading is kept under."""
     digest = hashlib.blake2b(f"{item.title}\x00{_passage_text(item)}".encode(), digest_size=12).hexdigest()
     return f"{item.id}:{digest}"

@@ -164,3 +164,30 @@ async def test_a_question_read_twice_is_encoded_token_by_token_once(embedder: An
     assert first is not None and second is not None
     assert first[0].question is not None and second[0].question is not None
     assert np.array_equal(first[0].question.weights, second[0].question.weights)
+
+
+async def test_a_ticket_in_another_language_is_read_with_the_multilingual_model(
+    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
+) -> None:
+    # Spanish against the English demo help centre: the English model finds nothing to quote; read with the
+    # multilingual one (joined to it), the reset-link passage answers and is quoted in English, cited.
+    ticket = {
+        "subject": "El enlace para cambiar la contraseña no funciona",
+        "body": "Hola, pedí cambiar mi contraseña y el enlace del correo dice que ya caducó. ¿Cuánto tiempo "
+        "dura el enlace y qué hago si siempre aparece como usado?",
+        "channel": "email",
+        "customer_name": "Lucía",
+    }
+
+    async def draft_with(**env: str) -> tuple[str, list[str]]:
+        processor = TicketProcessor(
+            demo_kb, make_settings(**env), Metrics(), embedder=embedder, drafter=OfflineDrafter()
+        )
+        state = await run_graph_offline(processor, dict(ticket))
+        return state["drafted"]["draft"], cited_titles(state)
+
+    draft, titles = await draft_with()
+    assert draft.startswith("Hola Lucía")  # the frame in the customer's language
+    assert "60 minutes" in draft and any("Reset your password" in t for t in titles)
+    english_only, english_titles = await draft_with(DESKPILOT_CROSSLINGUAL_READER="false")
+    assert "60 minutes" not in english_only and not any("Reset your password" in t for t in english_titles)

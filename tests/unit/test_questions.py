@@ -117,6 +117,9 @@ def test_the_language_of_the_ticket() -> None:
     # "a" is an English word as much as a Portuguese one.
     assert language_of("Is there any way to get a heads-up before a project burns through its hours?") == "en"
     assert language_of("Por favor, reduza a interrupção do serviço.") == "pt"
+    # Spanish shares "que", "a" and "por" with Portuguese: its own common words must outweigh them.
+    assert language_of("Queremos que los informes que enviamos a nuestros clientes lleven el logo, ¿se puede?") == "es"
+    assert language_of("Queremos que os relatórios que enviamos aos nossos clientes tenham o logotipo.") == "pt"
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from langgraph.runtime import Runtime
 from agent import outcome
 from agent.account import load_account, offline_account
 from agent.context import Context
-from agent.drafting.crosslingual import CrossLingualReader
 from agent.drafting.guardrails import review_reasons
 from agent.drafting.questions import Question, language_of, split_questions
 from agent.drafting.reader import ANSWER_FLOOR, Evidence, Reader, document_of
@@ -33,6 +32,7 @@ from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, t
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
+from knowledge.embedder import embed
 from knowledge.retrieval import (
     RetrievedItem,
     article_sections,
@@ -313,7 +313,7 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
             items.append(extra)
             resolutions.append(extra)
     grounding = choose_grounding(resolutions, prediction, category, use_intents)
-    questions, evidence = await _read_knowledge(ctx, state["ticket"], embedding, items)
+    questions, evidence, across = await _read_knowledge(ctx, state["ticket"], embedding, items)
     return {
         "items": items,
         "grounding": grounding,
@@ -339,6 +339,7 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
             "grounding": grounding.how,
             "specialist": specialist.name,
             "mode": "knowledge" if evidence else "resolution",
+            "read_across": across,
             "questions": [e.to_json() for e in evidence],
         },
     }
@@ -346,13 +347,14 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
 
 async def _read_knowledge(
     ctx: Context, ticket: TicketInput, embedding: Any, items: list[RetrievedItem]
-) -> tuple[list[Question], list[Evidence]]:
+) -> tuple[list[Question], list[Evidence], dict[str, str] | None]:
     """The ticket's questions and, for each, the knowledge-base passage that answers it (the reader).
 
     Each question gets its own search besides the ticket's: a second question is often about something the
     ticket as a whole is not closest to. A deployment without a knowledge base costs one empty search here. A
     ticket in another language than the help centre's is read, and its passages searched, with the multilingual
-    model (`agent.drafting.crosslingual`) when the configured one reads English only.
+    model (`agent.drafting.crosslingual`) when the configured one reads English only; the third value then says so
+    (the two languages and the model), for the trace.
     """
     settings = ctx.settings
     passages = {i.id: i for i in items if i.kind == "kb_chunk"}
@@ -368,10 +370,10 @@ async def _read_knowledge(
             )
             passages.update((i.id, i) for i in found)
         if not passages:
-            return [], []
+            return [], [], None
         questions = split_questions(ticket.get("subject") or "", latest_message(ticket))
         if not questions:
-            return [], []
+            return [], [], None
         # One encode for the questions and, of a question asking several things, its parts.
         parts = [q.parts if len(q.parts) > 1 else [] for q in questions]
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
@@ -386,14 +388,18 @@ async def _read_knowledge(
                 ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
-        crosslingual = _crosslingual(ctx, ticket, list(passages.values()))
-        if crosslingual is not None:
+        across = _languages_apart(ticket, list(passages.values()))
+        crosslingual = ctx.embeddings.crosslingual
+        joint = await crosslingual.reader() if across is not None and crosslingual is not None else None
+        if crosslingual is not None and joint is not None:
             # The passages found so far stay: a product word, a code or a menu label is found in any language.
-            encoded = await crosslingual.encode([ticket_text(ticket), *texts])
-            reading = _Reading.of(await crosslingual.reader(), encoded[0], encoded[1:], parts)
+            encoded = await embed(joint.embedder, [ticket_text(ticket), *texts])
+            reading = _Reading.of(joint, encoded[0], encoded[1:], parts)
             queries = np.vstack([reading.ticket, reading.questions])
             found = await crosslingual.nearest(await help_centre_passages(conn), queries, QUESTION_PASSAGES)
             passages.update((i.id, i) for i in found)
+        else:
+            across = None
     evidence = await reading.read(questions, list(passages.values()))
     # A question asking several things looks for its further parts in every section of the article it chose:
     # fetched for those articles only, then read again (the passages' units are cached by then).
@@ -402,7 +408,9 @@ async def _read_knowledge(
         async with ctx.pool.acquire() as conn:
             sections = await article_sections(conn, list(dict.fromkeys(UUID(document_of(i)) for i in chosen)))
         evidence = await reading.read(questions, list(passages.values()), sections)
-    return questions, evidence
+    if across is not None:
+        across["model"] = reading.reader.embedder.name
+    return questions, evidence, across
 
 
 @dataclass(frozen=True)
@@ -433,14 +441,12 @@ class _Reading:
         )
 
 
-def _crosslingual(ctx: Context, ticket: TicketInput, passages: list[RetrievedItem]) -> CrossLingualReader | None:
-    """The multilingual reader when the ticket is in another language than the help centre (as its passages
-    found for the ticket are written) and the configured model reads English only; else None."""
-    crosslingual = ctx.embeddings.crosslingual
-    if crosslingual is None:
-        return None
+def _languages_apart(ticket: TicketInput, passages: list[RetrievedItem]) -> dict[str, str] | None:
+    """The ticket's language and the help centre's (as the passages found for the ticket are written) when they
+    differ; else None."""
     help_centre = language_of(" ".join(p.text for p in passages[:QUESTION_PASSAGES]))
-    return crosslingual if language_of(ticket_text(ticket)) != help_centre else None
+    language = language_of(ticket_text(ticket))
+    return {"ticket_language": language, "help_centre_language": help_centre} if language != help_centre else None
 
 
 @traced("draft")

@@ -21,6 +21,7 @@ vectors, token by token on MiniLM's tokens). The joint reader's scores are put o
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Sequence
 
@@ -30,6 +31,8 @@ from agent.drafting.reader import CosineScale, Reader, passage_key, plain
 from knowledge.embedder import Embedder, TokenEmbedder, TokenRows, embed, load_embedder
 from knowledge.embedding_models import E5_SMALL, MULTILINGUAL_USE
 from knowledge.retrieval import RetrievedItem
+
+log = logging.getLogger(__name__)
 
 MODEL = MULTILINGUAL_USE
 # Embedding models that read every language already: with one of them configured this reader is not needed.
@@ -81,20 +84,33 @@ class CrossLingualReader:
         # The help centre's passage vectors by `passage_key`: what the last search read, so no more than it holds.
         self._index: dict[str, np.ndarray] = {}
         self._lock = asyncio.Lock()
+        self._unavailable = False
 
-    async def reader(self) -> Reader:
-        if self._reader is None:
+    async def reader(self) -> Reader | None:
+        """The joint reader; None when the multilingual model cannot be loaded (logged once): the ticket is then
+        read as any other, with the English model alone."""
+        if self._reader is None and not self._unavailable:
             async with self._lock:
-                if self._reader is None:
-                    self._reader = self._joint(await load_embedder(MODEL))
+                if self._reader is None and not self._unavailable:
+                    try:
+                        self._reader = self._joint(await load_embedder(MODEL))
+                    except (ImportError, OSError, RuntimeError) as exc:
+                        log.warning(
+                            "multilingual model %s not loaded (%s): reading with %s alone",
+                            MODEL,
+                            exc,
+                            self._english.name,
+                        )
+                        self._unavailable = True
         return self._reader
 
     def _joint(self, multilingual: Embedder) -> Reader:
         return Reader(joint(self._english, multilingual, ENGLISH_WEIGHT), scale=SCALE)
 
     async def encode(self, texts: Sequence[str]) -> np.ndarray:
-        reader = await self.reader()
-        return await embed(reader.embedder, list(texts))
+        """Joint vectors of `texts` (the reader must have loaded)."""
+        assert self._reader is not None, "encode before the joint reader loaded"
+        return await embed(self._reader.embedder, list(texts))
 
     async def nearest(self, passages: Sequence[RetrievedItem], queries: np.ndarray, k: int) -> list[RetrievedItem]:
         """Of `passages` (the whole help centre), the `k` closest to each query vector (one row per query),

@@ -103,6 +103,8 @@ def present_attempt(attempt: dict[str, Any], index: int, settings: Settings) -> 
             for n, item in enumerate(items, start=1)
         ],
         "citations": citations,
+        # A ticket read in another language than the help centre's: the two languages and the model that read it.
+        "read_across": retrieve.get("read_across"),
         "confidence": confidence_view(attempt, outputs.get("score"), settings),
         "decision": decision_view(attempt, steps),
         "pending_nodes": [node for node in PIPELINE_NODES if node not in done] if running else [],

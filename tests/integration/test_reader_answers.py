@@ -179,15 +179,21 @@ async def test_a_ticket_in_another_language_is_read_with_the_multilingual_model(
         "customer_name": "Lucía",
     }
 
-    async def draft_with(**env: str) -> tuple[str, list[str]]:
+    async def draft_with(**env: str) -> tuple[str, list[str], Any]:
         processor = TicketProcessor(
             demo_kb, make_settings(**env), Metrics(), embedder=embedder, drafter=OfflineDrafter()
         )
         state = await run_graph_offline(processor, dict(ticket))
-        return state["drafted"]["draft"], cited_titles(state)
+        return state["drafted"]["draft"], cited_titles(state), state["retrieval"]["read_across"]
 
-    draft, titles = await draft_with()
+    draft, titles, across = await draft_with()
     assert draft.startswith("Hola Lucía")  # the frame in the customer's language
     assert "60 minutes" in draft and any("Reset your password" in t for t in titles)
-    english_only, english_titles = await draft_with(DESKPILOT_CROSSLINGUAL_READER="false")
+    assert across == {
+        "ticket_language": "es",
+        "help_centre_language": "en",
+        "model": "all-MiniLM-L6-v2+multilingual-use",
+    }
+    english_only, english_titles, not_across = await draft_with(DESKPILOT_CROSSLINGUAL_READER="false")
     assert "60 minutes" not in english_only and not any("Reset your password" in t for t in english_titles)
+    assert not_across is None

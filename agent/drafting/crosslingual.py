@@ -11,10 +11,11 @@ sentences sharing the ticket's product words and codes, so the two are read join
 + 0.7 USE: 11 of 18 facts in the top 3, against 4 and 9 for each alone), and only for tickets whose language
 (`questions.language_of`) is not the help centre's, and only when the configured model is not multilingual itself.
 
-The stored vectors are MiniLM's, so this reader searches for itself: every help-centre passage is encoded once
-(title and text, joint vectors, kept by content), and the passages closest to the ticket and to each of its
-questions join those the database search found; all are read like any others (`reader.Reader` on the joint
-vectors, token by token on MiniLM's tokens). The joint reader's scores are put on the English reader's scale
+The stored vectors are MiniLM's, so this reader searches for itself: the passages closest to the ticket and to each
+of its questions by the joint vectors join those the database search found, and all are read like any others, on
+the joint vectors and token by token on MiniLM's tokens. Only the multilingual model runs for it: the English half
+of a joint vector is the ticket's and questions' MiniLM vectors, the English reader's cached reading of a passage
+(`JointReader`), or a passage's stored vector. The joint reader's scores are put on the English reader's scale
 (`SCALE`), on which the reader's margins and floors and the knowledge calibration are set.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.drafting.reader import CosineScale, Reader, passage_key, plain
+from agent.drafting.reader import CosineScale, Reader, ReadPassage, passage_key, plain, reading_texts
 from knowledge.embedder import Embedder, TokenEmbedder, TokenRows, embed, load_embedder
 from knowledge.embedding_models import E5_SMALL, MULTILINGUAL_USE
 from knowledge.retrieval import RetrievedItem
@@ -58,8 +59,12 @@ class JointEmbedder:
         self._weights = (math.sqrt(first_weight), math.sqrt(1 - first_weight))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.join(self.first.encode(texts), self.second.encode(texts))
+
+    def join(self, first_vectors: np.ndarray, second_vectors: np.ndarray) -> np.ndarray:
+        """Joint vectors from each model's vectors of the same texts (one row each)."""
         a, b = self._weights
-        return np.hstack([a * self.first.encode(texts), b * self.second.encode(texts)]).astype(np.float32)
+        return np.hstack([a * np.asarray(first_vectors), b * np.asarray(second_vectors)]).astype(np.float32)
 
 
 class _JointTokenEmbedder(JointEmbedder):
@@ -74,19 +79,47 @@ def joint(first: Embedder, second: Embedder, first_weight: float) -> JointEmbedd
     return kind(first, second, first_weight)
 
 
-class CrossLingualReader:
-    """The multilingual model, loaded on the first ticket that needs it; a `Reader` on the joint vectors of it and
-    the configured (English) model; and the help centre's passage vectors, kept by content."""
+class JointReader(Reader):
+    """A `Reader` on joint vectors whose English half comes from the English reader's own reading of the same
+    passage (its units, their vectors and token vectors, cached there): only the multilingual model runs on a
+    passage the English reader has read."""
 
-    def __init__(self, english: Embedder, multilingual: Embedder | None = None) -> None:
+    def __init__(self, embedder: JointEmbedder, english: Reader) -> None:
+        super().__init__(embedder, scale=SCALE)
+        self.joint = embedder
+        self.english = english
+
+    async def read_passages(self, items: Sequence[RetrievedItem]) -> list[ReadPassage]:
+        english = await self.english.passages(items)
+        texts = [text for item, read in zip(items, english, strict=True) for text in reading_texts(item, read.units)]
+        second = await embed(self.joint.second, texts)
+        out: list[ReadPassage] = []
+        at = 0
+        for read in english:
+            rows = self.joint.join(np.vstack([read.vector, read.unit_vectors]), second[at : at + 1 + len(read.units)])
+            at += 1 + len(read.units)
+            out.append(
+                ReadPassage(
+                    read.units, rows[1:], rows[0], read.unit_kinds, read.unit_tokens, read.unit_token_ids, self.scale
+                )
+            )
+        return out
+
+
+class CrossLingualReader:
+    """The multilingual model, loaded on the first ticket that needs it; a `JointReader` on the joint vectors of
+    it and the English reader's model; and the help centre's passages' multilingual vectors, kept by content."""
+
+    def __init__(self, english: Reader, multilingual: Embedder | None = None) -> None:
         self._english = english
         self._reader = self._joint(multilingual) if multilingual is not None else None
-        # The help centre's passage vectors by `passage_key`: what the last search read, so no more than it holds.
+        # The multilingual vectors of the help centre's passages by `passage_key`: those of the last search, so
+        # no more than the help centre holds.
         self._index: dict[str, np.ndarray] = {}
         self._lock = asyncio.Lock()
         self._unavailable = False
 
-    async def reader(self) -> Reader | None:
+    async def reader(self) -> JointReader | None:
         """The joint reader; None when the multilingual model cannot be loaded (logged once): the ticket is then
         read as any other, with the English model alone."""
         if self._reader is None and not self._unavailable:
@@ -99,33 +132,42 @@ class CrossLingualReader:
                             "multilingual model %s not loaded (%s): reading with %s alone",
                             MODEL,
                             exc,
-                            self._english.name,
+                            self._english.embedder.name,
                         )
                         self._unavailable = True
         return self._reader
 
-    def _joint(self, multilingual: Embedder) -> Reader:
-        return Reader(joint(self._english, multilingual, ENGLISH_WEIGHT), scale=SCALE)
+    def _joint(self, multilingual: Embedder) -> JointReader:
+        return JointReader(joint(self._english.embedder, multilingual, ENGLISH_WEIGHT), self._english)
 
-    async def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Joint vectors of `texts` (the reader must have loaded)."""
+    async def encode(self, texts: Sequence[str], english: np.ndarray | None = None) -> np.ndarray:
+        """Joint vectors of `texts` (the reader must have loaded); `english`, their English model's vectors when
+        already computed (a ticket's and its questions' are), is not computed again."""
         assert self._reader is not None, "encode before the joint reader loaded"
-        return await embed(self._reader.embedder, list(texts))
+        embedder = self._reader.joint
+        first = await embed(embedder.first, list(texts)) if english is None else english
+        return embedder.join(first, await embed(embedder.second, list(texts)))
 
-    async def nearest(self, passages: Sequence[RetrievedItem], queries: np.ndarray, k: int) -> list[RetrievedItem]:
-        """Of `passages` (the whole help centre), the `k` closest to each query vector (one row per query),
-        without repeats, closest first. Vectors of passages no longer in the help centre are let go."""
+    async def nearest(
+        self, passages: Sequence[RetrievedItem], english: np.ndarray, queries: np.ndarray, k: int
+    ) -> list[RetrievedItem]:
+        """Of `passages` (the whole help centre, with `english`, their stored vectors, one row each), the `k`
+        closest to each joint query vector (one row per query), without repeats, closest first. Only the
+        multilingual model runs, once per passage; the vectors of passages no longer in the help centre are
+        let go."""
         if not len(passages) or not len(queries):
             return []
+        assert self._reader is not None, "search before the joint reader loaded"
+        embedder = self._reader.joint
         keys = [passage_key(p) for p in passages]
         async with self._lock:
             missing = {key: p for key, p in zip(keys, passages, strict=True) if key not in self._index}
         texts = [f"{p.title}\n\n{plain(p.text)}" for p in missing.values()]
-        vectors = list(await self.encode(texts)) if texts else []
+        vectors = list(await embed(embedder.second, texts)) if texts else []
         async with self._lock:
             known = {**self._index, **dict(zip(missing, vectors, strict=True))}
             self._index = {key: known[key] for key in keys}
-            matrix = np.stack([self._index[key] for key in keys])
+            matrix = embedder.join(english, np.stack([self._index[key] for key in keys]))
         best: dict[int, float] = {}
         for row in queries @ matrix.T:
             for n in np.argsort(-row)[:k]:

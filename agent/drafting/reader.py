@@ -333,32 +333,38 @@ class Reader:
             return [self._cache[k] for k in keys]
 
     async def _load(self, missing: dict[str, RetrievedItem]) -> None:
-        texts: list[str] = []
-        spans: list[tuple[str, tuple[str, ...], int]] = []
-        for k, item in missing.items():
-            units = tuple(passage_units(_passage_text(item))) or (plain(_passage_text(item)).strip(),)
-            start = len(texts)
-            texts.append(f"{item.title}\n\n{plain(_passage_text(item))}")
-            texts.extend(f"{item.title}: {u}" for u in units)
-            spans.append((k, units, start))
-        vectors = await embed(self.embedder, texts)
-        unit_texts = [t for k, units, start in spans for t in texts[start + 1 : start + 1 + len(units)]]
-        tokens = await embed_tokens(self.embedder, unit_texts)
-        at = 0
-        for k, units, start in spans:
-            rows = tokens[at : at + len(units)] if tokens is not None else []
-            at += len(units)
-            self._cache[k] = ReadPassage(
-                units,
-                vectors[start + 1 : start + 1 + len(units)],
-                vectors[start],
-                tuple(gives(u) for u in units),
-                tuple(_normalized(r.vectors).astype(np.float16) for r in rows),
-                tuple(r.ids for r in rows),
-                self.scale,
-            )
+        self._cache.update(zip(missing, await self.read_passages(list(missing.values())), strict=True))
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    async def read_passages(self, items: Sequence[RetrievedItem]) -> list[ReadPassage]:
+        """`items` read afresh: units, their vectors and token vectors, the passage's vector."""
+        texts: list[str] = []
+        spans: list[tuple[tuple[str, ...], int]] = []
+        for item in items:
+            units = read_units(item)
+            spans.append((units, len(texts)))
+            texts.extend(reading_texts(item, units))
+        vectors = await embed(self.embedder, texts)
+        unit_texts = [t for units, start in spans for t in texts[start + 1 : start + 1 + len(units)]]
+        tokens = await embed_tokens(self.embedder, unit_texts)
+        out: list[ReadPassage] = []
+        at = 0
+        for units, start in spans:
+            rows = tokens[at : at + len(units)] if tokens is not None else []
+            at += len(units)
+            out.append(
+                ReadPassage(
+                    units,
+                    vectors[start + 1 : start + 1 + len(units)],
+                    vectors[start],
+                    tuple(gives(u) for u in units),
+                    tuple(_normalized(r.vectors).astype(np.float16) for r in rows),
+                    tuple(r.ids for r in rows),
+                    self.scale,
+                )
+            )
+        return out
 
     async def read(
         self,
@@ -591,6 +597,16 @@ def quoted_indices(passage: ReadPassage, unit_scores: np.ndarray) -> list[int]:
     best = float(unit_scores.max())
     ranked = sorted(range(len(passage.units)), key=lambda i: -unit_scores[i])
     return sorted(i for i in ranked[:MAX_UNITS] if unit_scores[i] >= best - UNIT_MARGIN)
+
+
+def read_units(item: RetrievedItem) -> tuple[str, ...]:
+    """The units a passage is read as (`passage_units`; the whole passage when it has none)."""
+    return tuple(passage_units(_passage_text(item))) or (plain(_passage_text(item)).strip(),)
+
+
+def reading_texts(item: RetrievedItem, units: Sequence[str]) -> list[str]:
+    """What is embedded to read a passage: its title and text, then each unit with the title."""
+    return [f"{item.title}\n\n{plain(_passage_text(item))}", *(f"{item.title}: {u}" for u in units)]
 
 
 def _passage_text(item: RetrievedItem) -> str:

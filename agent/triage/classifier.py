@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from agent.scoring.risk import URGENT, detect_risks
 from agent.triage.keywords import CATEGORIES, PRIORITIES, category_keywords, priority_keywords
 from agent.triage.stacking import StackedClassifier, TextFeatures
+from knowledge.retrieval import as_array
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,6 @@ class RoutingPrediction:
     @property
     def intent(self) -> str | None:
         return max(self.intent_probs, key=self.intent_probs.__getitem__) if self.intent_probs else None
-
-
-def as_array(vector: Any) -> np.ndarray:
-    """A pgvector value as float32 (the asyncpg codec returns `pgvector.Vector` objects)."""
-    if hasattr(vector, "to_numpy"):
-        vector = vector.to_numpy()
-    return np.asarray(vector, dtype=np.float32)
 
 
 def _no_vectors() -> np.ndarray:

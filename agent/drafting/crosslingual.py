@@ -140,13 +140,11 @@ class CrossLingualReader:
     def _joint(self, multilingual: Embedder) -> JointReader:
         return JointReader(joint(self._english.embedder, multilingual, ENGLISH_WEIGHT), self._english)
 
-    async def encode(self, texts: Sequence[str], english: np.ndarray | None = None) -> np.ndarray:
-        """Joint vectors of `texts` (the reader must have loaded); `english`, their English model's vectors when
-        already computed (a ticket's and its questions' are), is not computed again."""
+    async def encode(self, texts: Sequence[str], english: np.ndarray) -> np.ndarray:
+        """Joint vectors of `texts` given their English model's vectors (a ticket's and its questions' are
+        computed already): only the multilingual model runs. The reader must have loaded."""
         assert self._reader is not None, "encode before the joint reader loaded"
-        embedder = self._reader.joint
-        first = await embed(embedder.first, list(texts)) if english is None else english
-        return embedder.join(first, await embed(embedder.second, list(texts)))
+        return self._reader.joint.join(english, await embed(self._reader.joint.second, list(texts)))
 
     async def nearest(
         self, passages: Sequence[RetrievedItem], english: np.ndarray, queries: np.ndarray, k: int

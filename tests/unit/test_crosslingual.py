@@ -86,7 +86,7 @@ async def test_the_help_centre_search_returns_each_querys_closest_passages_once_
     stored = np.ones((4, 1), dtype=np.float32)  # the passages' stored (English) vectors: all alike
     multilingual = Table(MULTILINGUAL_USE, {**dict(zip(texts, rows, strict=True)), "q1": [1, 0, 0], "q2": [0, 1, 0]})
     reader = CrossLingualReader(Reader(english), multilingual)
-    queries = await reader.encode(["q1", "q2"])
+    queries = await reader.encode(["q1", "q2"], english.encode(["q1", "q2"]))
     found = await reader.nearest(passages, stored, queries, k=1)
     assert [p.id for p in found] == [passages[0].id, passages[2].id]
     two = await reader.nearest(passages, stored, queries, k=2)

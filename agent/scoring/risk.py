@@ -162,6 +162,11 @@ _HOW_TO = _rx(
     r"\b(?:como|cuando|donde) (?:puedo|se|hago|funciona)\b",
     r"\bcomment (?:puis|faire|est|fonctionne)\b",
     r"\b(?:como|onde|quando) (?:posso|faco|funciona)\b",
+    # "Can you tell me how…" in the other languages asks for an explanation, not an action.
+    r"\bwie (?:ich|wir|man)\b|\b(?:konnen|konnten|wurden) sie (?:mir|uns) (?:sagen|erklaren|zeigen)\b",
+    r"\b(?:pueden|podrian|puede usted|podria usted) (?:decirme|decirnos|explicarme|explicarnos|indicarme|indicarnos)\b",
+    r"\b(?:pouvez|pourriez)[- ]vous (?:me|nous) (?:dire|expliquer|indiquer|montrer)\b",
+    r"\b(?:podem|poderiam|podiam)(?: voces)? (?:me |nos )?(?:dizer|explicar|informar|mostrar)\b",
 )
 # Insistence or entitlement: a demand even when phrased around a question.
 _INSIST = _rx(
@@ -173,7 +178,13 @@ _INSIST = _rx(
     r"\b(?:exijo|exigimos|reclamo)\b",
     r"\bj'exige\b",
 )
-_YOU_DIRECTIVE = re.compile(r"\b(?:can|could|would|will|won't|must|should|need to|have to) you\b")
+# "Can you …?" asking the team to act, in the five languages (the polite plural or inverted forms: "podem …?",
+# "¿pueden …?", "pouvez-vous …?", "können Sie …?"; not the impersonal "se puede …?", which asks what is possible).
+_YOU_ABROAD = (
+    r"(?:podem|poderiam|podiam)(?: voces)?|(?:pueden|podrian)(?: ustedes)?|(?:puede|podria) usted|"
+    r"(?:pouvez|pourriez)[- ]vous|(?:konnen|konnten|wurden) sie"
+)
+_YOU_DIRECTIVE = re.compile(rf"\b(?:(?:can|could|would|will|won't|must|should|need to|have to) you|{_YOU_ABROAD})\b")
 _MONEY_DEMAND = _rx(
     rf"\b{_DO_MONEY} (?:me|us)\b",
     rf"\b(?:please |kindly |just )?(?:issue|give|send|process|grant|approve|transfer|apply|return|pay)(?: me| us)? {_MONEY}\b",
@@ -210,6 +221,21 @@ _ACCOUNT_DEMAND = _rx(
     r"\b(?:cancelen|eliminen|borren|cierren|cambien|cancele|elimine|borre|cierre) (?:mi|mis|nuestra|nuestro|la|el)\b",
     r"\b(?:supprimez|annulez|fermez|modifiez|resiliez) (?:mon|ma|mes|notre|le|la)\b",
     r"\b(?:cancelem|excluam|apaguem|fechem|alterem|cancele|exclua|apague) (?:minha|meu|minhas|meus|a|o)\b",
+    # The polite question asking the team to change the account: "podem alterar a moeda da nossa conta…?",
+    # "¿pueden pasar nuestra suscripción…?", "pourriez-vous modifier notre abonnement…?", "können Sie unser Konto
+    # … umstellen?".
+    rf"\b(?:{_YOU_ABROAD})(?: por favor)? (?:alterar|mudar|trocar|cancelar|excluir|apagar|fechar|transferir|"
+    r"desativar|reativar|prorrogar|estender|adiar|passar)\b[^.!?]{0,60}\b(?:conta|assinatura|plano|moeda|licencas?|"
+    r"usuarios?|periodo de teste|teste|renovacao|faturamento|faturacao|e-?mail|proprietario)\b",
+    rf"\b(?:{_YOU_ABROAD})(?: por favor)? (?:cambiar|modificar|cancelar|eliminar|borrar|cerrar|transferir|"
+    r"desactivar|reactivar|extender|ampliar|prorrogar|aplazar|pasar)\b[^.!?]{0,60}\b(?:cuenta|suscripcion|plan|"
+    r"moneda|licencias?|usuarios?|espacio de trabajo|prueba|renovacion|facturacion|correo|propietario)\b",
+    rf"\b(?:{_YOU_ABROAD}) (?:changer|modifier|annuler|supprimer|fermer|transferer|desactiver|reactiver|prolonger|"
+    r"passer|basculer)\b[^.!?]{0,60}\b(?:compte|abonnement|forfait|devise|licences?|utilisateurs?|"
+    r"espace de travail|essai|renouvellement|facturation|e-?mail|proprietaire)\b",
+    rf"\b(?:{_YOU_ABROAD})\b[^.!?]{{0,80}}\b(?:konto|kontos|abo|abonnement|tarif|wahrung|lizenzen|benutzer|"
+    r"arbeitsbereich|testphase|testzeitraum|verlangerung|abrechnung|e-?mail|inhaber)\b[^.!?]{0,60}\b(?:andern|"
+    r"umstellen|kundigen|loschen|schliessen|ubertragen|deaktivieren|reaktivieren|verlangern|verschieben|wechseln)\b",
 )
 _ACTION_DEMAND = _rx(
     r"\b(?:waive|remove|reverse|cancel|drop) (?:the |this |that |my |all )?(?:fee|fees|charge|charges|late fee|penalty|invoice|bill)\b(?! policy)",

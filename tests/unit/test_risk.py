@@ -33,6 +33,11 @@ def kinds(text: str) -> set[str]:
         ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
         ("We will deduct the agreed credit from our next payment.", "How are service credits calculated?"),
         ("I'll be withholding the late fee from this month's payment.", "Where can I see the late fee?"),
+        # The polite "can you…?" asking the team to change the account, in the other languages.
+        ("Podem alterar a moeda da nossa conta para euros?", "Como posso alterar a moeda da conta?"),
+        ("¿Pueden cambiar nuestra suscripción al plan anual?", "¿Se puede cambiar la suscripción al plan anual?"),
+        ("Pourriez-vous modifier la devise de notre compte ?", "Pouvez-vous me dire comment modifier notre abonnement ?"),
+        ("Können Sie unser Konto auf Euro umstellen?", "Können Sie mir sagen, wie ich unser Konto umstellen kann?"),
     ],
 )
 def test_demands_escalate_while_how_to_questions_do_not(demand: str, question: str) -> None:

@@ -36,7 +36,7 @@ def kinds(text: str) -> set[str]:
         # The polite "can you…?" asking the team to change the account, in the other languages.
         ("Podem alterar a moeda da nossa conta para euros?", "Como posso alterar a moeda da conta?"),
         ("¿Pueden cambiar nuestra suscripción al plan anual?", "¿Se puede cambiar la suscripción al plan anual?"),
-        ("Pourriez-vous modifier la devise de notre compte ?", "Pouvez-vous me dire comment modifier notre abonnement ?"),
+        ("Pourriez-vous modifier la devise de notre compte ?", "Pouvez-vous me dire comment changer de forfait ?"),
         ("Können Sie unser Konto auf Euro umstellen?", "Können Sie mir sagen, wie ich unser Konto umstellen kann?"),
     ],
 )

@@ -62,7 +62,8 @@ def compose_answers(
         body = " ".join(_join_units(q.units) for q in quotes)
         lines: list[str] = []
         if several:
-            lines.append(words["you_asked"].format(question=_quote(ev.question.text)))
+            said = "you_asked" if ev.question.explicit else "you_wrote"
+            lines.append(words[said].format(question=_quote(ev.question.text)))
         written = _mentioned(body, tier) if tier and not told_tier else None
         if tier and written:
             # The plan as the help centre spells it ("Starter"), whatever the casing on the account.

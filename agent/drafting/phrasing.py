@@ -10,7 +10,7 @@ OFFLINE_TEMPLATE = (
 
 KNOWLEDGE_TEMPLATE = (
     "{hello} {customer_name},\\n\\n{thanks_subject}\\n\\n"
-    "[per question: {you_asked} + {your_tier}? + answering sentences of the chosen passage"
+    "[per question: {you_asked or you_wrote} + {your_tier}? + answering sentences of the chosen passage"
     " + ({source}: title, KB-xxxxxxxx)]"
     "\\n\\n{passed_on: questions no passage answers}\\n\\n{signoff}\\n{team}"
 )
@@ -18,6 +18,7 @@ KNOWLEDGE_TEMPLATE = (
 _PHRASES: dict[str, dict[str, str]] = {
     "en": {
         "you_asked": "You asked {question}:",
+        "you_wrote": "You wrote {question}:",
         "your_tier": "Your account is on {tier}.",
         "source": "Source",
         "passed_on": "I have passed your other question to a colleague, who will get back to you: {questions}.",
@@ -34,6 +35,7 @@ _PHRASES: dict[str, dict[str, str]] = {
     },
     "de": {
         "you_asked": "Sie fragten {question}:",
+        "you_wrote": "Sie schrieben {question}:",
         "your_tier": "Ihr Konto nutzt {tier}.",
         "source": "Quelle",
         "passed_on": (
@@ -52,6 +54,7 @@ _PHRASES: dict[str, dict[str, str]] = {
     },
     "es": {
         "you_asked": "Usted preguntó {question}:",
+        "you_wrote": "Usted escribió {question}:",
         "your_tier": "Su cuenta está en {tier}.",
         "source": "Fuente",
         "passed_on": "Hemos pasado su otra pregunta a un compañero, que se pondrá en contacto con usted: {questions}.",
@@ -68,6 +71,7 @@ _PHRASES: dict[str, dict[str, str]] = {
     },
     "fr": {
         "you_asked": "Vous avez demandé {question} :",
+        "you_wrote": "Vous avez écrit {question} :",
         "your_tier": "Votre compte est sur {tier}.",
         "source": "Source",
         "passed_on": "Nous avons transmis votre autre question à un collègue, qui reviendra vers vous : {questions}.",
@@ -84,6 +88,7 @@ _PHRASES: dict[str, dict[str, str]] = {
     },
     "pt": {
         "you_asked": "Você perguntou {question}:",
+        "you_wrote": "Você escreveu {question}:",
         "your_tier": "Sua conta está no {tier}.",
         "source": "Fonte",
         "passed_on": "Encaminhamos sua outra pergunta a um colega, que entrará em contato: {questions}.",

@@ -68,6 +68,15 @@ _REQUEST = re.compile(
     r"nous aimerions|je souhaite|nous souhaitons|gostaria|gostar[íi]amos|preciso|precisamos)\b",
     re.IGNORECASE,
 )
+# A statement adding a further matter to a ticket that asks something ("Also, in the preview some names come out
+# garbled.", "Second, the shared calendar's meetings don't show up."): a problem the reply answers too, unless the
+# next sentence asks about it (then it is that question's context).
+_FURTHER = re.compile(
+    r"^(?:also|additionally|separately|besides|plus|on top of that|one more thing|another (?:thing|issue|problem)|"
+    r"second(?:ly)?|third(?:ly)?|au(?:ß|ss)erdem|zudem|zweitens|adem[áa]s|tambi[ée]n|otra cosa|aussi|de plus|"
+    r"par ailleurs|deuxi[èe]mement|al[ée]m disso|tamb[ée]m|outra coisa)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,14 @@ def split_questions(subject: str, body: str) -> list[Question]:
     found: list[Question] = []
     previous = ""
     said: list[str] = []  # what was said since the last question
-    for sentence in sentences(body):
+    said_all = sentences(body)
+    for n, sentence in enumerate(said_all):
+        if _FURTHER.match(sentence) and not is_question(sentence):
+            following = said_all[n + 1] if n + 1 < len(said_all) else ""
+            if not (following and is_question(following)):
+                found.append(Question(sentence, explicit=False))  # a new matter: nothing before it is its context
+                said, previous = [], sentence
+                continue
         if is_question(sentence):
             if len(sentence) < MIN_QUESTION_CHARS and found:
                 last = found[-1]
@@ -230,15 +246,18 @@ def split_questions(subject: str, body: str) -> list[Question]:
         else:
             said.append(sentence)
         previous = sentence
+    if not any(q.explicit for q in found):
+        found = []  # a further matter counts beside a question; a report alone is read from its opening
     if not found and subject.strip() and is_question(subject.strip()):
         found.append(Question(subject.strip()))
     if not found:
         opening = " ".join(sentences(body)[:2])
         text = f"{subject.strip()}. {opening}".strip(". ") if subject.strip() else opening
         return [Question(text or subject.strip(), explicit=False)] if (text or subject.strip()) else []
-    if len(found) == 1 and not found[0].context and subject.strip():
+    asked = [n for n, q in enumerate(found) if q.explicit]
+    if len(asked) == 1 and not found[asked[0]].context and subject.strip():
         # A lone question reads with the subject as its context ("Billing currency after moving": "can we...?").
-        found[0] = Question(found[0].text, context=subject.strip(), explicit=True)
+        found[asked[0]] = Question(found[asked[0]].text, context=subject.strip(), explicit=True)
     return found[:MAX_QUESTIONS]
 
 

@@ -46,6 +46,26 @@ def test_a_report_without_a_question_is_one_implicit_question() -> None:
     assert "export button" in question.text.lower()
 
 
+def test_a_further_matter_stated_after_a_question_is_answered_too() -> None:
+    body = (
+        "The import page won't take our 80,000-row file. What are the limits? "
+        "Also, in the preview some names come out as MÃ¼ller instead of Müller."
+    )
+    questions = split_questions("Import rejected", body)
+    assert [q.text for q in questions] == [
+        "What are the limits?",
+        "Also, in the preview some names come out as MÃ¼ller instead of Müller.",
+    ]
+    assert [q.explicit for q in questions] == [True, False]
+    # Followed by a question, the further matter is that question's context, not a matter of its own.
+    asked = split_questions("Import", "What are the limits? Also, some names come out garbled. How do I fix that?")
+    assert [q.text for q in asked] == ["What are the limits?", "How do I fix that?"]
+    assert "garbled" in asked[1].context
+    # Without any question the message is a report, read from its opening.
+    [report] = split_questions("Import", "The import fails. Also, some names come out garbled.")
+    assert not report.explicit and report.text.startswith("Import. The import fails.")
+
+
 def test_an_abbreviation_does_not_end_the_sentence() -> None:
     [question] = split_questions("Reminders", "Can you remind clients automatically, e.g. 7 days after the due date?")
     assert question.text.endswith("due date?")

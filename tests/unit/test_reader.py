@@ -309,3 +309,18 @@ def test_table_rows_read_as_lines_a_reply_can_quote() -> None:
     # An HTML table's rows as the chunker writes them; a lone " | " in prose is left alone.
     assert plain("Plan | Price\nFree | 0 EUR") == "Plan: Price.\nFree: 0 EUR."
     assert plain("Separate values with a | b in the filter.") == "Separate values with a | b in the filter."
+
+
+def test_a_further_matter_the_customer_stated_is_introduced_as_written_not_as_asked() -> None:
+    asked = evidence("Which plan has invoicing?", ["Starter – invoicing."], 0.7)
+    stated = Evidence(
+        Question("Also, the invoice button is greyed out.", explicit=False),
+        item("Plans › Free", "Free – no invoicing.", "Plans › Free"),
+        ["Free – no invoicing."],
+        0.7,
+        0.7,
+        0.0,
+    )
+    text = "\n\n".join(compose_answers([asked, stated], language="en").paragraphs)
+    assert "You asked \u201cWhich plan has invoicing?\u201d" in text
+    assert "You wrote \u201cAlso, the invoice button is greyed out.\u201d" in text

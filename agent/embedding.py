@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agent.drafting.crosslingual import MODEL as MULTILINGUAL_MODEL
 from agent.drafting.crosslingual import MULTILINGUAL_MODELS, CrossLingualReader
 from agent.drafting.reader import Reader
-from knowledge.embedder import Embedder, embed
+from knowledge.embedder import Embedder, LazyEmbedder, embed
 
 
 class QueryEmbedder:
@@ -22,9 +23,14 @@ class QueryEmbedder:
         self.embedder = embedder
         # One per process: its cache of passage units is shared by every ticket.
         self.reader = Reader(embedder)
-        # Tickets in another language than the help centre's, when this model reads English only.
-        multilingual = embedder.name in MULTILINGUAL_MODELS
-        self.crosslingual = CrossLingualReader(self.reader) if crosslingual and not multilingual else None
+        # Beside a model that reads English only, the packaged multilingual one, loaded on first need: the risk
+        # detector reads every ticket with it too (`agent.scoring.risk_model`), and a ticket in another language
+        # than the help centre's is read with both (`crosslingual`).
+        english_only = embedder.name not in MULTILINGUAL_MODELS
+        self.multilingual = LazyEmbedder(MULTILINGUAL_MODEL) if english_only else None
+        self.crosslingual = (
+            CrossLingualReader(self.reader, self.multilingual) if crosslingual and self.multilingual else None
+        )
 
     async def encode(self, text: str) -> np.ndarray:
         vectors = await embed(self.embedder, [text])

@@ -32,6 +32,7 @@ from agent.state import STEP_OUTPUTS, AgentState, TicketInput, latest_message, t
 from agent.triage.classifier import RoutingPrediction
 from agent.triage.decisions import decide_category, decide_priority
 from agent.triage.specialists import specialist_for, wants_event
+from knowledge.embedder import embed
 from knowledge.retrieval import (
     RetrievedItem,
     article_sections,
@@ -118,10 +119,14 @@ async def prioritize(state: AgentState, *, runtime: Runtime[Context]) -> dict[st
     if hidden is not None and not any(r.kind == "prompt_injection" for r in risks):
         risks.insert(0, hidden)
     # The learned detector reads what the patterns may not have words for; a kind the patterns found already
-    # keeps their evidence. Fitted once per process, in a thread: encoding its examples takes seconds.
-    detector = await asyncio.to_thread(risk_model, runtime.context.embeddings.embedder)
+    # keeps their evidence. Fitted once per process, in a thread: encoding its examples takes seconds. Beside an
+    # English-only model it reads the ticket with the multilingual one too, when that loads.
+    embeddings = runtime.context.embeddings
+    multilingual = await embeddings.multilingual.get() if embeddings.multilingual is not None else None
+    detector = await asyncio.to_thread(risk_model, embeddings.embedder, multilingual=multilingual)
+    beside = (await embed(multilingual, [text]))[0] if multilingual is not None else None
     found = {r.kind for r in risks}
-    risks += [r for r in detector.detect(text, state.get("embedding")) if r.kind not in found]
+    risks += [r for r in detector.detect(text, state.get("embedding"), beside) if r.kind not in found]
     repeated = repeated or any(r.kind == "repeated_contact" for r in risks)
     prioritization = decide_priority(
         text, state.get("prediction"), account, risks, repeated_contact=repeated, tiers=runtime.context.settings.tiers

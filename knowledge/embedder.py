@@ -404,6 +404,28 @@ async def load_embedder(model: str | None = None) -> Embedder:
     return await asyncio.to_thread(get_embedder, model)
 
 
+class LazyEmbedder:
+    """A second model a process may not need: loaded by the first caller that does, once; when it cannot be
+    loaded (a package missing, a damaged file) that is logged once and every caller gets None."""
+
+    def __init__(self, model: str, loaded: Embedder | None = None) -> None:
+        self.model = model
+        self._embedder = loaded
+        self._lock = asyncio.Lock()
+        self._unavailable = False
+
+    async def get(self) -> Embedder | None:
+        if self._embedder is None and not self._unavailable:
+            async with self._lock:
+                if self._embedder is None and not self._unavailable:
+                    try:
+                        self._embedder = await load_embedder(self.model)
+                    except (ImportError, OSError, RuntimeError) as exc:
+                        log.warning("model %s not loaded (%s): going on without it", self.model, exc)
+                        self._unavailable = True
+        return self._embedder
+
+
 async def embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     """Encode in a worker thread so the event loop keeps serving while the model runs."""
     return await asyncio.to_thread(embedder.encode, list(texts))

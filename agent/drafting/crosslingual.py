@@ -22,18 +22,15 @@ of a joint vector is the ticket's and questions' MiniLM vectors, the English rea
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from agent.drafting.reader import CosineScale, Reader, ReadPassage, passage_key, plain, reading_texts
-from knowledge.embedder import Embedder, TokenEmbedder, TokenRows, embed, load_embedder
+from knowledge.embedder import Embedder, LazyEmbedder, TokenEmbedder, TokenRows, embed
 from knowledge.embedding_models import E5_SMALL, MULTILINGUAL_USE
 from knowledge.retrieval import RetrievedItem
-
-log = logging.getLogger(__name__)
 
 MODEL = MULTILINGUAL_USE
 # Embedding models that read every language already: with one of them configured this reader is not needed.
@@ -107,34 +104,26 @@ class JointReader(Reader):
 
 
 class CrossLingualReader:
-    """The multilingual model, loaded on the first ticket that needs it; a `JointReader` on the joint vectors of
-    it and the English reader's model; and the help centre's passages' multilingual vectors, kept by content."""
+    """The multilingual model (`model`, loaded on the first ticket that needs it); a `JointReader` on the joint
+    vectors of it and the English reader's model; and the help centre's passages' multilingual vectors, kept by
+    content."""
 
-    def __init__(self, english: Reader, multilingual: Embedder | None = None) -> None:
+    def __init__(self, english: Reader, model: LazyEmbedder | None = None) -> None:
         self._english = english
-        self._reader = self._joint(multilingual) if multilingual is not None else None
+        self.model = model or LazyEmbedder(MODEL)
+        self._reader: JointReader | None = None
         # The multilingual vectors of the help centre's passages by `passage_key`: those of the last search, so
         # no more than the help centre holds.
         self._index: dict[str, np.ndarray] = {}
         self._lock = asyncio.Lock()
-        self._unavailable = False
 
     async def reader(self) -> JointReader | None:
         """The joint reader; None when the multilingual model cannot be loaded (logged once): the ticket is then
         read as any other, with the English model alone."""
-        if self._reader is None and not self._unavailable:
-            async with self._lock:
-                if self._reader is None and not self._unavailable:
-                    try:
-                        self._reader = self._joint(await load_embedder(MODEL))
-                    except (ImportError, OSError, RuntimeError) as exc:
-                        log.warning(
-                            "multilingual model %s not loaded (%s): reading with %s alone",
-                            MODEL,
-                            exc,
-                            self._english.embedder.name,
-                        )
-                        self._unavailable = True
+        if self._reader is None:
+            multilingual = await self.model.get()
+            if multilingual is not None and self._reader is None:
+                self._reader = self._joint(multilingual)
         return self._reader
 
     def _joint(self, multilingual: Embedder) -> JointReader:

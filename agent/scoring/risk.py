@@ -204,6 +204,11 @@ _MONEY_DEMAND = _rx(
     r"\brendez[- ]moi mon argent\b",
     r"\b(?:quero|exijo|preciso de) (?:o |um |meu )*reembolso\b",
     r"\bdevolvam (?:o )?meu dinheiro\b",
+    # Wanting an amount back: "quero o valor … de volta", "queremos … de vuelta", "wir wollen … zurück".
+    r"\b(?:quero|queremos|exijo|exigimos|quiero)\b[^.!?]{0,80}\bde (?:volta|vuelta)\b",
+    r"\b(?:ich will|ich mochte|wir wollen|wir mochten|ich verlange|wir verlangen)\b[^.!?]{0,80}\b(?:zuruck|erstattet)\b",
+    r"\b(?:je veux|nous voulons|j'exige|nous exigeons)\b[^.!?]{0,80}\b(?:rembourse|restitue)",
+    r"\b(?:i|we) (?:want|need|expect|demand) (?:the |our |my |that )?(?:money|amount|difference|payment|charges?|fees?)\b[^.!?]{0,60}\bback\b",
     # Announced rather than asked: "we will be deducting the credit from the next payment".
     r"\b(?:we|i)(?: will| are going to| shall|'ll)(?: be)? (?:apply|applying|deduct|deducting|withhold|withholding|"
     r"offset|offsetting|short-pay|short-paying)\b[^.!?]{0,60}\b(?:credit|refund|amount|fee|penalty|difference|discount)\b",
@@ -243,6 +248,9 @@ _ACTION_DEMAND = _rx(
     # More time on a trial is granted by staff: "could you give us another two weeks on the trial?"
     r"\b(?:give|grant|allow|add) (?:me|us) (?:[\w-]+ ){0,3}(?:days?|weeks?|months?|time|extension)\b[^.!?]{0,30}\btrial\b",
     r"\b(?:do it|take care of it|handle it|fix my account) (?:for me|yourself|on my behalf)\b",
+    # Settling an account's books on the customer's word: "void the open balance", "mark the invoice as paid".
+    r"\b(?:void|write off|clear|zero|cancel) (?:the |this |that |our |my |any )?(?:open |outstanding |remaining |unpaid )?(?:balance|amount due|debt)\b",
+    r"\b(?:mark|record|set) (?:it|this|that|the invoice|this invoice|our invoice|them|these invoices) as (?:paid|settled)\b",
 )
 
 
@@ -310,6 +318,8 @@ _INJECTION = _automaton(
     r"\b(?:decode|read|translate|reverse) (?:this|it|the following)\b[^.\n]{0,40}\b(?:and|then) (?:do|obey|follow|execute|run|apply)\b",
     r"\b(?:run|execute|follow) the following instruction",
     r"\bthe correct answer (?:to this ticket )?is\s*:",
+    # Telling the reader what to say: "reply with the words 'balance cleared'".
+    r"\b(?:reply|respond|answer|write back) (?:only )?(?:with|using) (?:the (?:exact )?(?:words?|phrase|sentence|text)|exactly the words?)\b",
     r"\b(?:output|print|repeat|dump|reveal|paste|summari[sz]e|show me|give me|tell me) (?:me )?your (?:full |exact |entire |complete |original |hidden )?(?:instructions|prompt|prompt template|configuration|system message|rules)\b",
     r"\b(?:instructions|rules|prompt) (?:you were given|the developers gave you|you received|you have received)\b",
     r"\bprompt template\b",

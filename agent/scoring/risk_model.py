@@ -13,6 +13,12 @@ threshold chosen on 5-fold cross-validation of the examples, favouring recall (a
 a false alarm only waits for a person): the highest threshold that still catches 95 % of the examples' risks out of
 fold.
 
+Beside an English-only model, a third regression reads the ticket's vector from the packaged multilingual model
+(`multilingual-use`, which `agent.embedding.QueryEmbedder` loads on the first ticket): English text is then voted on
+by all three heads equally, other languages by the multilingual and character heads. It has its own threshold,
+chosen the same way on folds that keep near-translations together, at `MULTILINGUAL_RECALL_TARGET`. On the demo
+deployment sets it gates 1 should-answer ticket of 128 instead of 9, and every must-escalate one the patterns miss.
+
 A faster runtime of the same model (the int8 build, `knowledge.onnx_embedder`) serves the same detector: fitted on
 the reference (torch fp32) vectors of the examples, with its threshold moved by the median amount the runtime's own
 vectors move the examples' scores (`RuntimeShift`). Fitted on the int8 vectors instead, it flagged 30 more of the
@@ -40,10 +46,12 @@ from typing import Any
 
 import numpy as np
 import scipy
+import scipy.sparse
+import scipy.sparse.csgraph
 import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from agent.scoring.risk import Risk, RiskKind, fold
@@ -77,6 +85,18 @@ EMBEDDING_C = 8.0
 CHAR_C = 4.0
 EMBEDDING_WEIGHT = 0.5
 OTHER_LANGUAGE_EMBEDDING_WEIGHT = 0.25
+# A multilingual model's vectors beside (`agent.embedding.QueryEmbedder.multilingual`): a third head over them.
+# Its vote: a third for English text (with the embedding and character heads), half for other languages (with the
+# character head; MiniLM's vectors say little there). Measured on the two demo deployment sets' 167 tickets, which
+# no example was written from: at the threshold that gates 37 of the 39 must-escalate tickets (with the patterns),
+# the detector without it also gates 6 of the 95 answerable tickets, with it 0 (docs/quality.md, "The risk
+# detector reads with the multilingual model too").
+MULTILINGUAL_C = 8.0
+# Its threshold: the highest that catches this share of the examples' risks out of fold. Folds keep examples whose
+# multilingual vectors are this close together (a translation and its original read almost alike to this model,
+# and one in each fold would make the recall look higher than it is on new text).
+MULTILINGUAL_RECALL_TARGET = 0.98
+TRANSLATION_COSINE = 0.75
 # Share of a text's words that are common English function words above which it is read as English (English
 # prose runs at 0.3-0.5; German, Spanish, French and Portuguese at or near 0).
 ENGLISH_SHARE = 0.12
@@ -106,32 +126,52 @@ def _logistic(c: float) -> LogisticRegression:
 
 @dataclass
 class _Heads:
-    """The two fitted heads and the character features; `proba` averages them."""
+    """The fitted heads (embedding, characters, and a multilingual model's vectors when fitted with them) and the
+    character features; `proba` averages them."""
 
     embedding: LogisticRegression
     char: LogisticRegression
     vectorizer: TfidfVectorizer
+    # Over a multilingual model's vectors, when the detector was fitted with them.
+    multilingual: LogisticRegression | None = None
     _tfidf: _Tfidf = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._tfidf = _Tfidf.of(self.vectorizer)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], embeddings: np.ndarray, y: np.ndarray) -> _Heads:
+    def fit(
+        cls, texts: Sequence[str], embeddings: np.ndarray, y: np.ndarray, multilingual: np.ndarray | None = None
+    ) -> _Heads:
         vectorizer = _char_vectorizer()
         x_char = vectorizer.fit_transform([fold(t) for t in texts])
-        return cls(_logistic(EMBEDDING_C).fit(embeddings, y), _logistic(CHAR_C).fit(x_char, y), vectorizer)
+        return cls(
+            _logistic(EMBEDDING_C).fit(embeddings, y),
+            _logistic(CHAR_C).fit(x_char, y),
+            vectorizer,
+            _logistic(MULTILINGUAL_C).fit(multilingual, y) if multilingual is not None else None,
+        )
 
     def char_proba(self, texts: Sequence[str]) -> np.ndarray:
         return _softmax(self._tfidf.transform([fold(t) for t in texts]) @ self.char.coef_.T + self.char.intercept_)
 
     def embedding_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        return _softmax(np.asarray(embeddings, dtype=np.float64) @ self.embedding.coef_.T + self.embedding.intercept_)
+        return _logits_proba(self.embedding, embeddings)
 
-    def proba(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+    def proba(self, texts: Sequence[str], embeddings: np.ndarray, multilingual: np.ndarray | None = None) -> np.ndarray:
+        """The heads' probabilities averaged; with `multilingual` vectors (and a head for them) the three heads'."""
         weight = np.array([embedding_weight(t) for t in texts])[:, None]
-        mixed: np.ndarray = weight * self.embedding_proba(embeddings) + (1 - weight) * self.char_proba(texts)
-        return mixed
+        if multilingual is None or self.multilingual is None:
+            mixed: np.ndarray = weight * self.embedding_proba(embeddings) + (1 - weight) * self.char_proba(texts)
+            return mixed
+        char, third = self.char_proba(texts), _logits_proba(self.multilingual, multilingual)
+        english = weight == EMBEDDING_WEIGHT
+        three: np.ndarray = np.where(english, (self.embedding_proba(embeddings) + third + char) / 3, (third + char) / 2)
+        return three
+
+
+def _logits_proba(head: LogisticRegression, vectors: np.ndarray) -> np.ndarray:
+    return _softmax(np.asarray(vectors, dtype=np.float64) @ head.coef_.T + head.intercept_)
 
 
 # MiniLM was trained on English: on other languages its vectors place ordinary questions next to incident reports
@@ -178,12 +218,75 @@ class RuntimeShift:
 
 @dataclass(frozen=True)
 class RiskScore:
-    """The detector's verdict on one text: the most likely kind, P(some risk), and whether it is flagged."""
+    """The detector's verdict on one text: the most likely kind, P(some risk), and whether it reaches the
+    threshold it was read with."""
 
     label: str
     probability: float
     flagged: bool
     text: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class _CrossValidated:
+    threshold: float
+    figures: dict[str, Any]
+
+
+def _cross_validate(
+    examples: Sequence[Example],
+    classes: list[str],
+    embeddings: np.ndarray,
+    multilingual: np.ndarray | None,
+) -> _CrossValidated:
+    """The threshold reaching the recall target out of fold, and the figures there. Without `multilingual`, plain
+    stratified folds and `RECALL_TARGET`; with it, folds that keep near-translations together and
+    `MULTILINGUAL_RECALL_TARGET`."""
+    y = np.array([classes.index(e.label) for e in examples])
+    texts = [e.text for e in examples]
+    none = classes.index(NONE)
+    out_of_fold = np.zeros((len(examples), len(classes)))
+    if multilingual is None:
+        recall = RECALL_TARGET
+        folds = list(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(embeddings, y))
+    else:
+        recall = MULTILINGUAL_RECALL_TARGET
+        groups = translation_groups(multilingual)
+        folds = list(StratifiedGroupKFold(FOLDS, shuffle=True, random_state=0).split(embeddings, y, groups))
+    for train, held in folds:
+        third = multilingual[train] if multilingual is not None else None
+        heads = _Heads.fit([texts[i] for i in train], embeddings[train], y[train], third)
+        out_of_fold[held] = heads.proba(
+            [texts[i] for i in held], embeddings[held], multilingual[held] if multilingual is not None else None
+        )
+    risk = 1 - out_of_fold[:, none]
+    positive = y != none
+    threshold = _best_threshold(risk, positive, recall)
+    flagged = risk >= threshold
+    masked = out_of_fold.copy()
+    masked[:, none] = -1
+    kind_right = flagged & positive & (masked.argmax(axis=1) == y)
+    return _CrossValidated(
+        threshold,
+        {
+            "folds": FOLDS,
+            "threshold": threshold,
+            "recall": round(float((flagged & positive).sum() / positive.sum()), 4),
+            "false_positive_rate": round(float((flagged & ~positive).sum() / (~positive).sum()), 4),
+            "kind_accuracy": round(float(kind_right.sum() / positive.sum()), 4),
+            "examples": len(examples),
+        },
+    )
+
+
+def translation_groups(multilingual: np.ndarray) -> np.ndarray:
+    """A group number per example: examples whose multilingual vectors reach `TRANSLATION_COSINE`, directly or
+    through others, share one."""
+    unit = multilingual / np.maximum(np.linalg.norm(multilingual, axis=1, keepdims=True), 1e-12)
+    close = scipy.sparse.csr_matrix(unit @ unit.T >= TRANSLATION_COSINE)
+    _, groups = scipy.sparse.csgraph.connected_components(close, directed=False)
+    return np.asarray(groups)
 
 
 @dataclass
@@ -195,75 +298,88 @@ class RiskModel:
     cross_validation: dict[str, Any]
     # Set when the model was fitted on another runtime's vectors of the same model (`for_runtime`).
     runtime_shift: RuntimeShift | None = None
+    # With a head over a multilingual model's vectors: the threshold a text read with them is held to, and its
+    # out-of-fold figures.
+    multilingual_threshold: float | None = None
+    multilingual_cross_validation: dict[str, Any] | None = None
 
     @classmethod
-    def fit(cls, examples: Sequence[Example], embeddings: np.ndarray) -> RiskModel:
+    def fit(
+        cls, examples: Sequence[Example], embeddings: np.ndarray, multilingual: np.ndarray | None = None
+    ) -> RiskModel:
         classes = sorted({e.label for e in examples})
         y = np.array([classes.index(e.label) for e in examples])
-        texts = [e.text for e in examples]
-        none = classes.index(NONE)
-        out_of_fold = np.zeros((len(examples), len(classes)))
-        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
-        for train, held in folds.split(embeddings, y):
-            heads = _Heads.fit([texts[i] for i in train], embeddings[train], y[train])
-            out_of_fold[held] = heads.proba([texts[i] for i in held], embeddings[held])
-        risk = 1 - out_of_fold[:, none]
-        positive = y != none
-        threshold = _best_threshold(risk, positive)
-        flagged = risk >= threshold
-        masked = out_of_fold.copy()
-        masked[:, none] = -1
-        kind_right = flagged & positive & (masked.argmax(axis=1) == y)
-        cv = {
-            "folds": FOLDS,
-            "threshold": threshold,
-            "recall": round(float((flagged & positive).sum() / positive.sum()), 4),
-            "false_positive_rate": round(float((flagged & ~positive).sum() / (~positive).sum()), 4),
-            "kind_accuracy": round(float(kind_right.sum() / positive.sum()), 4),
-            "examples": len(examples),
-        }
-        return cls(classes, _Heads.fit(texts, embeddings, y), threshold, cv)
+        plain = _cross_validate(examples, classes, embeddings, None)
+        three = _cross_validate(examples, classes, embeddings, multilingual) if multilingual is not None else None
+        return cls(
+            classes,
+            _Heads.fit([e.text for e in examples], embeddings, y, multilingual),
+            plain.threshold,
+            plain.figures,
+            multilingual_threshold=three.threshold if three else None,
+            multilingual_cross_validation=three.figures if three else None,
+        )
 
-    def for_runtime(self, examples: Sequence[Example], reference: np.ndarray, runtime: np.ndarray) -> RiskModel:
+    def for_runtime(
+        self,
+        examples: Sequence[Example],
+        reference: np.ndarray,
+        runtime: np.ndarray,
+        multilingual: np.ndarray | None = None,
+    ) -> RiskModel:
         """This model (fitted on the examples' `reference` vectors) serving vectors of another runtime of the same
-        model: the threshold moves by the median change of the examples' scores from `reference` to `runtime`
+        model: each threshold moves by the median change of the examples' scores from `reference` to `runtime`
         vectors, so the runtime flags what the reference would, not a systematically larger or smaller share."""
         texts = [e.text for e in examples]
         none = self.classes.index(NONE)
-        before = 1 - self.heads.proba(texts, reference)[:, none]
-        after = 1 - self.heads.proba(texts, runtime)[:, none]
-        shift = RuntimeShift(float(np.median(after - before)), float(np.abs(after - before).max()))
+
+        def median_change(beside: np.ndarray | None) -> tuple[float, float]:
+            before = 1 - self.heads.proba(texts, reference, beside)[:, none]
+            after = 1 - self.heads.proba(texts, runtime, beside)[:, none]
+            return float(np.median(after - before)), float(np.abs(after - before).max())
+
+        shift = RuntimeShift(*median_change(None))
         threshold = self.threshold + shift.median
         # The cross-validation's figures are the reference's, at its threshold.
         cv = {**self.cross_validation, "threshold": threshold, "reference_threshold": self.threshold}
-        return RiskModel(self.classes, self.heads, threshold, cv, shift)
+        beside = self.multilingual_threshold
+        if beside is not None and multilingual is not None:
+            beside += median_change(multilingual)[0]
+        return RiskModel(self.classes, self.heads, threshold, cv, shift, beside, self.multilingual_cross_validation)
 
-    def _verdicts(self, texts: Sequence[str], proba: np.ndarray) -> list[RiskScore]:
+    def _verdicts(self, texts: Sequence[str], proba: np.ndarray, threshold: float) -> list[RiskScore]:
         none = self.classes.index(NONE)
         out = []
         for text, row in zip(texts, proba, strict=True):
             risk = float(1 - row[none])
             masked = row.copy()
             masked[none] = -1
-            out.append(RiskScore(self.classes[int(masked.argmax())], risk, risk >= self.threshold, text))
+            out.append(RiskScore(self.classes[int(masked.argmax())], risk, risk >= threshold, text, threshold))
         return out
 
-    def score_texts(self, texts: Sequence[str], embeddings: np.ndarray) -> list[RiskScore]:
-        """Whole texts with their embeddings (evaluation, tests)."""
-        return self._verdicts(texts, self.heads.proba(texts, embeddings))
+    def score_texts(
+        self, texts: Sequence[str], embeddings: np.ndarray, multilingual: np.ndarray | None = None
+    ) -> list[RiskScore]:
+        """Whole texts with their embeddings, and their multilingual model's vectors when the detector has a head
+        for them (evaluation, tests)."""
+        if multilingual is None or self.multilingual_threshold is None or self.heads.multilingual is None:
+            return self._verdicts(texts, self.heads.proba(texts, embeddings), self.threshold)
+        return self._verdicts(texts, self.heads.proba(texts, embeddings, multilingual), self.multilingual_threshold)
 
-    def score_ticket(self, text: str, embedding: np.ndarray) -> RiskScore:
-        """The verdict on a ticket: its whole text, by the embedding the graph computed and by its characters.
+    def score_ticket(self, text: str, embedding: np.ndarray, multilingual: np.ndarray | None = None) -> RiskScore:
+        """The verdict on a ticket: its whole text, by the embedding the graph computed (and the multilingual
+        model's vector of it) and by its characters.
 
         It does not also read a long ticket sentence by sentence: tried when this was written, that flagged many
         more answerable tickets of the demo deployment set and caught one more report."""
-        return self.score_texts([text], np.asarray(embedding).reshape(1, -1))[0]
+        beside = np.asarray(multilingual).reshape(1, -1) if multilingual is not None else None
+        return self.score_texts([text], np.asarray(embedding).reshape(1, -1), beside)[0]
 
-    def detect(self, text: str, embedding: np.ndarray | None) -> list[Risk]:
+    def detect(self, text: str, embedding: np.ndarray | None, multilingual: np.ndarray | None = None) -> list[Risk]:
         """The detector's risk for a ticket as a `Risk` (kind, action, and the score in its evidence), or none."""
         if embedding is None or not text.strip():
             return []
-        verdict = self.score_ticket(text, embedding)
+        verdict = self.score_ticket(text, embedding, multilingual)
         if not verdict.flagged:
             return []
         snippet = " ".join(verdict.text.split())
@@ -273,7 +389,7 @@ class RiskModel:
                 KIND_OF_LABEL[verdict.label],
                 snippet,
                 score=round(verdict.probability, 3),
-                threshold=self.threshold,
+                threshold=verdict.threshold,
             )
         ]
 
@@ -386,13 +502,18 @@ def _code() -> str:
     )
 
 
-def _fit_key(examples: Sequence[Example], embeddings: np.ndarray, reference: np.ndarray | None) -> str:
+def _fit_key(
+    examples: Sequence[Example],
+    embeddings: np.ndarray,
+    reference: np.ndarray | None,
+    multilingual: np.ndarray | None = None,
+) -> str:
     digest = hashlib.sha256()
     for part in (json.dumps([(e.text, e.label, e.lang) for e in examples], ensure_ascii=False), _code()):
         digest.update(part.encode())
-    for vectors in (embeddings, reference):
+    for vectors in (embeddings, reference, multilingual):
         if vectors is None:
-            digest.update(b"no reference")
+            digest.update(b"none")
             continue
         array = np.ascontiguousarray(vectors, dtype=np.float32)
         digest.update(str(array.shape).encode())
@@ -420,6 +541,13 @@ def save_model(model: RiskModel, path: Path) -> None:
         "cross_validation": np.array(json.dumps(model.cross_validation)),
         "runtime_shift": np.array([] if shift is None else [shift.median, shift.largest], dtype=np.float64),
     }
+    if heads.multilingual is not None and model.multilingual_threshold is not None:
+        arrays |= {
+            "multilingual_coef": heads.multilingual.coef_,
+            "multilingual_intercept": heads.multilingual.intercept_,
+            "multilingual_threshold": np.float64(model.multilingual_threshold),
+            "multilingual_cross_validation": np.array(json.dumps(model.multilingual_cross_validation)),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
     try:
@@ -446,10 +574,12 @@ def load_model(path: Path) -> RiskModel:
         vectorizer = _char_vectorizer()
         vectorizer.vocabulary_ = {str(term): column for column, term in enumerate(data["terms"])}
         vectorizer.idf_ = np.asarray(data["idf"])
+        beside = "multilingual_coef" in data.files
         heads = _Heads(
             _logistic_of(data["embedding_coef"], data["embedding_intercept"], EMBEDDING_C),
             _logistic_of(data["char_coef"], data["char_intercept"], CHAR_C),
             vectorizer,
+            _logistic_of(data["multilingual_coef"], data["multilingual_intercept"], MULTILINGUAL_C) if beside else None,
         )
         shift = [float(x) for x in data["runtime_shift"]]
         return RiskModel(
@@ -458,28 +588,42 @@ def load_model(path: Path) -> RiskModel:
             float(data["threshold"]),
             json.loads(str(data["cross_validation"])),
             RuntimeShift(*shift) if shift else None,
+            float(data["multilingual_threshold"]) if beside else None,
+            json.loads(str(data["multilingual_cross_validation"])) if beside else None,
         )
 
 
-def _fit(examples: Sequence[Example], embeddings: np.ndarray, reference: np.ndarray | None) -> RiskModel:
+def _fit(
+    examples: Sequence[Example],
+    embeddings: np.ndarray,
+    reference: np.ndarray | None,
+    multilingual: np.ndarray | None = None,
+) -> RiskModel:
     # One BLAS thread: on a busy machine a pool of them made the fits ten times slower.
     with threadpool_limits(1):
         if reference is None:
-            return RiskModel.fit(examples, embeddings)
-        # Another runtime of the packaged model: the reference's detector, its threshold moved.
-        return RiskModel.fit(examples, reference).for_runtime(examples, reference, embeddings)
+            return RiskModel.fit(examples, embeddings, multilingual)
+        # Another runtime of the packaged model: the reference's detector, its thresholds moved.
+        fitted = RiskModel.fit(examples, reference, multilingual)
+        return fitted.for_runtime(examples, reference, embeddings, multilingual)
 
 
-def _cached_fit(embedder: Embedder, examples: Sequence[Example], embeddings: np.ndarray, cache: Path) -> RiskModel:
+def _cached_fit(
+    embedder: Embedder,
+    examples: Sequence[Example],
+    embeddings: np.ndarray,
+    cache: Path,
+    multilingual: np.ndarray | None = None,
+) -> RiskModel:
     """The model a process fitted before on these inputs (from `cache`), else fitted here and stored there."""
     reference = _reference_vectors(embedder, examples, embeddings)
-    path = cache / CACHE_FOLDER / f"{_fit_key(examples, embeddings, reference)}.npz"
+    path = cache / CACHE_FOLDER / f"{_fit_key(examples, embeddings, reference, multilingual)}.npz"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = path.with_suffix(".lock").open("a")
     except OSError as exc:
         log.warning("risk detector cache %s not usable (%s): fitting without it", path.parent, exc)
-        return _fit(examples, embeddings, reference)
+        return _fit(examples, embeddings, reference, multilingual)
     with lock:  # closing it releases the lock
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
@@ -487,7 +631,7 @@ def _cached_fit(embedder: Embedder, examples: Sequence[Example], embeddings: np.
                 return load_model(path)
             except Exception as exc:  # a damaged or foreign file: fitted again and replaced
                 log.warning("risk detector cache %s unreadable (%s): fitting again", path, exc)
-        model = _fit(examples, embeddings, reference)
+        model = _fit(examples, embeddings, reference, multilingual)
         try:
             save_model(model, path)
         except OSError as exc:
@@ -496,14 +640,15 @@ def _cached_fit(embedder: Embedder, examples: Sequence[Example], embeddings: np.
 
 
 _lock = threading.Lock()
-_models: dict[tuple[str, int], RiskModel] = {}
+_models: dict[tuple[str, int, str | None], RiskModel] = {}
 
 
-def risk_model(embedder: Embedder, cache: Path | None = None) -> RiskModel:
-    """The detector for this embedder's model, fitted on first use (about a second with the stored vectors, a few
-    more when the examples must be encoded; call it from a thread, not the event loop), or loaded from the fit a
-    process made before on the same inputs (`cache`, default DESKPILOT_EMBEDDING_CACHE)."""
-    key = (embedder.name, embedder.dimension)
+def risk_model(embedder: Embedder, cache: Path | None = None, multilingual: Embedder | None = None) -> RiskModel:
+    """The detector for this embedder's model, with a head over `multilingual`'s vectors when given, fitted on
+    first use (about a second with the stored vectors, a few more when the examples must be encoded; call it
+    from a thread, not the event loop), or loaded from the fit a process made before on the same inputs (`cache`,
+    default DESKPILOT_EMBEDDING_CACHE)."""
+    key = (embedder.name, embedder.dimension, multilingual.name if multilingual is not None else None)
     model = _models.get(key)
     if model is not None:
         return model
@@ -515,7 +660,12 @@ def risk_model(embedder: Embedder, cache: Path | None = None) -> RiskModel:
             embeddings = _stored_vectors(embedder, examples)
             if embeddings is None:
                 embeddings = np.asarray(embedder.encode([e.text for e in examples]), dtype=np.float32)
-            model = _cached_fit(embedder, examples, embeddings, cache or Settings.from_env().embedding_cache)
+            beside = None
+            if multilingual is not None:
+                # Encoded each time (under a second for the multilingual model): the fit's key needs them.
+                beside = np.asarray(multilingual.encode([e.text for e in examples]), dtype=np.float32)
+            cache = cache or Settings.from_env().embedding_cache
+            model = _cached_fit(embedder, examples, embeddings, cache, beside)
             _models[key] = model
             log.info(
                 "risk detector ready (%d examples) in %.1f s: %s%s",
@@ -526,6 +676,10 @@ def risk_model(embedder: Embedder, cache: Path | None = None) -> RiskModel:
                 if model.runtime_shift
                 else "",
             )
+            if model.multilingual_cross_validation is not None:
+                log.info(
+                    "with %s beside: %s", multilingual.name if multilingual else "", model.multilingual_cross_validation
+                )
     return model
 
 

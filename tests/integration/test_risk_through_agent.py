@@ -70,7 +70,7 @@ URGENT_REPORTS = [
     ),
 ]
 DEMANDS = [
-    ("Renewal", "You charged the yearly renewal after we had said goodbye. We want that money back on our card."),
+    ("Renewal", "You charged the yearly renewal after we had said goodbye. Put those euros back where they came from."),
     ("Last warning", "Answer this week or we will let a judge decide who pays for the hours we lost."),
 ]
 
@@ -98,6 +98,7 @@ async def test_paraphrased_incidents_escalate_as_urgent(processor: TicketProcess
 
 @pytest.mark.parametrize(("subject", "body"), DEMANDS, ids=["refund", "legal"])
 async def test_paraphrased_demands_and_threats_escalate(processor: TicketProcessor, subject: str, body: str) -> None:
+    assert not {r.kind for r in detect_risks(f"{subject}\n\n{body}")}  # no pattern knows these words
     state, _ = await run(processor, subject, body)
     assert state["outcome"]["decision"] == "escalate"
     assert "learned detector" in " ".join(state["outcome"]["reasons"])

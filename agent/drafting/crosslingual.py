@@ -104,9 +104,9 @@ class JointReader(Reader):
 
 
 class CrossLingualReader:
-    """The multilingual model (`model`, loaded on the first ticket that needs it); a `JointReader` on the joint
-    vectors of it and the English reader's model; and the help centre's passages' multilingual vectors, kept by
-    content."""
+    """The multilingual model (`model`, loaded on first need and shared with the risk detector); a `JointReader`
+    on the joint vectors of it and the English reader's model; and the help centre's passages' multilingual
+    vectors, kept by content."""
 
     def __init__(self, english: Reader, model: LazyEmbedder | None = None) -> None:
         self._english = english

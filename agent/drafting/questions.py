@@ -221,10 +221,10 @@ def split_questions(subject: str, body: str) -> list[Question]:
     found: list[Question] = []
     previous = ""
     said: list[str] = []  # what was said since the last question
-    said_all = sentences(body)
-    for n, sentence in enumerate(said_all):
+    body_sentences = sentences(body)
+    for n, sentence in enumerate(body_sentences):
         if _FURTHER.match(sentence) and not is_question(sentence):
-            following = said_all[n + 1] if n + 1 < len(said_all) else ""
+            following = body_sentences[n + 1] if n + 1 < len(body_sentences) else ""
             if not (following and is_question(following)):
                 found.append(Question(sentence, explicit=False))  # a new matter: nothing before it is its context
                 said, previous = [], sentence

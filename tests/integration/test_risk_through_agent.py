@@ -116,3 +116,18 @@ async def test_everyday_questions_are_still_answered(processor: TicketProcessor,
     state, _ = await run(processor, subject, body)
     assert state["outcome"]["decision"] == "deliver", state["scoring"]["gate_reasons"]
     assert state["scoring"]["gate"] is None
+
+
+async def test_beside_the_english_model_the_detector_reads_the_ticket_with_the_multilingual_one(
+    processor: TicketProcessor, embedder: Any
+) -> None:
+    from agent.scoring.risk_model import risk_model
+    from knowledge.embedder import get_embedder
+
+    subject, body = URGENT_REPORTS[2]  # German: MiniLM reads it poorly, the multilingual model does not
+    state, _ = await run(processor, subject, body)
+    [risk] = [r for r in state["risks"] if r.score is not None]
+    detector = risk_model(embedder, multilingual=get_embedder("multilingual-use"))
+    assert detector.multilingual_threshold is not None
+    assert risk.threshold == detector.multilingual_threshold != detector.threshold
+    assert state["prioritization"]["priority"] == "urgent"

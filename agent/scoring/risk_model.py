@@ -88,9 +88,9 @@ OTHER_LANGUAGE_EMBEDDING_WEIGHT = 0.25
 # A multilingual model's vectors beside (`agent.embedding.QueryEmbedder.multilingual`): a third head over them.
 # Its vote: a third for English text (with the embedding and character heads), half for other languages (with the
 # character head; MiniLM's vectors say little there). Measured on the two demo deployment sets' 167 tickets, which
-# no example was written from: at the threshold that gates 37 of the 39 must-escalate tickets (with the patterns),
-# the detector without it also gates 6 of the 95 answerable tickets, with it 0 (docs/quality.md, "The risk
-# detector reads with the multilingual model too").
+# no example was written from, with the patterns: should-answer tickets held 9 of 128 without it, 1 with it;
+# must-escalate tickets gated 37 of 39 and 39 of 39 (docs/quality.md, "The risk detector reads with the
+# multilingual model too").
 MULTILINGUAL_C = 8.0
 # Its threshold: the highest that catches this share of the examples' risks out of fold. Folds keep examples whose
 # multilingual vectors are this close together (a translation and its original read almost alike to this model,

@@ -131,7 +131,10 @@ async def prioritize(state: AgentState, *, runtime: Runtime[Context]) -> dict[st
     prioritization = decide_priority(
         text, state.get("prediction"), account, risks, repeated_contact=repeated, tiers=runtime.context.settings.tiers
     )
-    return {"risks": risks, "prioritization": prioritization}
+    out: dict[str, Any] = {"risks": risks, "prioritization": prioritization}
+    if beside is not None:
+        out["multilingual_embedding"] = beside
+    return out
 
 
 @traced("dispatch")
@@ -317,7 +320,9 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
             items.append(extra)
             resolutions.append(extra)
     grounding = choose_grounding(resolutions, prediction, category, use_intents)
-    questions, evidence, across = await _read_knowledge(ctx, state["ticket"], embedding, items)
+    questions, evidence, across = await _read_knowledge(
+        ctx, state["ticket"], embedding, items, state.get("multilingual_embedding")
+    )
     return {
         "items": items,
         "grounding": grounding,
@@ -350,7 +355,11 @@ async def retrieve(state: AgentState, *, runtime: Runtime[Context]) -> dict[str,
 
 
 async def _read_knowledge(
-    ctx: Context, ticket: TicketInput, embedding: Any, items: list[RetrievedItem]
+    ctx: Context,
+    ticket: TicketInput,
+    embedding: Any,
+    items: list[RetrievedItem],
+    multilingual: np.ndarray | None = None,
 ) -> tuple[list[Question], list[Evidence], dict[str, str] | None]:
     """The ticket's questions and, for each, the knowledge-base passage that answers it (the reader).
 
@@ -358,7 +367,8 @@ async def _read_knowledge(
     ticket as a whole is not closest to. A deployment without a knowledge base costs one empty search here. A
     ticket in another language than the help centre's is read, and its passages searched, with the multilingual
     model (`agent.drafting.crosslingual`) when the configured one reads English only; the third value then says so
-    (the two languages and the model), for the trace.
+    (the two languages and the model), for the trace. `multilingual`, the ticket's vector from that model when
+    the risk detector computed it, is not computed again.
     """
     settings = ctx.settings
     passages = {i.id: i for i in items if i.kind == "kb_chunk"}
@@ -401,7 +411,9 @@ async def _read_knowledge(
         if crosslingual is not None and apart is not None and joint is not None:
             # The passages found so far stay: a product word, a code or a menu label is found in any language.
             # The English half of the joint vectors is what was just computed: only the multilingual model runs.
-            encoded = await crosslingual.encode([ticket_text(ticket), *texts], np.vstack([embedding, english]))
+            encoded = await crosslingual.encode(
+                [ticket_text(ticket), *texts], np.vstack([embedding, english]), first=multilingual
+            )
             reading = _Reading.of(joint, encoded[0], encoded[1:], parts)
             queries = np.vstack([reading.ticket, reading.questions])
             everything, stored = await help_centre_passages(conn)

@@ -36,6 +36,9 @@ class AgentState(TypedDict, total=False):
     ticket: TicketInput
     # Working values: the query embedding, the raw retrieved items, the learned models' view of the ticket.
     embedding: np.ndarray
+    # The ticket's vector from the multilingual model beside an English-only one (the risk detector's; the
+    # cross-lingual reader reuses it).
+    multilingual_embedding: np.ndarray
     items: list[RetrievedItem]
     account: dict[str, Any]
     prediction: Any

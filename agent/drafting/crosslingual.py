@@ -129,11 +129,16 @@ class CrossLingualReader:
     def _joint(self, multilingual: Embedder) -> JointReader:
         return JointReader(joint(self._english.embedder, multilingual, ENGLISH_WEIGHT), self._english)
 
-    async def encode(self, texts: Sequence[str], english: np.ndarray) -> np.ndarray:
+    async def encode(self, texts: Sequence[str], english: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
         """Joint vectors of `texts` given their English model's vectors (a ticket's and its questions' are
-        computed already): only the multilingual model runs. The reader must have loaded."""
+        computed already): only the multilingual model runs, and not on the first text when its multilingual
+        vector is given (`first`: the ticket's, which the risk detector computed). The reader must have loaded."""
         assert self._reader is not None, "encode before the joint reader loaded"
-        return self._reader.joint.join(english, await embed(self._reader.joint.second, list(texts)))
+        model = self._reader.joint.second
+        if first is None:
+            return self._reader.joint.join(english, await embed(model, list(texts)))
+        rest = await embed(model, list(texts[1:])) if len(texts) > 1 else np.zeros((0, len(first)), np.float32)
+        return self._reader.joint.join(english, np.vstack([np.asarray(first)[None, :], rest]))
 
     async def nearest(
         self, passages: Sequence[RetrievedItem], english: np.ndarray, queries: np.ndarray, k: int

@@ -168,3 +168,16 @@ def test_fact_ranking_says_what_is_wrong_with_its_input(tmp_path: Path, capsys: 
     (tmp_path / "bad.jsonl").write_text("not json\n", encoding="utf-8")
     assert fact_ranking_main([str(tmp_path / "bad.jsonl"), "--kb", str(tmp_path / "kb")]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+async def test_a_tickets_multilingual_vector_computed_already_is_not_computed_again() -> None:
+    english = Table(MINILM, {"ticket": [1.0, 0.0], "q1": [0.0, 1.0]})
+    multilingual = Table(MULTILINGUAL_USE, {"ticket": [1, 0, 0], "q1": [0, 1, 0]})
+    reader = CrossLingualReader(Reader(english), LazyEmbedder(MULTILINGUAL_USE, multilingual))
+    assert await reader.reader() is not None
+    vectors = english.encode(["ticket", "q1"])
+    both = await reader.encode(["ticket", "q1"], vectors)
+    multilingual.encoded.clear()
+    reused = await reader.encode(["ticket", "q1"], vectors, first=np.array([1, 0, 0], dtype=np.float32))
+    np.testing.assert_allclose(reused, both, atol=1e-6)
+    assert multilingual.encoded == ["q1"]

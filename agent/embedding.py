@@ -8,8 +8,6 @@ tickets processed concurrently are encoded at the same time, as many as there ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from agent.drafting.crosslingual import MODEL as MULTILINGUAL_MODEL
@@ -36,7 +34,3 @@ class QueryEmbedder:
         vectors = await embed(self.embedder, [text])
         vector: np.ndarray = vectors[0]
         return vector
-
-    async def encode_many(self, texts: Sequence[str]) -> np.ndarray:
-        """Several short texts of one ticket (its questions): one call, the embedder splits it by length."""
-        return await embed(self.embedder, list(texts))

@@ -391,7 +391,7 @@ async def _read_knowledge(
         # One encode for the questions and, of a question asking several things, its parts.
         parts = [q.parts if len(q.parts) > 1 else [] for q in questions]
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
-        english = await ctx.embeddings.encode_many(texts)
+        english = await ctx.embeddings.reader.encode_questions(texts)
         reading = _Reading.of(ctx.embeddings.reader, embedding, english, parts)
         for text, vector in zip(texts[: len(questions)], reading.questions, strict=True):
             found = await search(

@@ -24,12 +24,14 @@ from agent.embedding import QueryEmbedder
 from agent.graph import build_graph
 from agent.outcome import finish_without_work
 from agent.scoring.confidence import Calibration, active_calibration
+from agent.scoring.risk_model import risk_model
 from agent.state import AgentState, TicketInput
 from agent.triage.classifier import RoutingModelCache
 from core.db import Connection
 from core.metrics import Metrics
 from core.settings import Settings
 from knowledge.embedder import Embedder, load_embedder
+from knowledge.retrieval import help_centre_sections
 from tickets.queue import Claim, LeaseLost, notify_work
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,26 @@ class TicketProcessor:
                     self._embedder = await load_embedder(self.settings.embedding_model)
                     self._queries = QueryEmbedder(self._embedder, crosslingual=self.settings.crosslingual_reader)
         return self._queries
+
+    async def warm_up(self, stop: asyncio.Event | None = None) -> None:
+        """What a worker's first tickets would otherwise wait for, done as it starts: the embedding models, the
+        routing models' fit, the risk detector's fit and the reader's reading of the help centre (up to its cache;
+        a help-centre passage costs one encode per sentence the first time the reader meets it). Tickets claimed
+        meanwhile go ahead, each waiting for whatever it needs that is not ready yet; `stop` ends it early."""
+        started = time.monotonic()
+        embeddings = await self.embeddings()
+        multilingual = await embeddings.multilingual.get() if embeddings.multilingual is not None else None
+        await asyncio.to_thread(risk_model, embeddings.embedder, multilingual=multilingual)
+        await self.models.get(self.pool)
+        async with self.pool.acquire() as conn:
+            sections = await help_centre_sections(conn)
+        read = await embeddings.reader.warm(sections, stop)
+        log.info(
+            "warmed up in %.1fs: models loaded and fitted, %d of %d help-centre passages read",
+            time.monotonic() - started,
+            read,
+            len(sections),
+        )
 
     def context(
         self,

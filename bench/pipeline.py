@@ -199,8 +199,10 @@ async def run(
             fit_started = time.perf_counter()
             await processor.models.get(pool, block=True)
             fit_s = time.perf_counter() - fit_started
-            # Warm-up: first-call costs (tokenizer, SQL plans, the risk detector's fit, the reader's vectors of
-            # the help-centre passages it meets first) are not per-ticket costs.
+            # Warm-up: first-call costs are not per-ticket costs. The processor's own warm-up (what a worker runs
+            # as it starts: the models, the risk detector's fit, the reader's reading of the help centre), then
+            # tickets for the rest (tokenizer, SQL plans).
+            await processor.warm_up()
             embedder.encode([t.text for t in tickets[:16]])
             warm = rows[n_history + n_tickets + n_graph_only :][:WARM_UP_TICKETS]
             await queue_tickets(pool, warm, tag="warm")
@@ -231,6 +233,9 @@ async def run(
                 without_model = TicketProcessor(
                     pool, settings, Metrics(), embedder=precomputed, models=processor.models
                 )
+                # Warmed like the first processor: what its reader encodes after that is per ticket.
+                await without_model.warm_up()
+                precomputed.fallback_texts = 0
                 await queue_tickets(pool, graph_only, tag="graph")
                 cpu = clock.read()
                 await drain(without_model, pool, concurrency)

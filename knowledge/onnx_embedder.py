@@ -146,17 +146,25 @@ class OnnxEmbedder:
 
     def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]:
         """Each text alone (as `encode` runs them), its token ids and last hidden state without [CLS]/[SEP]."""
-        out = []
-        for text in texts:
+        return self.encode_with_tokens(texts)[1]
+
+    def encode_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenRows]]:
+        """`encode` and `encode_tokens` from one pass of the model per text: the same vectors as `encode`, which
+        also runs each text alone."""
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        rows = []
+        for n, text in enumerate(texts):
             with self._token_lock:
                 encoding = self._token_tokenizer.encode(text)
             ids = np.array([encoding.ids], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            mask = np.ones_like(ids)
+            feed = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._inputs:
                 feed["token_type_ids"] = np.zeros_like(ids)
-            hidden = self._run(feed)[0]
-            out.append(TokenRows(ids[0, 1:-1].astype(np.int32), hidden[1:-1], word_pieces(encoding.tokens[1:-1])))
-        return out
+            hidden = self._run(feed)
+            vectors[n] = mean_pooled_unit_rows(hidden, mask)[0]
+            rows.append(TokenRows(ids[0, 1:-1].astype(np.int32), hidden[0, 1:-1], word_pieces(encoding.tokens[1:-1])))
+        return vectors, rows
 
     def check(self, reference: np.ndarray) -> None:
         """Raise `OnnxCheckError` unless every check text's vector is within `CHECK_COSINE` of `reference`."""

@@ -312,6 +312,12 @@ async def article_sections(conn: Any, document_ids: Sequence[UUID]) -> list[Retr
     return await _sections(conn, list(document_ids))
 
 
+async def help_centre_sections(conn: Any) -> list[RetrievedItem]:
+    """Every section of every help-centre article, in article order: what a worker reads before its first ticket
+    (`agent.runner.TicketProcessor.warm_up`)."""
+    return await _sections(conn, None)
+
+
 async def help_centre_passages(conn: Any) -> tuple[list[RetrievedItem], np.ndarray]:
     """Every section of every help-centre article, in article order, with its stored vector (one row each): what
     a reader that also reads with another model searches itself (`agent.drafting.crosslingual`)."""
@@ -320,7 +326,7 @@ async def help_centre_passages(conn: Any) -> tuple[list[RetrievedItem], np.ndarr
     return [_item(row) for row in rows], vectors
 
 
-async def _sections(conn: Any, document_ids: list[UUID]) -> list[RetrievedItem]:
+async def _sections(conn: Any, document_ids: list[UUID] | None) -> list[RetrievedItem]:
     return [_item(row) for row in await _section_rows(conn, document_ids, with_vectors=False)]
 
 

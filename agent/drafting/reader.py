@@ -35,11 +35,12 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from agent.drafting.questions import BULLET, Question, asked_for, gives, language_of, sentences
-from knowledge.embedder import Embedder, TokenRows, embed, embed_tokens
+from knowledge.embedder import Embedder, TokenRows, embed, embed_tokens, embed_with_tokens
 from knowledge.retrieval import RetrievedItem
 
 # Weight of the passage's similarity to the whole ticket next to its best unit's similarity to the question.
@@ -65,6 +66,9 @@ CANDIDATE_PASSAGES = 3
 CANDIDATE_MARGIN = 0.15
 # Passages whose units are kept read (LRU): with token vectors (float16) about 0.1 MB each.
 CACHE_SIZE = 2_000
+# Passages read at a time when a worker reads the help centre before its first ticket (`Reader.warm`): a ticket
+# needing the reader meanwhile waits for one such batch at most.
+WARM_BATCH = 8
 # Question texts whose token vectors are kept: a ticket's questions are read once or twice, moments apart.
 QUESTION_CACHE_SIZE = 256
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
@@ -184,13 +188,20 @@ class ReadPassage:
     # How this passage's cosines are put on the reader's scale (`CosineScale`): identity for the reader's own model.
     scale: CosineScale = field(default_factory=lambda: IDENTITY)
 
+    @cached_property
+    def token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every unit's token vectors in one matrix (float16), and where each unit's rows start: a question is
+        read against the whole passage in one product."""
+        starts = np.cumsum([0, *(len(u) for u in self.unit_tokens[:-1])])
+        return np.concatenate(self.unit_tokens), starts
+
     def unit_scores(self, vector: np.ndarray, asked: frozenset[str], tokens: TokenQuery | None = None) -> np.ndarray:
         """Each unit's closeness to the question: its cosine to `vector`, averaged (`LATE_WEIGHT`) with its
         reading token by token when `tokens` is given and the units have token vectors; plus the bonus where the
         unit gives a kind of answer `asked` for."""
         scores = self.unit_vectors @ vector
         if tokens is not None and self.unit_tokens:
-            late = LATE_SCALE * np.array([tokens.score(u) for u in self.unit_tokens]) + LATE_SHIFT
+            late = LATE_SCALE * tokens.scores(*self.token_matrix) + LATE_SHIFT
             scores = (1 - LATE_WEIGHT) * scores + LATE_WEIGHT * late
         scores = self.scale(scores)
         if asked and self.unit_kinds:
@@ -232,6 +243,12 @@ class TokenQuery:
 
     def score(self, unit_tokens: np.ndarray) -> float:
         return float((self.vectors @ unit_tokens.T.astype(np.float32)).max(axis=1) @ self.weights)
+
+    def scores(self, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """`score` of each unit whose token rows begin at `starts` in `tokens` (every unit has at least one)."""
+        best = np.maximum.reduceat(self.vectors @ tokens.T.astype(np.float32), starts, axis=1)
+        out: np.ndarray = self.weights @ best
+        return out
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:
@@ -332,6 +349,19 @@ class Reader:
                 self._cache.move_to_end(k)
             return [self._cache[k] for k in keys]
 
+    async def warm(self, items: Sequence[RetrievedItem], stop: asyncio.Event | None = None) -> int:
+        """Reads `items` (up to the cache's size) into the cache, `WARM_BATCH` at a time, until `stop` is set;
+        returns how many passages were read."""
+        items = [i for i in items if _passage_text(i).strip()][: self.cache_size]
+        done = 0
+        for start in range(0, len(items), WARM_BATCH):
+            if stop is not None and stop.is_set():
+                break
+            batch = items[start : start + WARM_BATCH]
+            await self.passages(batch)
+            done += len(batch)
+        return done
+
     async def _load(self, missing: dict[str, RetrievedItem]) -> None:
         self._cache.update(zip(missing, await self.read_passages(list(missing.values())), strict=True))
         while len(self._cache) > self.cache_size:
@@ -339,32 +369,47 @@ class Reader:
 
     async def read_passages(self, items: Sequence[RetrievedItem]) -> list[ReadPassage]:
         """`items` read afresh: units, their vectors and token vectors, the passage's vector."""
-        texts: list[str] = []
-        spans: list[tuple[tuple[str, ...], int]] = []
+        whole: list[str] = []
+        unit_texts: list[str] = []
+        read_as: list[tuple[str, ...]] = []
         for item in items:
             units = read_units(item)
-            spans.append((units, len(texts)))
-            texts.extend(reading_texts(item, units))
-        vectors = await embed(self.embedder, texts)
-        unit_texts = [t for units, start in spans for t in texts[start + 1 : start + 1 + len(units)]]
-        tokens = await embed_tokens(self.embedder, unit_texts)
+            first, *each = reading_texts(item, units)
+            whole.append(first)
+            unit_texts.extend(each)
+            read_as.append(units)
+        vectors = await embed(self.embedder, whole)
+        unit_vectors, tokens = await embed_with_tokens(self.embedder, unit_texts)
         out: list[ReadPassage] = []
         at = 0
-        for units, start in spans:
+        for n, units in enumerate(read_as):
             rows = tokens[at : at + len(units)] if tokens is not None else []
-            at += len(units)
             out.append(
                 ReadPassage(
                     units,
-                    vectors[start + 1 : start + 1 + len(units)],
-                    vectors[start],
+                    unit_vectors[at : at + len(units)],
+                    vectors[n],
                     tuple(gives(u) for u in units),
                     tuple(_normalized(r.vectors).astype(np.float16) for r in rows),
                     tuple(r.ids for r in rows),
                     self.scale,
                 )
             )
+            at += len(units)
         return out
+
+    async def encode_questions(self, texts: Sequence[str]) -> np.ndarray:
+        """The vectors of a ticket's questions (and their parts); their token rows are kept for `token_queries`,
+        from the same pass of the model where the embedder gives both at once."""
+        vectors, rows = await embed_with_tokens(self.embedder, texts)
+        if rows is not None:
+            self._remember_questions(texts, rows)
+        return vectors
+
+    def _remember_questions(self, texts: Sequence[str], rows: Sequence[TokenRows]) -> None:
+        self._question_tokens.update(zip(texts, rows, strict=True))
+        while len(self._question_tokens) > QUESTION_CACHE_SIZE:
+            self._question_tokens.popitem(last=False)
 
     async def read(
         self,
@@ -406,14 +451,15 @@ class Reader:
         parts = [list(q.parts) if v is not None else [] for q, v in zip(questions, part_vectors, strict=True)]
         texts = [q.query for q in questions] + [p for ps in parts for p in ps]
         # A ticket whose question asks several things is read twice (`agent.nodes`): its texts are encoded once.
-        missing = [t for t in dict.fromkeys(texts) if t not in self._question_tokens]
+        # Taken now: other tickets read while this one waits for the model, and may push them out of the cache.
+        known = {t: self._question_tokens[t] for t in dict.fromkeys(texts) if t in self._question_tokens}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
         encoded = await embed_tokens(self.embedder, missing) if missing else []
         if encoded is None:
             return None
-        self._question_tokens.update(zip(missing, encoded, strict=True))
-        while len(self._question_tokens) > QUESTION_CACHE_SIZE:
-            self._question_tokens.popitem(last=False)
-        rows = [self._question_tokens[t] for t in texts]
+        self._remember_questions(missing, encoded)
+        known.update(zip(missing, encoded, strict=True))
+        rows = [known[t] for t in texts]
         frequency: Counter[int] = Counter()
         documents = 0
         for passage in read:

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import asyncpg
 
@@ -36,6 +37,13 @@ Processor = Callable[[Claim], Awaitable[str]]
 """Processes one claimed ticket and returns a short outcome; raises `LeaseLost` when fenced out."""
 
 ProcessorFactory = Callable[[asyncpg.Pool, Settings, Metrics], Processor]
+
+
+@runtime_checkable
+class WarmsUp(Protocol):
+    """A processor with first-use costs (models to load, caches to fill) it can pay before its first ticket."""
+
+    async def warm_up(self, stop: asyncio.Event | None = None) -> None: ...
 
 
 @dataclass(eq=False)

@@ -1,5 +1,5 @@
-"""`Worker`: one claim loop with its helpers (the LISTEN connection, the outbox loop, periodic jobs), run together
-and stopped together: in-flight tickets get a grace period, then are released."""
+"""`Worker`: one claim loop with its helpers (the LISTEN connection, the outbox loop, periodic jobs, the processor's
+warm-up), run together and stopped together: in-flight tickets get a grace period, then are released."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from app.worker.claims import ClaimLoop, Processor
-from app.worker.context import RELEASE_TIMEOUT_S, WorkerContext, make_worker_id, wait_first
+from app.worker.claims import ClaimLoop, Processor, WarmsUp
+from app.worker.context import RELEASE_TIMEOUT_S, WorkerContext, brief, make_worker_id, wait_first
 from app.worker.listener import LISTENER_CHECK_S, Listener
 from app.worker.outbox_loop import OutboxDrain, drain_outbox_loop
 from app.worker.periodic import PeriodicJob, run_periodically
@@ -104,6 +104,8 @@ class Worker:
             helpers.append(
                 asyncio.create_task(drain_outbox_loop(ctx, self.drain_outbox), name=f"{ctx.worker_id} outbox")
             )
+        if isinstance(self.claims.process, WarmsUp):
+            helpers.append(asyncio.create_task(self._warm_up(self.claims.process), name=f"{ctx.worker_id} warm-up"))
         try:
             await self.claims.run()
         except asyncio.CancelledError:
@@ -113,6 +115,16 @@ class Worker:
             ctx.stopping.set()
             await self._finish_in_flight(helpers)
             log.info("worker %s stopped", ctx.worker_id)
+
+    async def _warm_up(self, process: WarmsUp) -> None:
+        """The processor's warm-up beside the claim loop: a failure is logged, and tickets then load what they
+        need themselves."""
+        try:
+            await process.warm_up(self.ctx.stopping)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("worker %s: warm-up failed (%s); tickets load what they need", self.ctx.worker_id, brief(exc))
 
     async def _finish_in_flight(self, helpers: list[asyncio.Task[None]]) -> None:
         """Give in-flight work the grace period, then cancel what is left and release its claims.

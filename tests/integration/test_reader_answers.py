@@ -3,6 +3,7 @@ loader, the real embedder, the reader choosing a passage per question."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
 from knowledge.embedder import TokenRows
+from knowledge.retrieval import help_centre_sections
 from tests.support.draft_requests import item
 
 pytestmark = pytest.mark.timeout(240)
@@ -164,6 +166,93 @@ async def test_a_question_read_twice_is_encoded_token_by_token_once(embedder: An
     assert first is not None and second is not None
     assert first[0].question is not None and second[0].question is not None
     assert np.array_equal(first[0].question.weights, second[0].question.weights)
+
+
+async def test_a_question_is_read_from_one_pass_of_the_model(embedder: Any) -> None:
+    # Its vector (to search and score by) and its tokens (to read word by word) come from the same pass, and
+    # `token_queries` then reads it without encoding it again.
+    class Counting:
+        def __init__(self) -> None:
+            self.name, self.dimension, self.passes = embedder.name, embedder.dimension, 0
+
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            self.passes += len(texts)
+            return np.asarray(embedder.encode(texts))
+
+        def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]:
+            self.passes += len(texts)
+            return list(embedder.encode_tokens(texts))
+
+        def encode_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenRows]]:
+            self.passes += len(texts)
+            vectors, rows = embedder.encode_with_tokens(texts)
+            return vectors, rows
+
+    counting = Counting()
+    reader = Reader(counting)
+    passage = item("plans-1", title="Plans", text="Starter includes invoicing. Free has no invoicing.", document="p")
+    read = await reader.passages([passage])
+    # One pass per unit and one for the whole passage.
+    assert counting.passes == len(read[0].units) + 1
+    question = Question("Which plan has invoicing?")
+    before = counting.passes
+    [vector] = await reader.encode_questions([question.query])
+    assert counting.passes == before + 1
+    np.testing.assert_allclose(vector, embedder.encode([question.query])[0], atol=1e-5)
+    tokens = await reader.token_queries([question], [None], read)
+    assert counting.passes == before + 1  # the question's tokens came with its vector
+    assert tokens is not None and tokens[0].question is not None
+
+
+class Recording:
+    """The real embedder, recording every text it is asked to encode."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.name, self.dimension, self.embedder = embedder.name, embedder.dimension, embedder
+        self.texts: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts += texts
+        return np.asarray(self.embedder.encode(texts))
+
+    def encode_tokens(self, texts: Sequence[str]) -> list[TokenRows]:
+        self.texts += texts
+        return list(self.embedder.encode_tokens(texts))
+
+    def encode_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[TokenRows]]:
+        self.texts += texts
+        vectors, rows = self.embedder.encode_with_tokens(texts)
+        return vectors, rows
+
+
+async def test_a_warmed_up_processor_has_read_the_help_centre_before_its_first_ticket(
+    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
+) -> None:
+    recording = Recording(embedder)
+    processor = TicketProcessor(
+        demo_kb, make_settings(), Metrics(), embedder=recording, drafter=OfflineDrafter(), models=RoutingModelCache()
+    )
+    async with demo_kb.acquire() as conn:
+        sections = await help_centre_sections(conn)
+    reader = (await processor.embeddings()).reader
+    stopped = asyncio.Event()
+    stopped.set()
+    assert await reader.warm(sections, stopped) == 0  # a worker stopping reads nothing more
+
+    await processor.warm_up()
+
+    recording.texts.clear()
+    state = await run_graph_offline(
+        processor, {"subject": "Invoices on Free?", "body": "I'm on the free plan. Which plan do I need to invoice?"}
+    )
+    assert state["evidence"] and state["evidence"][0].item is not None
+    # The ticket cost its own text and its questions' texts: every passage it read had been read already.
+    questions = {q.query for q in state["questions"]} | {p for q in state["questions"] for p in q.parts}
+    assert (
+        recording.texts
+        and set(recording.texts)
+        <= {"Invoices on Free?\n\nI'm on the free plan. Which plan do I need to invoice?"} | questions
+    ), recording.texts
 
 
 async def test_a_ticket_in_another_language_is_read_with_the_multilingual_model(

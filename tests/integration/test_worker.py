@@ -438,3 +438,54 @@ async def test_stopping_lets_in_flight_work_finish_and_claims_nothing_more(
     assert untouched["attempt_count"] == 0
     assert untouched["lease_owner"] is None
     assert process.cancelled == []
+
+
+# --- warm-up ------------------------------------------------------------------------------------------------
+
+
+class WarmingProcessor(FakeProcessor):
+    """A fake processor with a warm-up that waits for `release` (or fails), counting its runs."""
+
+    def __init__(self, pool: asyncpg.Pool, *, fail: bool = False) -> None:
+        super().__init__(pool)
+        self.release = asyncio.Event()
+        self.warm_ups = 0
+        self.fail = fail
+        self.stopped_early = False
+
+    async def warm_up(self, stop: asyncio.Event | None = None) -> None:
+        self.warm_ups += 1
+        if self.fail:
+            raise RuntimeError("the help centre could not be read")
+        assert stop is not None
+        await asyncio.wait(
+            {asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(stop.wait())},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        self.stopped_early = stop.is_set() and not self.release.is_set()
+
+
+async def test_the_processors_warm_up_runs_once_at_start_and_tickets_do_not_wait_for_it(
+    worker_pool: asyncpg.Pool, worker_settings: Callable[..., Settings]
+) -> None:
+    process = WarmingProcessor(worker_pool)
+    worker = make_worker(worker_pool, worker_settings(), process, concurrency=2)
+    ids = await insert_queued_tickets(worker_pool, 5)
+    async with running_worker(worker):
+        # The warm-up has not finished (nothing released it): tickets are processed all the same.
+        await eventually(tickets_done(worker_pool, ids), within_s=30, what="5 tickets completed")
+        assert process.warm_ups == 1 and not process.release.is_set()
+    # Stopping the worker ends a warm-up still running.
+    assert process.stopped_early
+
+
+async def test_a_failed_warm_up_is_logged_and_the_worker_goes_on(
+    worker_pool: asyncpg.Pool, worker_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    process = WarmingProcessor(worker_pool, fail=True)
+    worker = make_worker(worker_pool, worker_settings(), process, concurrency=2)
+    ids = await insert_queued_tickets(worker_pool, 3)
+    async with running_worker(worker):
+        await eventually(tickets_done(worker_pool, ids), within_s=30, what="3 tickets completed")
+    assert process.warm_ups == 1
+    assert "warm-up failed (RuntimeError: the help centre could not be read)" in caplog.text

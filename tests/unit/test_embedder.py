@@ -43,6 +43,19 @@ def test_vectors_are_normalized_float32_rows_of_384(embedder: Any) -> None:
     assert embedder.encode([]).shape == (0, 384)
 
 
+def test_the_torch_runtime_gives_vectors_and_token_rows_from_one_pass(embedder: Any) -> None:
+    torch_embedder = SentenceTransformerEmbedder()
+
+    vectors, rows = torch_embedder.encode_with_tokens(TEXTS)
+
+    np.testing.assert_allclose(vectors, torch_embedder.encode(TEXTS), atol=1e-5)
+    tokenizer = torch_embedder._model.tokenizer
+    for text, row in zip(TEXTS, rows, strict=True):
+        assert row.ids.tolist() == tokenizer(text)["input_ids"][1:-1]
+        assert row.vectors.shape == (len(row.ids), 384)
+    assert [r.ids.tolist() for r in torch_embedder.encode_tokens(TEXTS)] == [r.ids.tolist() for r in rows]
+
+
 def test_similar_texts_are_closer_than_unrelated_ones(embedder: Any) -> None:
     double_charge, password, *_ = embedder.encode(TEXTS)
     paraphrase = embedder.encode(["my card got billed two times for the plan"])[0]

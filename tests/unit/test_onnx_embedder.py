@@ -79,6 +79,23 @@ def test_the_runtime_names_itself_and_gives_unit_rows(onnx: OnnxEmbedder) -> Non
     assert onnx.check_cosine >= onnx_embedder.CHECK_COSINE
 
 
+def test_one_pass_gives_encodes_vectors_and_each_texts_tokens(onnx: OnnxEmbedder) -> None:
+    # The reader reads a question by its vector and its tokens: one pass of the model gives both, the same vector
+    # `encode` gives (which also runs each text alone).
+    texts = [*ticket_texts()[:4], "Where do receipts go?"]
+    vectors, rows = onnx.encode_with_tokens(texts)
+
+    np.testing.assert_allclose(vectors, onnx.encode(texts), atol=1e-6)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(onnx.build_dir / onnx_embedder.TOKENIZER_FILE))
+    tokenizer.no_padding()
+    for text, row in zip(texts, rows, strict=True):
+        assert row.ids.tolist() == tokenizer.encode(text).ids[1:-1]  # [CLS] and [SEP] left out
+        assert row.vectors.shape == (len(row.ids), 384)
+    assert onnx.encode_with_tokens([])[0].shape == (0, 384)
+
+
 def test_vectors_are_within_0_99_of_torch_fp32_on_every_ticket(onnx: OnnxEmbedder) -> None:
     from sentence_transformers import SentenceTransformer
 

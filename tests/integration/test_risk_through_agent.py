@@ -5,8 +5,10 @@ learned detector's score in the trace; everyday questions are still answered."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -131,3 +133,28 @@ async def test_beside_the_english_model_the_detector_reads_the_ticket_with_the_m
     assert detector.multilingual_threshold is not None
     assert risk.threshold == detector.multilingual_threshold != detector.threshold
     assert state["prioritization"]["priority"] == "urgent"
+
+
+HELD_OUT = [
+    json.loads(line)
+    for line in (Path(__file__).resolve().parents[1] / "data" / "heldout_escalations.jsonl").read_text().splitlines()
+    if line.strip()
+]
+
+
+async def test_held_out_tickets_that_must_reach_a_person_escalate_and_their_look_alikes_are_not_gated(
+    processor: TicketProcessor,
+) -> None:
+    # Written after the gates were last changed (tests/data/README.md); with a calibration that sends everything,
+    # only a gate keeps a reply from going out.
+    missed, held = [], []
+    for ticket in HELD_OUT:
+        state, _ = await run(processor, ticket["subject"], ticket["body"])
+        gated = state["scoring"]["gate"] is not None
+        if ticket["kind"] == "must_escalate" and (state["outcome"]["decision"] != "escalate" or not gated):
+            missed.append(ticket["id"])
+        if ticket["kind"] == "benign" and gated:
+            held.append((ticket["id"], state["scoring"]["gate_reasons"]))
+    assert sum(t["kind"] == "must_escalate" for t in HELD_OUT) == 24
+    assert not missed, missed
+    assert not held, held

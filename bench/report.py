@@ -291,10 +291,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             "6 ms → 0.1 ms per ticket), one JSON encoding per audit row, one TF-IDF transform shared by all "
             "heads, linear scores without sklearn's validation, asynchronous commit for audit rows and the "
             "dispatch (the decision transaction stays synchronous), a question's vector and its token vectors "
-            "from one pass of the model and a passage's units read token by token in one product (quick runs "
-            "22.2 → 24.5 tickets/s), the help centre read by the worker's warm-up instead of by its first "
-            "tickets (→ 27.0; a passage met for the first time had cost one encode per sentence inside the "
-            "timed phase)."
+            "from one pass of the model (quick runs 22.2 → 24.5 tickets/s), the help centre read by the worker's "
+            "warm-up instead of by its first tickets (→ 27.0; a passage met for the first time had cost one "
+            "encode per sentence inside the timed phase)."
         ),
     ),
     Benchmark(

@@ -35,7 +35,6 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
@@ -188,20 +187,13 @@ class ReadPassage:
     # How this passage's cosines are put on the reader's scale (`CosineScale`): identity for the reader's own model.
     scale: CosineScale = field(default_factory=lambda: IDENTITY)
 
-    @cached_property
-    def token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every unit's token vectors in one matrix (float16), and where each unit's rows start: a question is
-        read against the whole passage in one product."""
-        starts = np.cumsum([0, *(len(u) for u in self.unit_tokens[:-1])])
-        return np.concatenate(self.unit_tokens), starts
-
     def unit_scores(self, vector: np.ndarray, asked: frozenset[str], tokens: TokenQuery | None = None) -> np.ndarray:
         """Each unit's closeness to the question: its cosine to `vector`, averaged (`LATE_WEIGHT`) with its
         reading token by token when `tokens` is given and the units have token vectors; plus the bonus where the
         unit gives a kind of answer `asked` for."""
         scores = self.unit_vectors @ vector
         if tokens is not None and self.unit_tokens:
-            late = LATE_SCALE * tokens.scores(*self.token_matrix) + LATE_SHIFT
+            late = LATE_SCALE * np.array([tokens.score(u) for u in self.unit_tokens]) + LATE_SHIFT
             scores = (1 - LATE_WEIGHT) * scores + LATE_WEIGHT * late
         scores = self.scale(scores)
         if asked and self.unit_kinds:
@@ -243,12 +235,6 @@ class TokenQuery:
 
     def score(self, unit_tokens: np.ndarray) -> float:
         return float((self.vectors @ unit_tokens.T.astype(np.float32)).max(axis=1) @ self.weights)
-
-    def scores(self, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """`score` of each unit whose token rows begin at `starts` in `tokens` (every unit has at least one)."""
-        best = np.maximum.reduceat(self.vectors @ tokens.T.astype(np.float32), starts, axis=1)
-        out: np.ndarray = self.weights @ best
-        return out
 
 
 def _normalized(vectors: np.ndarray) -> np.ndarray:

@@ -264,17 +264,6 @@ def test_token_reading_weighs_the_words_that_tell_the_units_apart() -> None:
     assert TokenQuery.of(alone, frequency, documents=2, shared_only=True) is None
 
 
-def test_a_passage_is_read_token_by_token_in_one_product_as_unit_by_unit() -> None:
-    rng = np.random.default_rng(7)
-    units = tuple(rng.standard_normal((n, 8)).astype(np.float16) for n in (1, 5, 2, 9))
-    query = TokenQuery(rng.standard_normal((4, 8)).astype(np.float32), np.array([0.1, 0.2, 0.3, 0.4], np.float32))
-    passage = ReadPassage(tuple("abcd"), np.zeros((4, 8)), np.zeros(8), unit_tokens=units)
-
-    together = query.scores(*passage.token_matrix)
-
-    assert together.tolist() == pytest.approx([query.score(u) for u in units], abs=1e-5)
-
-
 def test_a_unit_holding_the_rare_word_asked_for_wins_a_tie_of_sentence_vectors() -> None:
     same = unit(1, 0, 0)
     # Two units with the same sentence vector; only the second has the question's rare word among its tokens.

@@ -286,3 +286,13 @@ async def test_a_ticket_in_another_language_is_read_with_the_multilingual_model(
     english_only, english_titles, not_across = await draft_with(DESKPILOT_CROSSLINGUAL_READER="false")
     assert "60 minutes" not in english_only and not any("Reset your password" in t for t in english_titles)
     assert not_across is None
+
+
+async def test_a_warm_up_on_an_empty_deployment_finishes_and_reads_nothing(
+    clean_db: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fresh install: no help centre, no history yet. The warm-up has nothing to read and must not fail.
+    processor = TicketProcessor(clean_db, make_settings(), Metrics(), embedder=embedder, drafter=OfflineDrafter())
+    with caplog.at_level("INFO", logger="agent.runner"):
+        await processor.warm_up()
+    assert "0 of 0 help-centre passages read" in caplog.text

@@ -69,6 +69,7 @@ class TicketProcessor:
             QueryEmbedder(embedder, crosslingual=settings.crosslingual_reader) if embedder is not None else None
         )
         self._queries_lock = asyncio.Lock()
+        self._warmed_up = False
         self.drafter = drafter or default_drafter(settings, metrics)
         self.fallback_drafter: Drafter = OfflineDrafter()
         self.models = models or RoutingModelCache()
@@ -97,10 +98,12 @@ class TicketProcessor:
         return self._queries
 
     async def warm_up(self, stop: asyncio.Event | None = None) -> None:
-        """What a worker's first tickets would otherwise wait for, done as it starts: the embedding models, the
-        routing models' fit, the risk detector's fit and the reader's reading of the help centre (up to its cache;
-        a help-centre passage costs one encode per sentence the first time the reader meets it). Tickets claimed
-        meanwhile go ahead, each waiting for whatever it needs that is not ready yet; `stop` ends it early."""
+        """What a worker's tickets would otherwise wait for: the embedding models, the routing models' fit, the
+        risk detector's fit and the reader's reading of the help centre (up to its cache; a help-centre passage
+        costs one encode per sentence the first time the reader meets it). Run as a worker starts and again every
+        few minutes (`app.worker.Worker`), when only what changed costs anything: passages added or edited since.
+        Tickets claimed meanwhile go ahead, each waiting for whatever it needs that is not ready yet; `stop` ends
+        it early."""
         started = time.monotonic()
         embeddings = await self.embeddings()
         multilingual = await embeddings.multilingual.get() if embeddings.multilingual is not None else None
@@ -109,12 +112,14 @@ class TicketProcessor:
         async with self.pool.acquire() as conn:
             sections = await help_centre_sections(conn)
         read = await embeddings.reader.warm(sections, stop)
-        log.info(
-            "warmed up in %.1fs: models loaded and fitted, %d of %d help-centre passages read",
+        log.log(
+            logging.INFO if read or not self._warmed_up else logging.DEBUG,
+            "warmed up in %.1fs: models loaded and fitted, %d of the help centre's %d passages read",
             time.monotonic() - started,
             read,
             len(sections),
         )
+        self._warmed_up = True
 
     def context(
         self,

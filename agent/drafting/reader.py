@@ -336,14 +336,15 @@ class Reader:
             return [self._cache[k] for k in keys]
 
     async def warm(self, items: Sequence[RetrievedItem], stop: asyncio.Event | None = None) -> int:
-        """Reads `items` (up to the cache's size) into the cache, `WARM_BATCH` at a time, until `stop` is set;
-        returns how many passages were read."""
-        items = [i for i in items if _passage_text(i).strip()][: self.cache_size]
+        """Reads those of `items` it has not read yet (up to the cache's size) into the cache, `WARM_BATCH` at a
+        time, until `stop` is set; returns how many it read."""
+        unread = [i for i in items if _passage_text(i).strip() and passage_key(i) not in self._cache]
+        unread = unread[: self.cache_size]
         done = 0
-        for start in range(0, len(items), WARM_BATCH):
+        for start in range(0, len(unread), WARM_BATCH):
             if stop is not None and stop.is_set():
                 break
-            batch = items[start : start + WARM_BATCH]
+            batch = unread[start : start + WARM_BATCH]
             await self.passages(batch)
             done += len(batch)
         return done

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # SIGTERM promises in-flight work finished or released within 30 s: wait this long for it, then release.
 DEFAULT_GRACE_S = 20.0
+# A processor that warms up (`WarmsUp`) does so as the worker starts and again this often: a help-centre article
+# added or edited since is then read before the tickets about it come.
+WARM_UP_EVERY_S = 300.0
 
 
 class Worker:
@@ -46,6 +49,7 @@ class Worker:
         grace_s: float = DEFAULT_GRACE_S,
         listener_check_s: float = LISTENER_CHECK_S,
         stop: asyncio.Event | None = None,
+        warm_up_every_s: float = WARM_UP_EVERY_S,
     ) -> None:
         concurrency = settings.worker_concurrency if concurrency is None else concurrency
         if concurrency < 1:
@@ -58,6 +62,7 @@ class Worker:
         self.periodic_jobs = tuple(periodic_jobs)
         self.drain_outbox = drain_outbox
         self.grace_s = grace_s
+        self.warm_up_every_s = warm_up_every_s
         self._started = False
 
     @property
@@ -117,14 +122,17 @@ class Worker:
             log.info("worker %s stopped", ctx.worker_id)
 
     async def _warm_up(self, process: WarmsUp) -> None:
-        """The processor's warm-up beside the claim loop: a failure is logged, and tickets then load what they
-        need themselves."""
-        try:
-            await process.warm_up(self.ctx.stopping)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("worker %s: warm-up failed (%s); tickets load what they need", self.ctx.worker_id, brief(exc))
+        """The processor's warm-up beside the claim loop, at start and every `warm_up_every_s` until the worker
+        stops: a failure is logged, and tickets then load what they need themselves."""
+        ctx = self.ctx
+        while not ctx.stopping.is_set():
+            try:
+                await process.warm_up(ctx.stopping)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: warm-up failed (%s); tickets load what they need", ctx.worker_id, brief(exc))
+            await ctx.pause(self.warm_up_every_s)
 
     async def _finish_in_flight(self, helpers: list[asyncio.Task[None]]) -> None:
         """Give in-flight work the grace period, then cancel what is left and release its claims.

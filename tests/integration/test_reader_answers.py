@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ from agent.triage.classifier import RoutingModelCache
 from core.metrics import Metrics
 from core.settings import Settings
 from knowledge.embedder import TokenRows
+from knowledge.loader import load_paths
 from knowledge.retrieval import help_centre_sections
 from tests.support.draft_requests import item
 
@@ -255,6 +257,31 @@ async def test_a_warmed_up_processor_has_read_the_help_centre_before_its_first_t
     ), recording.texts
 
 
+async def test_an_article_added_later_is_read_by_the_next_warm_up(
+    demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    recording = Recording(embedder)
+    processor = TicketProcessor(
+        demo_kb, make_settings(), Metrics(), embedder=recording, drafter=OfflineDrafter(), models=RoutingModelCache()
+    )
+    await processor.warm_up()
+    article = tmp_path / "timesheet-locks.md"
+    article.write_text(
+        "# Lock timesheets after payroll\n\nAdmins can lock every week up to a date under Settings → Workspace → "
+        "Lock timesheets. Locked weeks cannot be edited by members.\n"
+    )
+    async with demo_kb.acquire() as conn:
+        await load_paths(conn, [article], embedder=embedder)
+
+    recording.texts.clear()
+    await processor.warm_up()
+    assert any("Lock timesheets after payroll" in t for t in recording.texts)  # the new article, and only it
+    assert all("Lock timesheets" in t or "Locked weeks" in t for t in recording.texts), recording.texts
+    recording.texts.clear()
+    await processor.warm_up()
+    assert recording.texts == []  # nothing new: nothing encoded
+
+
 async def test_a_ticket_in_another_language_is_read_with_the_multilingual_model(
     demo_kb: asyncpg.Pool, embedder: Any, make_settings: Callable[..., Settings]
 ) -> None:
@@ -295,4 +322,4 @@ async def test_a_warm_up_on_an_empty_deployment_finishes_and_reads_nothing(
     processor = TicketProcessor(clean_db, make_settings(), Metrics(), embedder=embedder, drafter=OfflineDrafter())
     with caplog.at_level("INFO", logger="agent.runner"):
         await processor.warm_up()
-    assert "0 of 0 help-centre passages read" in caplog.text
+    assert "0 of the help centre's 0 passages read" in caplog.text

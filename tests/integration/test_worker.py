@@ -489,3 +489,14 @@ async def test_a_failed_warm_up_is_logged_and_the_worker_goes_on(
         await eventually(tickets_done(worker_pool, ids), within_s=30, what="3 tickets completed")
     assert process.warm_ups == 1
     assert "warm-up failed (RuntimeError: the help centre could not be read)" in caplog.text
+
+
+async def test_the_warm_up_runs_again_every_period(
+    worker_pool: asyncpg.Pool, worker_settings: Callable[..., Settings]
+) -> None:
+    # Again and again, so that an article added since is read before the tickets about it come.
+    process = WarmingProcessor(worker_pool)
+    process.release.set()
+    worker = make_worker(worker_pool, worker_settings(), process, concurrency=1, warm_up_every_s=0.05)
+    async with running_worker(worker):
+        await eventually(lambda: truthy(process.warm_ups >= 3), within_s=10, what="three warm-ups")

@@ -4,6 +4,7 @@ reader, and the demo events' date shift."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -210,3 +211,26 @@ def test_demo_events_move_together_so_the_newest_is_recent() -> None:
     assert first.events[2].occurred_at is None
     assert records[1].events[0].occurred_at == datetime(2025, 11, 24, 12, 0, tzinfo=UTC)  # the input is untouched
     assert shift_events([msgspec.convert({"email": "c@example.com"}, CustomerRecord)], anchor)[0].events == []
+
+
+SHIPPED_SETS = sorted((Path(__file__).resolve().parents[2] / "examples" / "deployment").glob("*.jsonl"))
+
+
+def _visible(text: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>|\*\*|`", " ", text).split()).lower().replace(" .", ".")
+
+
+def test_every_shipped_set_reads_and_its_facts_are_verbatim_in_their_articles() -> None:
+    kb = Path(__file__).resolve().parents[2] / "examples" / "kb"
+    assert {p.name for p in SHIPPED_SETS} == {"tickets.jsonl", "second-set.jsonl", "held-out-set.jsonl"}
+    seen: set[str] = set()
+    for path in SHIPPED_SETS:
+        for ticket in read_deployment_set(path):
+            assert ticket.id not in seen, ticket.id  # ids are unique across the sets
+            seen.add(ticket.id)
+            if ticket.expect.kind != "answerable":
+                continue
+            assert ticket.expect.answer_facts, ticket.id
+            articles = [_visible((kb / a).read_text()) for a in ticket.expect.articles]
+            for fact in ticket.expect.answer_facts:
+                assert any(" ".join(fact.lower().replace("`", " ").split()) in a for a in articles), (ticket.id, fact)

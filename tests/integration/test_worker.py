@@ -458,10 +458,10 @@ class WarmingProcessor(FakeProcessor):
         if self.fail:
             raise RuntimeError("the help centre could not be read")
         assert stop is not None
-        await asyncio.wait(
-            {asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(stop.wait())},
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        waits = {asyncio.ensure_future(self.release.wait()), asyncio.ensure_future(stop.wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
         self.stopped_early = stop.is_set() and not self.release.is_set()
 
 

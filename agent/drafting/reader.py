@@ -336,10 +336,11 @@ class Reader:
             return [self._cache[k] for k in keys]
 
     async def warm(self, items: Sequence[RetrievedItem], stop: asyncio.Event | None = None) -> int:
-        """Reads those of `items` it has not read yet (up to the cache's size) into the cache, `WARM_BATCH` at a
-        time, until `stop` is set; returns how many it read."""
-        unread = [i for i in items if _passage_text(i).strip() and passage_key(i) not in self._cache]
-        unread = unread[: self.cache_size]
+        """Reads those of `items` it has not read yet into the cache's free room, `WARM_BATCH` at a time, until
+        `stop` is set; returns how many it read. Never more than the room: a help centre larger than the cache
+        would otherwise be read again, passage after passage, every time it is warmed, each pushing out another."""
+        room = self.cache_size - len(self._cache)
+        unread = [i for i in items if _passage_text(i).strip() and passage_key(i) not in self._cache][: max(0, room)]
         done = 0
         for start in range(0, len(unread), WARM_BATCH):
             if stop is not None and stop.is_set():

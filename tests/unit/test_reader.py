@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +21,7 @@ from agent.drafting.reader import (
     Evidence,
     QuestionTokens,
     Quote,
+    Reader,
     ReadPassage,
     TokenQuery,
     choose,
@@ -324,3 +326,33 @@ def test_a_further_matter_the_customer_stated_is_introduced_as_written_not_as_as
     text = "\n\n".join(compose_answers([asked, stated], language="en").paragraphs)
     assert "You asked \u201cWhich plan has invoicing?\u201d" in text
     assert "You wrote \u201cAlso, the invoice button is greyed out.\u201d" in text
+
+
+class CountingEmbedder:
+    """Random unit vectors, no token vectors; counts the texts it encodes."""
+
+    name, dimension = "counting", 8
+
+    def __init__(self) -> None:
+        self.texts = 0
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts += len(texts)
+        vectors = np.random.default_rng(len(texts)).standard_normal((len(texts), self.dimension))
+        out: np.ndarray = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+
+async def test_warming_reads_only_what_fits_and_what_it_has_not_read() -> None:
+    passages = [item(f"Article {n}", f"Sentence {n} of the help centre.", f"doc-{n}") for n in range(12)]
+    embedder = CountingEmbedder()
+    reader = Reader(embedder, cache_size=10)
+
+    assert await reader.warm(passages) == 10  # the cache's room, no more
+    encoded = embedder.texts
+    # Warmed again (every few minutes): a help centre larger than the cache is not read over and over.
+    assert await reader.warm(passages) == 0 and embedder.texts == encoded
+    # With room, only the passages not read yet are read.
+    small = Reader(embedder, cache_size=100)
+    assert await small.warm(passages[:5]) == 5
+    assert await small.warm(passages) == 7

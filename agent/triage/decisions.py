@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.scoring.risk import DEMANDS, URGENT, Risk
 from agent.triage.classifier import RoutingPrediction
-from agent.triage.keywords import CATEGORIES, PRIORITIES, category_keywords, priority_keywords
+from agent.triage.keywords import CATEGORIES, PRIORITIES, category_keywords, is_enquiry, priority_keywords
 from core.settings import TierPolicy
 
 DEFAULT_TIERS = TierPolicy()
@@ -183,6 +183,9 @@ def decide_priority(
     elif found["low"] and not found["normal"]:
         priority = "low"
         reasons.append("general enquiry or feature request: " + ", ".join(found["low"][:5]))
+    elif is_enquiry(text, found):
+        priority = "low"
+        reasons.append("general enquiry: asks something and reports nothing broken, slow or wrong")
     else:
         priority = "normal"
         reasons.append("no urgency signals" if not found["normal"] else "degraded: " + ", ".join(found["normal"][:5]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from agent.drafting.questions import is_question, sentences
 from agent.scoring.risk import fold
 
 CATEGORIES: tuple[str, ...] = ("billing", "technical", "onboarding", "general")
@@ -298,6 +299,30 @@ PRIORITY_TERMS: Mapping[str, Sequence[str]] = {
         "a veces",
         "parfois",
         "as vezes",
+        # Something reported wrong, short of blocked: a question carrying one is not a mere enquiry.
+        "error",
+        "errors",
+        "wrong",
+        "missing",
+        "problem",
+        "problems",
+        "issue",
+        "stuck",
+        "bug",
+        "keeps",
+        "no longer",
+        "won't",
+        "doesn't",
+        "didn't",
+        "isn't",
+        "can't",
+        "cannot",
+        "fehler",
+        "falsch",
+        "problema",
+        "erreur",
+        "probleme",
+        "erro",
     ),
     "low": (
         "feature request",
@@ -350,3 +375,9 @@ def category_keywords(text: str) -> dict[str, list[str]]:
 
 def priority_keywords(text: str) -> dict[str, list[str]]:
     return _match(_PRIORITY_PATTERNS, text)
+
+
+def is_enquiry(text: str, found: Mapping[str, Sequence[str]]) -> bool:
+    """A general enquiry (the contract's low): the text asks something and `found`, its priority keywords, names
+    nothing broken, slow or wrong."""
+    return not found["high"] and not found["normal"] and any(is_question(s) for s in sentences(text))

@@ -6,7 +6,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.quality.evaluation import load_demo_content
+from agent.quality.evaluation import DeploymentFiles, load_deployment
 from core import db
 from core.settings import PROJECT_ROOT, Settings
 from knowledge.embedder import load_embedder
@@ -23,6 +23,11 @@ def demo_newest_event_at() -> datetime:
     return datetime.now(UTC) - DEMO_EVENT_AGE
 
 
+def demo_deployment(examples: Path = EXAMPLES_DIR) -> DeploymentFiles:
+    """The demo's help centre, history and customers, their events moved to end a day ago."""
+    return DeploymentFiles.demo(examples, demo_newest_event_at())
+
+
 async def load_demo_if_empty(url: str, settings: Settings, examples: Path = EXAMPLES_DIR) -> None:
     """Load `examples/` when the knowledge base and the resolution history are both empty; else do nothing."""
     async with db.pool_for(url, settings) as pool, pool.acquire() as conn:
@@ -35,7 +40,7 @@ async def load_demo_if_empty(url: str, settings: Settings, examples: Path = EXAM
                 print("demo: the knowledge base already has content; demo data not loaded", file=sys.stderr)
                 return
             embedder = await load_embedder(settings.embedding_model)
-            content = await load_demo_content(conn, examples, embedder=embedder, newest_event_at=demo_newest_event_at())
+            content = await load_deployment(conn, demo_deployment(examples), embedder=embedder)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _DEMO_LOCK_KEY)
     errors = content.errors

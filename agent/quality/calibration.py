@@ -24,6 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from agent.quality.evaluation import (
+    DeploymentFiles,
     Progress,
     _rank,
     encode_all,
@@ -244,8 +245,7 @@ async def fit_knowledge_calibration(
     datasets: Sequence[Path],
     *,
     settings: Settings,
-    examples: Path,
-    newest_event_at: datetime,
+    deployment: DeploymentFiles,
     embedder: Embedder | None = None,
     progress: Progress | None = None,
 ) -> tuple[CalibrationModel, dict[str, Any]]:
@@ -261,8 +261,7 @@ async def fit_knowledge_calibration(
         run = await evaluate_deployment(
             dataset,
             settings=settings,
-            examples=examples,
-            newest_event_at=newest_event_at,
+            deployment=deployment,
             embedder=embedder,
             progress=progress,
         )
@@ -272,7 +271,7 @@ async def fit_knowledge_calibration(
     source = {
         "files": list(per_file),
         "rows_per_file": per_file,
-        "deployment": str(examples),
+        "deployment": deployment.describe(),
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rightness": "answerable and the draft contains every answer fact",
     }

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from agent.drafting.request import NOT_ASKED, Draft, Drafter, DrafterName, Draft
 from agent.drafting.support import check_support
 from agent.quality.evaluation import (
     SENT,
+    DeploymentFiles,
     DeploymentResult,
     DeploymentTicket,
     LabelledTicket,
@@ -44,7 +44,7 @@ from agent.quality.evaluation import (
     encode_all,
     expected_calibration_error,
     history_and_evaluation,
-    load_demo_content,
+    load_deployment,
     load_history,
     offline_accounts,
     read_deployment_set,
@@ -415,15 +415,14 @@ async def evaluate_deployment_side_by_side(
     dataset: Path,
     *,
     settings: Settings,
-    examples: Path,
-    newest_event_at: datetime,
+    deployment: DeploymentFiles,
     limit: int | None = None,
     seed: int = 0,
     database_url: str | None = None,
     embedder: Embedder | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """A deployment-shaped set against the demo deployment, each ticket through the offline and the LLM drafter."""
+    """A deployment-shaped set against its deployment, each ticket through the offline and the LLM drafter."""
     started = time.perf_counter()
     llm = llm_drafter_or_error(settings)
     tickets = sample_deployment(read_deployment_set(dataset), limit, seed)
@@ -434,7 +433,7 @@ async def evaluate_deployment_side_by_side(
     )
 
     async def load(conn: Any) -> dict[str, dict[str, Any]]:
-        await load_demo_content(conn, examples, embedder=embedder, newest_event_at=newest_event_at)
+        await load_deployment(conn, deployment, embedder=embedder)
         return await offline_accounts(conn)
 
     results: dict[str, list[DeploymentResult]] = {name: [] for name in DRAFTERS}

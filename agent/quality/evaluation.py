@@ -702,6 +702,17 @@ def _expectation(raw: Any) -> Expectation:
     return Expectation(kind, category, priority, tuple(articles), tuple(facts))
 
 
+def is_deployment_set(path: Path) -> bool:
+    """Whether the file's first record carries `expect`: a deployment-shaped set, not labelled tickets."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        first = next((line for line in handle if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "expect" in record
+
+
 def read_deployment_set(path: Path) -> list[DeploymentTicket]:
     """JSONL, each line an ingest payload plus `expect`; the payload is validated and normalized as the webhook
     would (a bad line raises ValueError naming the line and the field)."""
@@ -942,8 +953,35 @@ async def offline_accounts(conn: Connection) -> dict[str, dict[str, Any]]:
     return accounts
 
 
+@dataclass(frozen=True)
+class DeploymentFiles:
+    """A deployment's content as files: its help centre, its past resolutions and its customers' accounts (both
+    optional: a deployment can start from its help centre alone)."""
+
+    kb: tuple[Path, ...]
+    history: Path | None = None
+    customers: Path | None = None
+    # The customers' events are moved so the newest falls here (the demo's were written on fixed dates); None
+    # loads them as written.
+    newest_event_at: datetime | None = None
+
+    @classmethod
+    def demo(cls, examples: Path, newest_event_at: datetime) -> DeploymentFiles:
+        return cls(
+            kb=(examples / "kb",),
+            history=examples / "resolutions.jsonl",
+            customers=examples / "customers.jsonl",
+            newest_event_at=newest_event_at,
+        )
+
+    def describe(self) -> str:
+        named = [", ".join(str(p) for p in self.kb)]
+        named += [str(p) for p in (self.history, self.customers) if p is not None]
+        return " + ".join(named)
+
+
 @dataclass
-class DemoContent:
+class DeploymentContent:
     articles: KbLoadReport
     history: KbLoadReport
     customers: CustomerLoadReport
@@ -959,15 +997,22 @@ class DemoContent:
         )
 
 
-async def load_demo_content(
-    conn: Connection, examples: Path, *, embedder: Embedder, newest_event_at: datetime
-) -> DemoContent:
-    """The demo deployment: `examples/kb` articles, `examples/resolutions.jsonl` history and
-    `examples/customers.jsonl` accounts, their events shifted so the newest is at `newest_event_at`."""
-    return DemoContent(
-        articles=await load_paths(conn, [examples / "kb"], embedder=embedder, kind="article"),
-        history=await load_paths(conn, [examples / "resolutions.jsonl"], embedder=embedder, kind="resolution"),
-        customers=await load_customers(conn, examples / "customers.jsonl", newest_event_at=newest_event_at),
+async def load_deployment(conn: Connection, files: DeploymentFiles, *, embedder: Embedder) -> DeploymentContent:
+    """The deployment's articles, history and accounts into the database."""
+    history = (
+        await load_paths(conn, [files.history], embedder=embedder, kind="resolution")
+        if files.history is not None
+        else KbLoadReport()
+    )
+    customers = (
+        await load_customers(conn, files.customers, newest_event_at=files.newest_event_at)
+        if files.customers is not None
+        else CustomerLoadReport()
+    )
+    return DeploymentContent(
+        articles=await load_paths(conn, list(files.kb), embedder=embedder, kind="article"),
+        history=history,
+        customers=customers,
     )
 
 
@@ -975,14 +1020,14 @@ async def evaluate_deployment(
     dataset: Path,
     *,
     settings: Settings,
-    examples: Path,
-    newest_event_at: datetime,
+    deployment: DeploymentFiles,
     database_url: str | None = None,
     embedder: Embedder | None = None,
     progress: Progress | None = None,
 ) -> DeploymentRun:
-    """A deployment-shaped set against the demo deployment in a scratch database: every ticket through the
-    real graph offline, with its sender's account context when the sender is a demo customer."""
+    """A deployment-shaped set against its deployment (the demo's, or an operator's own files) in a scratch
+    database: every ticket through the real graph offline, with its sender's account context when the sender is
+    one of the deployment's customers."""
     started_all = time.perf_counter()
     tickets = read_deployment_set(dataset)
     embedder = embedder or get_embedder(settings.embedding_model)
@@ -994,8 +1039,8 @@ async def evaluate_deployment(
     )
     timings["embed_tickets_s"] = time.perf_counter() - t0
 
-    async def load(conn: Connection) -> tuple[DemoContent, dict[str, dict[str, Any]]]:
-        content = await load_demo_content(conn, examples, embedder=embedder, newest_event_at=newest_event_at)
+    async def load(conn: Connection) -> tuple[DeploymentContent, dict[str, dict[str, Any]]]:
+        content = await load_deployment(conn, deployment, embedder=embedder)
         return content, await offline_accounts(conn)
 
     results: list[DeploymentResult] = []
@@ -1015,7 +1060,7 @@ async def evaluate_deployment(
     report = score_deployment(results, seconds=timings["embed_tickets_s"] + timings["graph_s"])
     report.update(
         dataset=str(dataset),
-        deployment=f"demo ({examples}): {content.summary()}",
+        deployment=f"{deployment.describe()}: {content.summary()}",
         known_senders=sum(1 for t in tickets if (t.ticket.get("customer_email") or "") in accounts),
         load_problems=content.errors[:10],
         timings={k: round(v, 2) for k, v in timings.items()},

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agent.scoring.confidence import CALIBRATION_PATH, Calibration
 from app.cli.report import calibrate_from_reviews, calibrated_ece_range
 from app.cli.startup import load_settings
+
+if TYPE_CHECKING:
+    from agent.quality.evaluation import DeploymentFiles
 
 
 def _settings() -> Any:
@@ -186,9 +189,15 @@ def print_deployment_report(report: dict[str, Any]) -> None:
     "--history",
     "history",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Labelled past tickets to learn from (default: the data set minus the holdout).",
+    help="Labelled past tickets to learn from (default: the data set minus the holdout); with a deployment-shaped "
+    "set, its past resolutions (as `deskpilot kb load --kind resolution` reads them).",
 )
 @click.option("--kb", type=click.Path(exists=True, path_type=Path), help="Knowledge-base folder or file to load.")
+@click.option(
+    "--customers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With a deployment-shaped set: its customers' accounts (as `deskpilot customers load` reads them).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
 @click.option(
     "--holdout",
@@ -202,8 +211,8 @@ def print_deployment_report(report: dict[str, Any]) -> None:
 @click.option(
     "--demo",
     is_flag=True,
-    help="DATASET is a deployment-shaped set (ingest payloads plus `expect`): run it against the demo KB, history "
-    "and customers in a scratch database.",
+    help="Run a deployment-shaped set (ingest payloads plus `expect`) against the demo KB, history and customers. "
+    "Without it such a set runs against --kb, --history and --customers, in a scratch database either way.",
 )
 @click.option(
     "--llm",
@@ -216,6 +225,7 @@ def evaluate(
     dataset: Path,
     history: Path | None,
     kb: Path | None,
+    customers: Path | None,
     json_out: Path | None,
     holdout: float,
     limit: int | None,
@@ -227,15 +237,14 @@ def evaluate(
     from agent.quality.evaluation import evaluate as run_evaluation
     from agent.quality.evaluation import finite
 
-    if demo and (history is not None or kb is not None):
-        raise click.UsageError("--demo brings its own knowledge base and history: drop --history and --kb")
+    deployment = _deployment_of(dataset, demo=demo, kb=kb, history=history, customers=customers)
     if with_llm:
         _evaluate_side_by_side(
-            dataset, json_out, demo=demo, history=history, kb=kb, holdout=holdout, limit=limit, seed=seed
+            dataset, json_out, deployment=deployment, history=history, kb=kb, holdout=holdout, limit=limit, seed=seed
         )
         return
-    if demo:
-        _evaluate_deployment(dataset, json_out)
+    if deployment is not None:
+        _evaluate_deployment(dataset, json_out, deployment)
         return
     settings = _settings()
     bars = _Bars()
@@ -258,9 +267,37 @@ def evaluate(
         click.echo(f"report written to {json_out}")
 
 
-def _evaluate_deployment(dataset: Path, json_out: Path | None) -> None:
+def _deployment_of(
+    dataset: Path, *, demo: bool, kb: Path | None, history: Path | None, customers: Path | None
+) -> DeploymentFiles | None:
+    """What a deployment-shaped DATASET runs against: the demo's content or the given files; None for a set of
+    labelled tickets (`--kb` and `--history` then mean what they mean there)."""
+    from agent.quality.evaluation import DeploymentFiles, is_deployment_set
+    from app.demo import demo_deployment
+
+    if demo:
+        if kb is not None or history is not None or customers is not None:
+            raise click.UsageError(
+                "--demo brings its own knowledge base, history and customers: drop --kb, --history and --customers"
+            )
+        return demo_deployment()
+    if not is_deployment_set(dataset):
+        if customers is not None:
+            raise click.UsageError(
+                f"--customers: only a deployment-shaped set (lines with `expect`) has senders to look up; "
+                f"{dataset.name} is a set of labelled tickets"
+            )
+        return None
+    if kb is None:
+        raise click.UsageError(
+            f"{dataset.name} is a deployment-shaped set (its lines carry `expect`): give its help centre with --kb "
+            "(and its past resolutions with --history, its customers with --customers), or --demo for the demo's"
+        )
+    return DeploymentFiles(kb=(kb,), history=history, customers=customers)
+
+
+def _evaluate_deployment(dataset: Path, json_out: Path | None, deployment: DeploymentFiles) -> None:
     from agent.quality.evaluation import evaluate_deployment, finite
-    from app.demo import EXAMPLES_DIR, demo_newest_event_at
 
     settings = _settings()
     bars = _Bars()
@@ -270,8 +307,7 @@ def _evaluate_deployment(dataset: Path, json_out: Path | None) -> None:
                 evaluate_deployment(
                     dataset,
                     settings=settings,
-                    examples=EXAMPLES_DIR,
-                    newest_event_at=demo_newest_event_at(),
+                    deployment=deployment,
                     progress=bars,
                 )
             )
@@ -287,7 +323,7 @@ def _evaluate_side_by_side(
     dataset: Path,
     json_out: Path | None,
     *,
-    demo: bool,
+    deployment: DeploymentFiles | None,
     history: Path | None,
     kb: Path | None,
     holdout: float,
@@ -296,7 +332,6 @@ def _evaluate_side_by_side(
 ) -> None:
     from agent.quality.drafters import evaluate_deployment_side_by_side, evaluate_side_by_side
     from agent.quality.evaluation import finite
-    from app.demo import EXAMPLES_DIR, demo_newest_event_at
 
     settings = _settings()
     if not settings.llm_enabled:
@@ -307,13 +342,12 @@ def _evaluate_side_by_side(
     bars = _Bars()
     try:
         with bars.progress:
-            if demo:
+            if deployment is not None:
                 report = asyncio.run(
                     evaluate_deployment_side_by_side(
                         dataset,
                         settings=settings,
-                        examples=EXAMPLES_DIR,
-                        newest_event_at=demo_newest_event_at(),
+                        deployment=deployment,
                         limit=limit,
                         seed=seed,
                         progress=bars,
@@ -483,7 +517,7 @@ def calibrate(
 def calibrate_knowledge(datasets: list[Path], out: Path) -> None:
     """`deskpilot calibrate --deployment FILE …`: refit the knowledge-base replies' mapping, keep the others."""
     from agent.quality.calibration import fit_knowledge_calibration
-    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+    from app.demo import demo_deployment
 
     settings = _settings()
     bars = _Bars()
@@ -492,8 +526,7 @@ def calibrate_knowledge(datasets: list[Path], out: Path) -> None:
             fit_knowledge_calibration(
                 datasets,
                 settings=settings,
-                examples=EXAMPLES_DIR,
-                newest_event_at=demo_newest_event_at(),
+                deployment=demo_deployment(),
                 progress=bars,
             )
         )

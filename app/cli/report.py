@@ -126,15 +126,11 @@ def go_live_rehearsal(dataset: Path, json_out: Path | None, reviewed_share: floa
     share is scored as it would go out (ECE, would-be auto-resolved replies and their precision)."""
     from agent.quality.evaluation import evaluate_deployment, finite
     from agent.scoring.confidence import Calibration
-    from app.demo import EXAMPLES_DIR, demo_newest_event_at
+    from app.demo import demo_deployment
 
     settings = load_settings()
     try:
-        run = asyncio.run(
-            evaluate_deployment(
-                dataset, settings=settings, examples=EXAMPLES_DIR, newest_event_at=demo_newest_event_at()
-            )
-        )
+        run = asyncio.run(evaluate_deployment(dataset, settings=settings, deployment=demo_deployment()))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     data = rehearsal.rehearse_go_live(

@@ -13,6 +13,7 @@ import pytest
 
 from agent.quality.evaluation import (
     DeploymentResult,
+    DeploymentTicket,
     ece_if_calibrated,
     missing_facts,
     read_deployment_set,
@@ -230,7 +231,20 @@ def test_every_shipped_set_reads_and_its_facts_are_verbatim_in_their_articles() 
             seen.add(ticket.id)
             if ticket.expect.kind != "answerable":
                 continue
-            assert ticket.expect.answer_facts, ticket.id
-            articles = [_visible((kb / a).read_text()) for a in ticket.expect.articles]
-            for fact in ticket.expect.answer_facts:
-                assert any(" ".join(fact.lower().replace("`", " ").split()) in a for a in articles), (ticket.id, fact)
+            _assert_facts_verbatim(ticket, kb)
+
+
+def test_the_cold_deployments_facts_are_verbatim_in_its_own_articles() -> None:
+    cold = Path(__file__).resolve().parents[1] / "data" / "cold-deployment"
+    tickets = read_deployment_set(cold / "tickets.jsonl")
+    assert len(tickets) == 32
+    for ticket in tickets:
+        if ticket.expect.kind == "answerable":
+            _assert_facts_verbatim(ticket, cold / "kb")
+
+
+def _assert_facts_verbatim(ticket: DeploymentTicket, kb: Path) -> None:
+    assert ticket.expect.answer_facts, ticket.id
+    articles = [_visible((kb / a).read_text()) for a in ticket.expect.articles]
+    for fact in ticket.expect.answer_facts:
+        assert any(" ".join(fact.lower().replace("`", " ").split()) in a for a in articles), (ticket.id, fact)

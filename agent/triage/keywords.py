@@ -299,30 +299,6 @@ PRIORITY_TERMS: Mapping[str, Sequence[str]] = {
         "a veces",
         "parfois",
         "as vezes",
-        # Something reported wrong, short of blocked: a question carrying one is not a mere enquiry.
-        "error",
-        "errors",
-        "wrong",
-        "missing",
-        "problem",
-        "problems",
-        "issue",
-        "stuck",
-        "bug",
-        "keeps",
-        "no longer",
-        "won't",
-        "doesn't",
-        "didn't",
-        "isn't",
-        "can't",
-        "cannot",
-        "fehler",
-        "falsch",
-        "problema",
-        "erreur",
-        "probleme",
-        "erro",
     ),
     "low": (
         "feature request",
@@ -354,6 +330,34 @@ PRIORITY_TERMS: Mapping[str, Sequence[str]] = {
 }
 
 
+# Something reported wrong, short of blocked or slow: a question carrying one is not a mere enquiry (`is_enquiry`).
+PROBLEM_TERMS: Sequence[str] = (
+    "error",
+    "errors",
+    "wrong",
+    "missing",
+    "problem",
+    "problems",
+    "issue",
+    "stuck",
+    "bug",
+    "keeps",
+    "no longer",
+    "won't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "can't",
+    "cannot",
+    "fehler",
+    "falsch",
+    "problema",
+    "erreur",
+    "probleme",
+    "erro",
+)
+
+
 def _compile(terms: Sequence[str]) -> re.Pattern[str]:
     escaped = sorted({re.escape(term) for term in terms}, key=len, reverse=True)
     return re.compile(r"(?<!\w)(?:" + "|".join(escaped) + r")(?!\w)")
@@ -361,6 +365,7 @@ def _compile(terms: Sequence[str]) -> re.Pattern[str]:
 
 _CATEGORY_PATTERNS = {name: _compile(terms) for name, terms in CATEGORY_TERMS.items()}
 _PRIORITY_PATTERNS = {name: _compile(terms) for name, terms in PRIORITY_TERMS.items()}
+_PROBLEM_PATTERN = _compile(PROBLEM_TERMS)
 
 
 def _match(patterns: Mapping[str, re.Pattern[str]], text: str) -> dict[str, list[str]]:
@@ -378,6 +383,8 @@ def priority_keywords(text: str) -> dict[str, list[str]]:
 
 
 def is_enquiry(text: str, found: Mapping[str, Sequence[str]]) -> bool:
-    """A general enquiry (the contract's low): the text asks something and `found`, its priority keywords, names
-    nothing broken, slow or wrong."""
-    return not found["high"] and not found["normal"] and any(is_question(s) for s in sentences(text))
+    """A general enquiry (the contract's low): the text asks something, and neither `found`, its priority keywords,
+    nor a problem term says anything is broken, slow or wrong."""
+    if found["high"] or found["normal"] or _PROBLEM_PATTERN.search(fold(text)):
+        return False
+    return any(is_question(s) for s in sentences(text))

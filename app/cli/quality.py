@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.scoring.confidence import CALIBRATION_PATH, Calibration
-from app.cli.report import calibrate_from_reviews, calibrated_ece_range
+from app.cli.report import calibrate_from_reviews, calibrated_ece_range, own_or_demo_deployment
 from app.cli.startup import load_settings
 
 if TYPE_CHECKING:
@@ -272,15 +272,14 @@ def _deployment_of(
 ) -> DeploymentFiles | None:
     """What a deployment-shaped DATASET runs against: the demo's content or the given files; None for a set of
     labelled tickets (`--kb` and `--history` then mean what they mean there)."""
-    from agent.quality.evaluation import DeploymentFiles, is_deployment_set
-    from app.demo import demo_deployment
+    from agent.quality.evaluation import is_deployment_set
 
     if demo:
         if kb is not None or history is not None or customers is not None:
             raise click.UsageError(
                 "--demo brings its own knowledge base, history and customers: drop --kb, --history and --customers"
             )
-        return demo_deployment()
+        return own_or_demo_deployment(None, None, None)
     if not is_deployment_set(dataset):
         if customers is not None:
             raise click.UsageError(
@@ -293,7 +292,7 @@ def _deployment_of(
             f"{dataset.name} is a deployment-shaped set (its lines carry `expect`): give its help centre with --kb "
             "(and its past resolutions with --history, its customers with --customers), or --demo for the demo's"
         )
-    return DeploymentFiles(kb=(kb,), history=history, customers=customers)
+    return own_or_demo_deployment(kb, history, customers)
 
 
 def _evaluate_deployment(dataset: Path, json_out: Path | None, deployment: DeploymentFiles) -> None:

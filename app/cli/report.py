@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,22 @@ from app.cli.startup import database_url_or_exit, load_settings, migrate_or_exit
 from core import db
 from core.settings import Settings
 from review import golive, rehearsal
+
+if TYPE_CHECKING:
+    from agent.quality.evaluation import DeploymentFiles
+
+
+def own_or_demo_deployment(kb: Path | None, history: Path | None, customers: Path | None) -> DeploymentFiles:
+    """What a deployment-shaped set runs against: the operator's files when `kb` names a help centre, else the
+    demo's help centre, history and customers."""
+    from agent.quality.evaluation import DeploymentFiles
+    from app.demo import demo_deployment
+
+    if kb is None:
+        if history is not None or customers is not None:
+            raise click.UsageError("--history and --customers belong to a help centre: give it with --kb")
+        return demo_deployment()
+    return DeploymentFiles(kb=(kb,), history=history, customers=customers)
 
 
 @click.group()
@@ -120,17 +136,41 @@ def print_go_live(data: dict[str, Any]) -> None:
     type=click.IntRange(1, 100_000),
     help="Simulated reviews the refit needs before it can be activated.",
 )
-def go_live_rehearsal(dataset: Path, json_out: Path | None, reviewed_share: float, min_reviews: int) -> None:
-    """Rehearse going live on a labelled deployment-shaped set (the demo deployment, as `eval --demo`): reviews
-    simulated from the labels of one share of the tickets refit the calibration and place the threshold; the other
-    share is scored as it would go out (ECE, would-be auto-resolved replies and their precision)."""
+@click.option(
+    "--kb",
+    type=click.Path(exists=True, path_type=Path),
+    help="The deployment's help centre (folder or file); without it, the demo's content.",
+)
+@click.option(
+    "--history",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --kb: its past resolutions (as `deskpilot kb load --kind resolution` reads them).",
+)
+@click.option(
+    "--customers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --kb: its customers' accounts (as `deskpilot customers load` reads them).",
+)
+def go_live_rehearsal(
+    dataset: Path,
+    json_out: Path | None,
+    reviewed_share: float,
+    min_reviews: int,
+    kb: Path | None,
+    history: Path | None,
+    customers: Path | None,
+) -> None:
+    """Rehearse going live on a labelled deployment-shaped set, against the deployment's own help centre (--kb,
+    --history, --customers) or the demo's: reviews simulated from the labels of one share of the tickets refit the
+    calibration and place the threshold; the other share is scored as it would go out (ECE, would-be
+    auto-resolved replies and their precision)."""
     from agent.quality.evaluation import evaluate_deployment, finite
     from agent.scoring.confidence import Calibration
-    from app.demo import demo_deployment
 
+    deployment = own_or_demo_deployment(kb, history, customers)
     settings = load_settings()
     try:
-        run = asyncio.run(evaluate_deployment(dataset, settings=settings, deployment=demo_deployment()))
+        run = asyncio.run(evaluate_deployment(dataset, settings=settings, deployment=deployment))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     data = rehearsal.rehearse_go_live(
@@ -140,6 +180,7 @@ def go_live_rehearsal(dataset: Path, json_out: Path | None, reviewed_share: floa
         min_reviews=min_reviews,
         review_threshold=settings.review_threshold,
     )
+    data["deployment"] = run.report["deployment"]
     print_rehearsal(data)
     if json_out is not None:
         json_out.write_text(json.dumps(finite(data), indent=2) + "\n", encoding="utf-8")
@@ -153,6 +194,7 @@ def calibrated_ece_range(noise: dict[str, float] | None) -> str:
 
 def print_rehearsal(data: dict[str, Any]) -> None:
     refit = data["refit"]
+    click.echo(f"deployment: {data['deployment']}")
     click.echo(
         f"{data['labelled']} of {data['tickets']} tickets scored by a calibration model: "
         f"{data['reviewed']} simulated reviews, {data['unseen']} unseen"

@@ -286,6 +286,25 @@ def test_eval_runs_a_deployment_set_against_the_given_files(pg_admin_url: str, e
     assert report["load_problems"] == []
 
 
+@pytest.mark.slow
+def test_a_go_live_rehearsal_runs_on_the_deployments_own_files(
+    pg_admin_url: str, embedder: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "rehearsal.json"
+    env = {"DESKPILOT_DATABASE_URL": pg_admin_url, "DESKPILOT_DATA_DIR": str(tmp_path)}
+    args = ["report", "go-live-rehearsal", str(COLD / "tickets.jsonl"), *COLD_FILES, "--json", str(out)]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["deployment"].startswith(str(COLD / "kb")) and "12 articles" in data["deployment"]
+    assert data["tickets"] == 32
+    assert data["reviewed"] + data["unseen"] == data["labelled"] > 0
+    orphan = CliRunner().invoke(
+        main, ["report", "go-live-rehearsal", str(COLD / "tickets.jsonl"), "--history", str(EXAMPLES)], env=env
+    )
+    assert orphan.exit_code == 2 and "--kb" in orphan.output
+
+
 async def test_demo_accounts_have_recent_events(clean_db: asyncpg.Pool) -> None:
     from datetime import UTC, datetime, timedelta
 

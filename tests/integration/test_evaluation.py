@@ -221,10 +221,16 @@ async def test_a_second_product_answers_from_its_own_help_centre_on_day_one(
     """Shelfwise (tests/data/cold-deployment): 12 articles, 24 past tickets, its own plan names (Solo, Team,
     Scale). Measured: 12 of 18 answerable tickets answered right, nothing escalating replied to."""
     from agent.quality.evaluation import DeploymentFiles, evaluate_deployment
+    from app.demo import demo_newest_event_at
     from core.settings import Settings
 
+    # Its customers' events were written in November 2026: moved to end a day ago, as the demo's are, so the run
+    # reads the same account context whatever the date.
     deployment = DeploymentFiles(
-        kb=(COLD / "kb",), history=COLD / "resolutions.jsonl", customers=COLD / "customers.jsonl"
+        kb=(COLD / "kb",),
+        history=COLD / "resolutions.jsonl",
+        customers=COLD / "customers.jsonl",
+        newest_event_at=demo_newest_event_at(),
     )
     run = await evaluate_deployment(
         COLD / "tickets.jsonl",

@@ -87,6 +87,8 @@ class Question:
     text: str
     context: str = ""
     explicit: bool = True
+    # A short or vague question ("What should I do?") whose context is what was said before it: it asks about that.
+    leans: bool = False
 
     @property
     def query(self) -> str:
@@ -95,7 +97,13 @@ class Question:
 
     @cached_property
     def parts(self) -> list[str]:
-        """What the question asks, clause by clause (`clauses`): one part for a simple question."""
+        """What the question asks, clause by clause (`clauses`): one part for a simple question. A vague question
+        leaning on several sentences ("The import refuses the whole file. The accents come out garbled. What should
+        I do?") asks about each of them."""
+        if self.leans:
+            said = [s for s in sentences(self.context) if len(s.split()) >= MIN_CLAUSE_WORDS]
+            if len(said) > 1:
+                return said
         return clauses(self.text)
 
 
@@ -232,16 +240,16 @@ def split_questions(subject: str, body: str) -> list[Question]:
         if is_question(sentence):
             if len(sentence) < MIN_QUESTION_CHARS and found:
                 last = found[-1]
-                found[-1] = Question(f"{last.text} {sentence}", last.context, last.explicit)
+                found[-1] = Question(f"{last.text} {sentence}", last.context, last.explicit, last.leans)
             elif not any(_same(sentence, q.text) for q in found):
                 # A short question leans on what comes before it ("Can I pick them?" on the sentence before,
                 # even another question; "What's going on?" on everything said since the last question).
                 leans = len(sentence) < SHORT_QUESTION_CHARS or len(content_words(sentence)) <= VAGUE_CONTENT_WORDS
                 if leans and said:
-                    context = " ".join(said[-MAX_CONTEXT_SENTENCES:])
+                    found.append(Question(sentence, context=" ".join(said[-MAX_CONTEXT_SENTENCES:]), leans=True))
                 else:
                     context = previous if previous and (leans or not is_question(previous)) else ""
-                found.append(Question(sentence, context=context))
+                    found.append(Question(sentence, context=context))
             said = []
         else:
             said.append(sentence)

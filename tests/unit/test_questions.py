@@ -142,6 +142,27 @@ def test_the_language_of_the_ticket() -> None:
     assert language_of("Queremos que os relatórios que enviamos aos nossos clientes tenham o logotipo.") == "pt"
 
 
+def test_a_vague_question_leaning_on_several_sentences_asks_about_each() -> None:
+    body = (
+        "Bonjour, j'essaie d'importer notre catalogue (environ 62 000 lignes). L'import refuse le fichier entier, "
+        "et sur un petit fichier de test les accents sont devenus des caractères bizarres. Que dois-je faire ?"
+    )
+    [question] = split_questions("Import impossible", body)
+    assert question.leans
+    assert question.parts == [
+        "Bonjour, j'essaie d'importer notre catalogue (environ 62 000 lignes).",
+        "L'import refuse le fichier entier, et sur un petit fichier de test les accents sont devenus des caractères "
+        "bizarres.",
+    ]
+    # Leaning on one sentence, or not leaning at all, the question's own clauses are its parts.
+    [one] = split_questions("", "The export button does nothing on the reports page. What's going on?")
+    assert one.leans and one.parts == ["What's going on?"]
+    [longer] = split_questions(
+        "", "The app crashed. It crashed again today. How do I send you the crash logs from the desktop app?"
+    )
+    assert not longer.leans and longer.parts == ["How do I send you the crash logs from the desktop app?"]
+
+
 @pytest.mark.parametrize(
     ("question", "parts"),
     [

@@ -318,25 +318,34 @@ def test_the_multilingual_head_raises_fewer_false_alarms_on_the_held_out_reports
     assert (both & ~positive).sum() < (plain & ~positive).sum()
 
 
-def test_reports_about_other_products_are_caught_and_their_look_alikes_mostly_not(
-    with_multilingual: RiskModel, embedder: Any, multilingual: Any
-) -> None:
-    """tests/data/risk_other_products.jsonl: 120 messages to five products unlike the demo (email marketing,
-    payroll, video hosting, bookings, forms), written on 2026-12-07 by a writer who saw none of the examples, never
-    trained on. Read as the graph reads a ticket: the patterns, then the detector beside the multilingual model.
-    Measured when written: 54 of 60 reports caught (three outages told by their effects, a formal notice of breach,
-    a shrinking response count), 3 of 60 look-alikes flagged."""
-    rows = [json.loads(line) for line in (DATA / "risk_other_products.jsonl").read_text().splitlines() if line]
-    assert len(rows) == 120
+def _gated(model: RiskModel, embedder: Any, multilingual: Any, name: str) -> tuple[int, int]:
+    """(reports caught, look-alikes flagged) on a labelled file of tests/data, read as the graph reads a ticket:
+    the patterns, then the detector beside the multilingual model."""
+    rows = [json.loads(line) for line in (DATA / name).read_text().splitlines() if line]
+    assert len(rows) == 120 and sum(r["label"] == NONE for r in rows) == 60
     texts = [r["text"] for r in rows]
     vectors, beside = embedder.encode(texts), multilingual.encode(texts)
     caught = false_alarms = 0
     for row, vector, other in zip(rows, vectors, beside, strict=True):
         gates = {r.kind for r in detect_risks(row["text"]) if r.action != "review"}
-        gates |= {r.kind for r in with_multilingual.detect(row["text"], vector, other)}
+        gates |= {r.kind for r in model.detect(row["text"], vector, other)}
         if row["label"] == NONE:
             false_alarms += bool(gates)
         else:
             caught += bool(gates)
-    assert caught >= 51  # of 60
-    assert false_alarms <= 6  # of 60
+    return caught, false_alarms
+
+
+def test_reports_about_other_products_are_caught_and_their_look_alikes_mostly_not(
+    with_multilingual: RiskModel, embedder: Any, multilingual: Any
+) -> None:
+    """Two files of 120 messages each to five products unlike the demo, written on 2026-12-07 by writers who saw
+    none of the examples, never trained on: tests/data/risk_other_products.jsonl (email marketing, payroll, video
+    hosting, bookings, forms) and risk_fresh_products.jsonl (parking, restaurant orders, documents, tutoring,
+    rentals). Measured when written, with the examples then shipped: 54 and 55 of 60 reports caught (outages told
+    by their effects, a formal notice of breach, an import that overwrote every lease), 3 and 3 of 60 look-alikes
+    flagged."""
+    for name in ("risk_other_products.jsonl", "risk_fresh_products.jsonl"):
+        caught, false_alarms = _gated(with_multilingual, embedder, multilingual, name)
+        assert caught >= 51, name  # of 60
+        assert false_alarms <= 6, name  # of 60

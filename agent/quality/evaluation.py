@@ -958,7 +958,7 @@ class DeploymentFiles:
     """A deployment's content as files: its help centre, its past resolutions and its customers' accounts (both
     optional: a deployment can start from its help centre alone)."""
 
-    kb: tuple[Path, ...]
+    kb: Path
     history: Path | None = None
     customers: Path | None = None
     # The customers' events are moved so the newest falls here (the demo's were written on fixed dates); None
@@ -968,16 +968,14 @@ class DeploymentFiles:
     @classmethod
     def demo(cls, examples: Path, newest_event_at: datetime) -> DeploymentFiles:
         return cls(
-            kb=(examples / "kb",),
+            kb=examples / "kb",
             history=examples / "resolutions.jsonl",
             customers=examples / "customers.jsonl",
             newest_event_at=newest_event_at,
         )
 
     def describe(self) -> str:
-        named = [", ".join(str(p) for p in self.kb)]
-        named += [str(p) for p in (self.history, self.customers) if p is not None]
-        return " + ".join(named)
+        return " + ".join(str(p) for p in (self.kb, self.history, self.customers) if p is not None)
 
 
 @dataclass
@@ -1010,7 +1008,7 @@ async def load_deployment(conn: Connection, files: DeploymentFiles, *, embedder:
         else CustomerLoadReport()
     )
     return DeploymentContent(
-        articles=await load_paths(conn, list(files.kb), embedder=embedder, kind="article"),
+        articles=await load_paths(conn, [files.kb], embedder=embedder, kind="article"),
         history=history,
         customers=customers,
     )

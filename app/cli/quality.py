@@ -273,13 +273,14 @@ def _deployment_of(
     """What a deployment-shaped DATASET runs against: the demo's content or the given files; None for a set of
     labelled tickets (`--kb` and `--history` then mean what they mean there)."""
     from agent.quality.evaluation import is_deployment_set
+    from app.demo import demo_deployment
 
     if demo:
         if kb is not None or history is not None or customers is not None:
             raise click.UsageError(
                 "--demo brings its own knowledge base, history and customers: drop --kb, --history and --customers"
             )
-        return own_or_demo_deployment(None, None, None)
+        return demo_deployment()
     if not is_deployment_set(dataset):
         if customers is not None:
             raise click.UsageError(

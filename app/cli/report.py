@@ -28,7 +28,7 @@ def own_or_demo_deployment(kb: Path | None, history: Path | None, customers: Pat
         if history is not None or customers is not None:
             raise click.UsageError("--history and --customers belong to a help centre: give it with --kb")
         return demo_deployment()
-    return DeploymentFiles(kb=(kb,), history=history, customers=customers)
+    return DeploymentFiles(kb=kb, history=history, customers=customers)
 
 
 @click.group()

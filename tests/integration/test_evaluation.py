@@ -227,7 +227,7 @@ async def test_a_second_product_answers_from_its_own_help_centre_on_day_one(
     # Its customers' events were written in November 2026: moved to end a day ago, as the demo's are, so the run
     # reads the same account context whatever the date.
     deployment = DeploymentFiles(
-        kb=(COLD / "kb",),
+        kb=COLD / "kb",
         history=COLD / "resolutions.jsonl",
         customers=COLD / "customers.jsonl",
         newest_event_at=demo_newest_event_at(),

@@ -1044,6 +1044,10 @@ async def evaluate_deployment(
     results: list[DeploymentResult] = []
     async with scratch_processor(server_url, settings, embedder, load) as (processor, loaded, run_timings):
         content, accounts = loaded
+        if not content.articles.documents:
+            # Scored without a help centre, every answerable ticket would count as missed: a wrong path, not a result.
+            first = f" ({content.errors[0]})" if content.errors else ""
+            raise ValueError(f"{deployment.kb}: no help-centre article loaded{first}")
         t0 = time.perf_counter()
         for i, item in enumerate(tickets):
             account = accounts.get(item.ticket.get("customer_email") or "", {})

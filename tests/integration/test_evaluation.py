@@ -293,6 +293,11 @@ def test_eval_runs_a_deployment_set_against_the_given_files(pg_admin_url: str, e
     assert report["deployment"].startswith(str(COLD / "kb"))
     assert "12 articles" in report["deployment"] and "6 customers" in report["deployment"]
     assert report["load_problems"] == []
+    empty = tmp_path / "no-articles"
+    empty.mkdir()
+    nothing = CliRunner().invoke(main, ["eval", str(dataset), "--kb", str(empty)], env=env)
+    assert nothing.exit_code == 1
+    assert "no-articles: no help-centre article loaded" in nothing.output
 
 
 @pytest.mark.slow

@@ -219,7 +219,8 @@ def print_deployment_report(report: dict[str, Any]) -> None:
     "with_llm",
     is_flag=True,
     help="Run the tickets through the offline drafter and the configured LLM drafter (OPENAI_BASE_URL / "
-    "DESKPILOT_LLM_MODEL) in the same run and report them side by side. With --demo, --limit samples the set.",
+    "DESKPILOT_LLM_MODEL) in the same run and report them side by side. With a deployment-shaped set, --limit "
+    "samples the set.",
 )
 def evaluate(
     dataset: Path,

@@ -206,7 +206,11 @@ async def load_context(state: AgentState, *, runtime: Runtime[Context]) -> dict[
     return {
         "context": {
             "specialist": specialist.name,
-            "customer": {"tier": tier, "name": state["ticket"].get("customer_name") or account.get("name")},
+            "customer": {
+                "tier": tier,
+                "trial": runtime.context.settings.tiers.is_trial(tier),
+                "name": state["ticket"].get("customer_name") or account.get("name"),
+            },
             "events": events[:10],
             "prior_tickets": prior[:5],
             "signals": signals,

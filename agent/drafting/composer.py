@@ -38,6 +38,7 @@ def compose_answers(
     *,
     language: str,
     tier: str | None = None,
+    on_trial: bool = False,
     floor: float = ANSWER_FLOOR,
     chosen: Sequence[Sequence[Quote]] | None = None,
 ) -> Composition:
@@ -66,8 +67,9 @@ def compose_answers(
             lines.append(words[said].format(question=_quote(ev.question.text)))
         written = _mentioned(body, tier) if tier and not told_tier else None
         if tier and written:
-            # The plan as the help centre spells it ("Starter"), whatever the casing on the account.
-            lines.append(words["your_tier"].format(tier=written))
+            # The plan as the help centre spells it ("Starter"), whatever the casing on the account; a trial (the
+            # operator's trial tiers) is said as one: "on trial" would read as something else.
+            lines.append(words["your_trial"] if on_trial else words["your_tier"].format(tier=written))
             out.account_facts.append(f"tier {tier}")
             told_tier = True
         # Quotes of one article read as one passage, cited once with each section's reference.

@@ -128,8 +128,10 @@ class OfflineDrafter:
 
     def compose_from_knowledge(self, request: DraftRequest) -> Draft:
         """One answer per question from the passage the reader chose; unanswered questions handed over."""
-        tier = (request.context.get("customer") or {}).get("tier")
-        composition = compose_answers(request.evidence, language=request.language, tier=tier)
+        customer = request.context.get("customer") or {}
+        composition = compose_answers(
+            request.evidence, language=request.language, tier=customer.get("tier"), on_trial=bool(customer.get("trial"))
+        )
         reply = knowledge_reply(request, composition)
         return Draft(
             text=reply.text,

@@ -1093,8 +1093,14 @@ class LLMDrafter:
         opening: str,
         written: str = "",
     ) -> None:
-        tier = (request.context.get("customer") or {}).get("tier")
-        composition = compose_answers(request.evidence, language=request.language, tier=tier, chosen=quotes)
+        customer = request.context.get("customer") or {}
+        composition = compose_answers(
+            request.evidence,
+            language=request.language,
+            tier=customer.get("tier"),
+            on_trial=bool(customer.get("trial")),
+            chosen=quotes,
+        )
         reply = knowledge_reply(request, composition, opening=opening or None)
         result.reply = reply.text
         result.cited_ids = list(composition.citations)

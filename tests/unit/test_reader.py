@@ -211,6 +211,17 @@ def test_each_answered_question_is_introduced_and_cited_and_the_rest_handed_over
     assert [e.question.text for e in composition.handed_over] == ["Do you sign a HIPAA agreement?"]
 
 
+def test_a_trial_account_is_said_to_be_on_a_trial_not_on_trial() -> None:
+    ev = evidence("What happens when the trial ends?", ["When the trial ends, the workspace moves to Free."], 0.7)
+    english = "\n".join(compose_answers([ev], language="en", tier="trial", on_trial=True).paragraphs)
+    assert "Your account is on a trial." in english and "on trial." not in english
+    german = "\n".join(compose_answers([ev], language="de", tier="Pilot", on_trial=True).paragraphs)
+    assert "Ihr Konto ist in der Testphase." not in german  # the passage does not speak of "Pilot"
+    pilot = evidence("Was passiert am Ende?", ["Am Ende der Pilot-Phase wird das Konto gesperrt."], 0.7)
+    german = "\n".join(compose_answers([pilot], language="de", tier="Pilot", on_trial=True).paragraphs)
+    assert "Ihr Konto ist in der Testphase." in german
+
+
 def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []

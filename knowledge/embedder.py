@@ -57,17 +57,24 @@ class Embedder(Protocol):
 @dataclass(frozen=True)
 class TokenRows:
     """A text's tokens as the model sees them: their ids, their contextual vectors (the transformer's last
-    hidden state, before pooling), and which are (pieces of) words rather than punctuation; the [CLS]/[SEP]
-    marks and padding left out."""
+    hidden state, before pooling), which are (pieces of) words rather than punctuation, and which continue the
+    word before them ("##phase" in "Testphase"); the [CLS]/[SEP] marks and padding left out."""
 
     ids: np.ndarray
     vectors: np.ndarray
     words: np.ndarray
+    # None when the embedder does not say: every token is then read as a word of its own.
+    continues: np.ndarray | None = None
 
 
 def word_pieces(tokens: Sequence[str]) -> np.ndarray:
     """Which tokens are (pieces of) words or numbers: "##ing" is, "?" and "→" are not."""
     return np.array([t.removeprefix("##").isalnum() for t in tokens], dtype=bool)
+
+
+def continuations(tokens: Sequence[str]) -> np.ndarray:
+    """Which tokens continue the word before them (WordPiece's "##" pieces)."""
+    return np.array([t.startswith("##") for t in tokens], dtype=bool)
 
 
 @runtime_checkable
@@ -172,7 +179,10 @@ class SentenceTransformerEmbedder:
         vectors = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         rows = [
             TokenRows(
-                np.asarray(i, dtype=np.int32), o["token_embeddings"].float().numpy()[1 : len(i) + 1], word_pieces(p)
+                np.asarray(i, dtype=np.int32),
+                o["token_embeddings"].float().numpy()[1 : len(i) + 1],
+                word_pieces(p),
+                continuations(p),
             )
             for i, o, p in zip(ids, outputs, pieces, strict=True)
         ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from knowledge.embedder import MAX_REPLICAS, ReplicaPool, TokenRows, word_pieces
+from knowledge.embedder import MAX_REPLICAS, ReplicaPool, TokenRows, continuations, word_pieces
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,10 @@ class OnnxEmbedder:
                 feed["token_type_ids"] = np.zeros_like(ids)
             hidden = self._run(feed)
             vectors[n] = mean_pooled_unit_rows(hidden, mask)[0]
-            rows.append(TokenRows(ids[0, 1:-1].astype(np.int32), hidden[0, 1:-1], word_pieces(encoding.tokens[1:-1])))
+            tokens = encoding.tokens[1:-1]
+            rows.append(
+                TokenRows(ids[0, 1:-1].astype(np.int32), hidden[0, 1:-1], word_pieces(tokens), continuations(tokens))
+            )
         return vectors, rows
 
     def check(self, reference: np.ndarray) -> None:

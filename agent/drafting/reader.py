@@ -83,6 +83,9 @@ LATE_SCALE = 1.73
 LATE_SHIFT = -0.216
 # A unit's score: this share of it read token by token, the rest its sentence vector's cosine.
 LATE_WEIGHT = 0.5
+# A question in another language than the help centre's is read token by token only on at least this many words
+# it shares with the units: on one, that word alone would decide every score.
+MIN_SHARED_WORDS = 2
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 _TABLE_RULE = re.compile(r"^[\s|:-]+$")
@@ -226,8 +229,11 @@ class TokenQuery:
         )
         weights = np.where(rows.words, idf, 0.0)
         if shared_only:
-            weights = np.where([document_frequency[int(i)] > 0 for i in rows.ids], weights, 0.0)
-            if weights.sum() <= 0:
+            shared = np.array([document_frequency[int(i)] > 0 for i in rows.ids], dtype=bool)
+            weights = np.where(shared, weights, 0.0)
+            # Words, not pieces: "Testphase" (test ##pha ##se) shares one word-start token with English.
+            starts = ~rows.continues if rows.continues is not None else np.ones(len(rows.ids), dtype=bool)
+            if int(((weights > 0) & starts).sum()) < MIN_SHARED_WORDS:
                 return None
         if weights.sum() <= 0:
             weights = np.ones(len(rows.ids), dtype=np.float32)

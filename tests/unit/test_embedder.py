@@ -53,6 +53,8 @@ def test_the_torch_runtime_gives_vectors_and_token_rows_from_one_pass(embedder: 
     for text, row in zip(TEXTS, rows, strict=True):
         assert row.ids.tolist() == tokenizer(text)["input_ids"][1:-1]
         assert row.vectors.shape == (len(row.ids), 384)
+        pieces = tokenizer.convert_ids_to_tokens(row.ids.tolist())
+        assert row.continues is not None and row.continues.tolist() == [p.startswith("##") for p in pieces]
     assert [r.ids.tolist() for r in torch_embedder.encode_tokens(TEXTS)] == [r.ids.tolist() for r in rows]
 
 

@@ -93,7 +93,11 @@ def test_one_pass_gives_encodes_vectors_and_each_texts_tokens(onnx: OnnxEmbedder
     for text, row in zip(texts, rows, strict=True):
         assert row.ids.tolist() == tokenizer.encode(text).ids[1:-1]  # [CLS] and [SEP] left out
         assert row.vectors.shape == (len(row.ids), 384)
+        assert row.continues is not None
+        assert row.continues.tolist() == [t.startswith("##") for t in tokenizer.encode(text).tokens[1:-1]]
     assert onnx.encode_with_tokens([])[0].shape == (0, 384)
+    [testphase] = onnx.encode_with_tokens(["Testphase"])[1]
+    assert testphase.continues is not None and testphase.continues.tolist() == [False, True, True]
 
 
 def test_vectors_are_within_0_99_of_torch_fp32_on_every_ticket(onnx: OnnxEmbedder) -> None:

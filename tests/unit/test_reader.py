@@ -269,10 +269,18 @@ def test_token_reading_weighs_the_words_that_tell_the_units_apart() -> None:
     invoice_only = np.eye(3, dtype=np.float16)[[0]]
     with_receipt = np.eye(3, dtype=np.float16)[[0, 1]]
     assert query.score(invoice_only) == 0.0 and query.score(with_receipt) == 1.0
-    # A question in another language counts only the words some unit has; none shared, no token reading.
-    foreign = TokenRows(np.array([2, 7, 8]), np.eye(3, dtype=np.float32), np.array([True, True, True]))
-    shared = TokenQuery.of(foreign, frequency, documents=2, shared_only=True)
-    assert shared is not None and shared.weights.tolist() == [1.0, 0.0, 0.0]
+    # A question in another language counts only the words some unit has, and is read token by token only on two
+    # of them or more: on one, that word alone would decide every score.
+    foreign = TokenRows(np.array([1, 2, 7]), np.eye(3, dtype=np.float32), np.array([True, True, True]))
+    shared = TokenQuery.of(foreign, Counter({1: 1, 2: 1}), documents=2, shared_only=True)
+    assert shared is not None and shared.weights.tolist() == [0.5, 0.5, 0.0]
+    one = TokenRows(np.array([2, 7, 8]), np.eye(3, dtype=np.float32), np.array([True, True, True]))
+    assert TokenQuery.of(one, frequency, documents=2, shared_only=True) is None
+    # "Testphase" is test ##pha ##se: its first piece is an English word, the word is not.
+    pieces = TokenRows(
+        np.array([2, 1, 8]), np.eye(3, dtype=np.float32), np.array([True, True, True]), np.array([False, True, True])
+    )
+    assert TokenQuery.of(pieces, Counter({1: 1, 2: 1}), documents=2, shared_only=True) is None
     alone = TokenRows(np.array([7, 8]), np.eye(3, dtype=np.float32)[:2], np.array([True, True]))
     assert TokenQuery.of(alone, frequency, documents=2, shared_only=True) is None
 

@@ -51,6 +51,10 @@ def compose_answers(
     out = Composition()
     several = len(evidence) > 1
     told_tier = False
+    # A question answered by exactly the quotes of an earlier one joins that answer's introduction ("You asked
+    # “…” and “…”:") instead of repeating it.
+    answers: dict[tuple[tuple[str, tuple[str, ...]], ...], int] = {}
+    asked: list[list[Evidence]] = []
     for n, ev in enumerate(evidence):
         if chosen is not None:
             quotes = [q for q in chosen[n] if q.units]
@@ -60,11 +64,19 @@ def compose_answers(
             out.handed_over.append(ev)
             continue
         out.answered.append(ev)
+        same = tuple((str(q.item.id), tuple(q.units)) for q in quotes)
+        if same in answers:
+            at = answers[same]
+            asked[at].append(ev)
+            rest = out.paragraphs[at].partition("\n")[2]
+            out.paragraphs[at] = f"{_introduction(asked[at], words)}\n{rest}"
+            continue
+        answers[same] = len(out.paragraphs)
+        asked.append([ev])
         body = " ".join(_join_units(q.units) for q in quotes)
         lines: list[str] = []
         if several:
-            said = "you_asked" if ev.question.explicit else "you_wrote"
-            lines.append(words[said].format(question=_quote(ev.question.text)))
+            lines.append(_introduction([ev], words))
         written = _mentioned(body, tier) if tier and not told_tier else None
         if tier and written:
             # The plan as the help centre spells it ("Starter"), whatever the casing on the account; a trial (the
@@ -92,6 +104,13 @@ def compose_answers(
         else:
             out.paragraphs.append(words["handover"])
     return out
+
+
+def _introduction(asked: Sequence[Evidence], words: dict[str, str]) -> str:
+    """The line introducing an answer: "You asked “…” and “…”:", or "You wrote" when none was asked outright."""
+    said = "you_asked" if any(ev.question.explicit for ev in asked) else "you_wrote"
+    questions = f" {words['and']} ".join(_quote(ev.question.text) for ev in asked)
+    return words[said].format(question=questions)
 
 
 def _join_units(units: Sequence[str]) -> str:

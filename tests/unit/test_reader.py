@@ -222,6 +222,25 @@ def test_a_trial_account_is_said_to_be_on_a_trial_not_on_trial() -> None:
     assert "Ihr Konto ist in der Testphase." in german
 
 
+def test_a_question_answered_by_the_same_quotes_as_an_earlier_one_joins_its_answer() -> None:
+    first = evidence("What happens when the trial ends?", ["Support cannot extend trials."], 0.7)
+    again = Evidence(Question("Can the trial be extended?"), first.item, first.units, 0.6, 0.6, 0.0)
+    other = evidence("Which plan has invoicing?", ["Starter – invoicing."], 0.7)
+    composition = compose_answers([first, other, again], language="en")
+    assert len(composition.paragraphs) == 2
+    assert composition.paragraphs[0].startswith(
+        "You asked \u201cWhat happens when the trial ends?\u201d and \u201cCan the trial be extended?\u201d:\n"
+    )
+    assert composition.paragraphs[0].count("Support cannot extend trials.") == 1
+    assert [e.question.text for e in composition.answered] == [
+        "What happens when the trial ends?",
+        "Which plan has invoicing?",
+        "Can the trial be extended?",
+    ]
+    german = compose_answers([first, again], language="de").paragraphs
+    assert german[0].startswith("Sie fragten \u201cWhat happens when the trial ends?\u201d und")
+
+
 def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []

@@ -421,6 +421,11 @@ _LEGAL = _automaton(
     r"\b(?:abogado|abogados|acciones legales|accion legal|demanda judicial|presentar una demanda|demandarlos|demandarles|denunciarlos)\b",
     r"\b(?:avocat|avocats|poursuites judiciaires|action en justice|poursuivre en justice|porter plainte)\b",
     r"\b(?:advogado|advogados|acao judicial|medidas legais|processar voces|processa-los)\b",
+    # The formal words of a claim: a notice of breach, a demand before proceedings.
+    r"\b(?:breach of contract|in breach of (?:section|clause|article|the agreement|our agreement|the contract|our "
+    r"contract)|formal notice|notice of breach|letter before (?:action|claim)|cease and desist)\b",
+    r"\b(?:vertragsbruch|vertragsverletzung|abmahnung|incumplimiento (?:de|del) contrato|requerimiento formal|"
+    r"mise en demeure|rupture de contrat|quebra de contrato|notificacao extrajudicial)\b",
 )
 _REPEAT = _automaton(
     r"\b(?:for the|this is the|this is my) (?:second|third|fourth|fifth|\d+(?:st|nd|rd|th)) (?:time|attempt|request|email|message|ticket)\b",

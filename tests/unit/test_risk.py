@@ -121,6 +121,11 @@ def test_incidents_escalate_as_urgent(text: str, kind: str) -> None:
         "Voy a hablar con mi abogado.",
         "I am forwarding this to my lawyer.",
         "You will hear from our attorneys.",
+        "This is formal notice that we consider you in breach of section 7 of our agreement.",
+        "Treat this email as a letter before action.",
+        "Das ist ein klarer Vertragsbruch.",
+        "Vous recevrez une mise en demeure cette semaine.",
+        "Isto é quebra de contrato.",
     ],
 )
 def test_legal_threats_escalate(text: str) -> None:
@@ -136,6 +141,8 @@ def test_legal_threats_escalate(text: str) -> None:
         "Can you send the terms to our legal department?",
         "The lawyer field on the client form is too short for long firm names.",
         "Our lawyer reviewed your terms and wants to add a clause about liability.",
+        "Are we in breach of your terms if two people share one login?",
+        "Where do I download the contract we signed?",
     ],
 )
 def test_a_legal_department_asking_for_papers_is_no_threat(text: str) -> None:

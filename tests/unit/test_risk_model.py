@@ -344,7 +344,7 @@ def test_reports_about_other_products_are_caught_and_their_look_alikes_mostly_no
     hosting, bookings, forms) and risk_fresh_products.jsonl (parking, restaurant orders, documents, tutoring,
     rentals). Measured when written, with the examples then shipped: 54 and 55 of 60 reports caught (outages told
     by their effects, a formal notice of breach, an import that overwrote every lease), 3 and 3 of 60 look-alikes
-    flagged."""
+    flagged; with the formal words of a claim among the patterns since, the first file's notice of breach too (55)."""
     for name in ("risk_other_products.jsonl", "risk_fresh_products.jsonl"):
         caught, false_alarms = _gated(with_multilingual, embedder, multilingual, name)
         assert caught >= 51, name  # of 60

@@ -35,11 +35,9 @@ from agent.quality.evaluation import (
     SENT,
     DeploymentFiles,
     DeploymentResult,
-    DeploymentTicket,
     LabelledTicket,
     Progress,
     TicketResult,
-    _rank,
     deployment_result,
     encode_all,
     expected_calibration_error,
@@ -49,6 +47,7 @@ from agent.quality.evaluation import (
     offline_accounts,
     read_deployment_set,
     run_tickets,
+    sample_deployment,
     score_deployment,
     scratch_processor,
     summarize,
@@ -356,14 +355,6 @@ def llm_drafter_or_error(settings: Settings) -> LLMDrafter:
             "or OPENAI_API_KEY, and DESKPILOT_LLM_MODEL"
         )
     return drafter
-
-
-def sample_deployment(tickets: Sequence[DeploymentTicket], limit: int | None, seed: int) -> list[DeploymentTicket]:
-    """At most `limit` tickets, a deterministic sample by id (every kind keeps roughly its share)."""
-    if limit is None or limit >= len(tickets):
-        return list(tickets)
-    chosen = {t.id for t in sorted(tickets, key=lambda t: _rank(t.id, seed + 1))[:limit]}
-    return [t for t in tickets if t.id in chosen]
 
 
 def _per_ticket(rows: dict[str, list[DrafterRow]]) -> list[dict[str, Any]]:

@@ -754,6 +754,14 @@ def read_deployment_set(path: Path) -> list[DeploymentTicket]:
     return tickets
 
 
+def sample_deployment(tickets: Sequence[DeploymentTicket], limit: int | None, seed: int) -> list[DeploymentTicket]:
+    """At most `limit` tickets, a deterministic sample by id (every kind keeps roughly its share)."""
+    if limit is None or limit >= len(tickets):
+        return list(tickets)
+    chosen = {t.id for t in sorted(tickets, key=lambda t: _rank(t.id, seed + 1))[:limit]}
+    return [t for t in tickets if t.id in chosen]
+
+
 def _squash(text: str) -> str:
     return " ".join(text.split()).casefold()
 
@@ -1019,6 +1027,8 @@ async def evaluate_deployment(
     *,
     settings: Settings,
     deployment: DeploymentFiles,
+    limit: int | None = None,
+    seed: int = 0,
     database_url: str | None = None,
     embedder: Embedder | None = None,
     progress: Progress | None = None,
@@ -1027,7 +1037,7 @@ async def evaluate_deployment(
     database: every ticket through the real graph offline, with its sender's account context when the sender is
     one of the deployment's customers."""
     started_all = time.perf_counter()
-    tickets = read_deployment_set(dataset)
+    tickets = sample_deployment(read_deployment_set(dataset), limit, seed)
     embedder = embedder or get_embedder(settings.embedding_model)
     server_url = database_url or db.resolve_database_url(settings)
     timings: dict[str, float] = {}

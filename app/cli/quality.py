@@ -219,8 +219,7 @@ def print_deployment_report(report: dict[str, Any]) -> None:
     "with_llm",
     is_flag=True,
     help="Run the tickets through the offline drafter and the configured LLM drafter (OPENAI_BASE_URL / "
-    "DESKPILOT_LLM_MODEL) in the same run and report them side by side. With a deployment-shaped set, --limit "
-    "samples the set.",
+    "DESKPILOT_LLM_MODEL) in the same run and report them side by side.",
 )
 def evaluate(
     dataset: Path,
@@ -245,7 +244,7 @@ def evaluate(
         )
         return
     if deployment is not None:
-        _evaluate_deployment(dataset, json_out, deployment)
+        _evaluate_deployment(dataset, json_out, deployment, limit=limit, seed=seed)
         return
     settings = _settings()
     bars = _Bars()
@@ -297,7 +296,9 @@ def _deployment_of(
     return own_or_demo_deployment(kb, history, customers)
 
 
-def _evaluate_deployment(dataset: Path, json_out: Path | None, deployment: DeploymentFiles) -> None:
+def _evaluate_deployment(
+    dataset: Path, json_out: Path | None, deployment: DeploymentFiles, *, limit: int | None, seed: int
+) -> None:
     from agent.quality.evaluation import evaluate_deployment, finite
 
     settings = _settings()
@@ -309,6 +310,8 @@ def _evaluate_deployment(dataset: Path, json_out: Path | None, deployment: Deplo
                     dataset,
                     settings=settings,
                     deployment=deployment,
+                    limit=limit,
+                    seed=seed,
                     progress=bars,
                 )
             )

@@ -128,9 +128,8 @@ class OfflineDrafter:
 
     def compose_from_knowledge(self, request: DraftRequest) -> Draft:
         """One answer per question from the passage the reader chose; unanswered questions handed over."""
-        customer = request.context.get("customer") or {}
         composition = compose_answers(
-            request.evidence, language=request.language, tier=customer.get("tier"), on_trial=bool(customer.get("trial"))
+            request.evidence, language=request.language, tier=request.tier, on_trial=request.on_trial
         )
         reply = knowledge_reply(request, composition)
         return Draft(

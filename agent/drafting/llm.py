@@ -1093,13 +1093,8 @@ class LLMDrafter:
         opening: str,
         written: str = "",
     ) -> None:
-        customer = request.context.get("customer") or {}
         composition = compose_answers(
-            request.evidence,
-            language=request.language,
-            tier=customer.get("tier"),
-            on_trial=bool(customer.get("trial")),
-            chosen=quotes,
+            request.evidence, language=request.language, tier=request.tier, on_trial=request.on_trial, chosen=quotes
         )
         reply = knowledge_reply(request, composition, opening=opening or None)
         result.reply = reply.text

@@ -218,7 +218,7 @@ def _render_account(request: DraftRequest) -> str:
     lines = []
     if request.customer_name:
         lines.append(f"Customer name: {escape_untrusted(' '.join(request.customer_name.split()))[:120]}")
-    tier = (request.context.get("customer") or {}).get("tier")
+    tier = request.tier
     if tier:
         lines.append(f"Plan: {escape_untrusted(str(tier))[:60]}")
     summary = summarize_account(request.context)

@@ -39,6 +39,17 @@ class DraftRequest:
     evidence: list[Evidence] = field(default_factory=list)
     language: str = "en"
 
+    @property
+    def tier(self) -> str | None:
+        """The customer's plan as the account stores it (the operator's word), when known."""
+        tier = (self.context.get("customer") or {}).get("tier")
+        return str(tier) if tier else None
+
+    @property
+    def on_trial(self) -> bool:
+        """The plan is one of the operator's trial tiers (`load_context` reads the tier settings)."""
+        return bool((self.context.get("customer") or {}).get("trial"))
+
 
 @dataclass
 class Draft:

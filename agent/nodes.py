@@ -35,6 +35,7 @@ from agent.triage.specialists import specialist_for, wants_event
 from knowledge.embedder import embed
 from knowledge.retrieval import (
     RetrievedItem,
+    article_leads,
     article_sections,
     help_centre_passages,
     nearest_resolutions,
@@ -424,7 +425,9 @@ async def _read_knowledge(
             found = await crosslingual.nearest(everything, stored, queries, QUESTION_PASSAGES)
             passages.update((i.id, i) for i in found)
             across = {**apart, "model": joint.embedder.name}
-    evidence = await reading.read(questions, list(passages.values()))
+        # Each article's opening paragraph, quoted beside the section the reader chose when it answers too.
+        leads = await article_leads(conn, list(dict.fromkeys(UUID(document_of(i)) for i in passages.values())))
+    evidence = await reading.read(questions, list(passages.values()), leads)
     # A question asking several things looks for its further parts in every section of the article it chose:
     # fetched for those articles only, then read again (the passages' units are cached by then).
     chosen = [e.item for e, p in zip(evidence, reading.parts, strict=True) if p is not None and e.item is not None]

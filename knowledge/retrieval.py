@@ -312,6 +312,14 @@ async def article_sections(conn: Any, document_ids: Sequence[UUID]) -> list[Retr
     return await _sections(conn, list(document_ids))
 
 
+async def article_leads(conn: Any, document_ids: Sequence[UUID]) -> list[RetrievedItem]:
+    """The first passage of each given help-centre article: its opening paragraph when it has one (the reader
+    quotes it beside a section when it answers too, `agent.drafting.reader.is_lead`)."""
+    if not document_ids:
+        return []
+    return [_item(row) for row in await _section_rows(conn, list(document_ids), with_vectors=False, first=True)]
+
+
 async def help_centre_sections(conn: Any) -> list[RetrievedItem]:
     """Every section of every help-centre article, in article order: what a worker reads before its first ticket
     (`agent.runner.TicketProcessor.warm_up`)."""
@@ -330,9 +338,13 @@ async def _sections(conn: Any, document_ids: list[UUID] | None) -> list[Retrieve
     return [_item(row) for row in await _section_rows(conn, document_ids, with_vectors=False)]
 
 
-async def _section_rows(conn: Any, document_ids: list[UUID] | None, *, with_vectors: bool) -> list[Any]:
+async def _section_rows(
+    conn: Any, document_ids: list[UUID] | None, *, with_vectors: bool, first: bool = False
+) -> list[Any]:
     p = _Params()
     where = "" if document_ids is None else f"WHERE c.document_id = ANY({p('documents', document_ids)}::uuid[])"
+    if first:
+        where += " AND c.seq = 0" if where else "WHERE c.seq = 0"
     sql = f"""
         SELECT 'kb_chunk'::text AS kind, c.id, NULL::bigint AS vector_rank, NULL::bigint AS text_rank,
                0.0::float8 AS score, NULL::float8 AS similarity, {_DETAIL_COLUMNS}

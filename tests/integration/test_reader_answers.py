@@ -113,6 +113,32 @@ async def test_each_part_of_a_question_asking_two_things_is_answered_from_the_ar
     assert question["more"] and question["weakest_part"] > 0.35
 
 
+@pytest.mark.parametrize(
+    ("body", "fact"),
+    [
+        # Which plans have approvals is said once, in the approvals article's opening paragraph.
+        (
+            "Is there a way for managers to sign off each person's week before we run payroll?",
+            "Approvals are included on Pro and Enterprise",
+        ),
+        # What cancelling does to the data: the cancellation article's opening paragraph.
+        (
+            "We renew every March. If I cancel now, is there another charge in March? And does cancelling wipe our "
+            "projects?",
+            "it does not delete your workspace or your data",
+        ),
+    ],
+)
+async def test_an_articles_opening_paragraph_is_quoted_with_the_section_when_it_answers_too(
+    run: Any, body: str, fact: str
+) -> None:
+    state = await run("A question", body)
+    draft = state["drafted"]["draft"]
+    assert fact in draft
+    lead = next(q for e in state["retrieval"]["questions"] for q in e["more"] if any(fact in u for u in q["units"]))
+    assert lead["passage"] not in {e["passage"] for e in state["retrieval"]["questions"]}  # quoted beside a section
+
+
 async def test_the_reader_reads_token_by_token_and_another_language_on_the_words_it_shares(embedder: Any) -> None:
     passage = item(
         "reset-1",

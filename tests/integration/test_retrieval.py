@@ -16,6 +16,7 @@ from core.settings import Settings
 from knowledge import store
 from knowledge.retrieval import (
     RRF_K,
+    article_leads,
     article_sections,
     exact_nearest,
     help_centre_passages,
@@ -123,6 +124,22 @@ async def test_an_articles_sections_come_back_whole_and_in_order(demo_kb: asyncp
     assert {s.source for s in sections} == {"kb/billing/refund-policy.md"}
     assert all(s.kind == "kb_chunk" and s.text for s in sections)
     assert any("How to request a refund" in s.title for s in sections)
+
+
+async def test_each_articles_opening_paragraph_comes_back_as_its_lead(
+    demo_kb: asyncpg.Pool, memo: MemoEmbedder
+) -> None:
+    hits = await ask(demo_kb, memo, "Does cancelling my subscription delete our projects?", kinds=("kb_chunk",), k=6)
+    documents = list(dict.fromkeys(UUID(h.metadata["document_id"]) for h in hits))
+    async with demo_kb.acquire() as conn:
+        leads = await article_leads(conn, documents)
+        assert await article_leads(conn, []) == []
+    assert len(leads) == len(documents)
+    assert {UUID(lead.metadata["document_id"]) for lead in leads} == set(documents)
+    assert all(lead.metadata["seq"] == 0 for lead in leads)
+    [cancel] = [lead for lead in leads if lead.source == "kb/billing/cancel-subscription.md"]
+    assert cancel.title == cancel.metadata["document_title"] == "Cancel your subscription"  # no section heading
+    assert "it does not delete your workspace or your data" in cancel.text
 
 
 async def test_the_whole_help_centre_comes_back_with_its_stored_vectors(

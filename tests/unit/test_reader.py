@@ -193,6 +193,47 @@ def test_a_second_question_gets_the_articles_next_section_rather_than_the_same_q
     assert kept[1].item is correct
 
 
+def lead_of(document: str, title: str) -> RetrievedItem:
+    """An article's opening paragraph: its first passage, headed by the article's title alone."""
+    lead = item(title, "...", document)
+    return replace(lead, metadata={**lead.metadata, "seq": 0, "document_title": title})
+
+
+def test_the_articles_opening_sentence_that_answers_too_is_quoted_before_the_chosen_section() -> None:
+    # "Does cancelling wipe our projects?": the chosen section says what happens to the plan; the article's opening
+    # paragraph says what happens to the data.
+    lead = lead_of("cancel", "Cancel your subscription")
+    section = item("Cancel your subscription › What happens next", "...", "cancel")
+    section = replace(section, metadata={**section.metadata, "seq": 2, "document_title": "Cancel your subscription"})
+    other = item("Delete your account", "...", "delete")
+    read = [
+        ReadPassage(
+            ("Your plan stays active until the end of the period.", "No further charges are made."),
+            np.stack([unit(1, 0, 0), unit(0.8, 0.6, 0)]),
+            unit(1, 0, 0),
+        ),
+        one_sentence("Deleting your account removes every project.", 0.5, 0, 0.87),
+    ]
+    lead_read = ReadPassage(
+        ("You can cancel at any time.", "Cancelling stops renewals; it does not delete your workspace or data."),
+        np.stack([unit(0, 0, 1), unit(0.97, 0, 0.24)]),
+        unit(0.7, 0, 0.7),
+    )
+    question = Question("Does cancelling wipe our projects?")
+    evidence = choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(lead, lead_read)])
+    assert evidence.item is section
+    # The lead, short, is quoted whole: its sentences read as one paragraph.
+    assert [(q.item, q.units) for q in evidence.more] == [(lead, lead_read.units)]
+    reply = compose_answers([evidence], language="en").paragraphs[0]
+    assert reply.index("it does not delete") < reply.index("stays active")  # the article's order: lead first
+    # An opening paragraph far from the question is not quoted; nor a first passage that is a section of its own.
+    far = ReadPassage(("You can cancel at any time.",), np.stack([unit(0, 0, 1)]), unit(0, 0, 1))
+    assert choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(lead, far)]).more == []
+    headed = replace(lead, title="Cancel your subscription › Before you cancel")
+    unheaded = choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(headed, lead_read)])
+    assert unheaded.more == []
+
+
 def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:
     return Evidence(Question(question), item(title, " ".join(units), title), units, score, score, 0.0)
 

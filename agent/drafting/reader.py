@@ -16,11 +16,13 @@ passage's above takes as its best unit's) is the mean of the two readings. Measu
 sets: a confidence curve fitted on one set and applied to the other separates right drafts from wrong ones with
 an AUC of 0.90 instead of 0.66.
 
-Two refinements the embedding alone misses. A unit giving the kind of answer the question asks for (a place in the
+Three refinements the embedding alone misses. A unit giving the kind of answer the question asks for (a place in the
 product for "where", a duration for "how long", a quantity, steps for "how do I": `questions.asked_for`) scores a
-little higher. And a question asking several things in one sentence ("how do I request a refund, and how long
+little higher. A question asking several things in one sentence ("how do I request a refund, and how long
 does it take?") has each further part looked for in every section of the chosen article, so the reply quotes the
-section that answers it even when no search returned it.
+section that answers it even when no search returned it. And an article's opening paragraph (what the feature does,
+which plans have it) is quoted before the chosen section when it is about the question too (`LEAD_MARGIN`): a
+section quoted alone leaves out what the article says first.
 
 Units and their vectors are computed once per passage text and cached: a help center is small and its passages
 come back ticket after ticket, so after warm-up a ticket costs one encode per question and a few dot products.

@@ -75,10 +75,10 @@ QUESTION_CACHE_SIZE = 256
 # An article's opening paragraph says in a sentence or three what the article is about — what a feature does and
 # which plans have it, what cancelling does and does not do — and a section quoted alone leaves that out. The lead
 # is quoted (whole, when short: `quoted_indices`) before the chosen section when its best sentence scores within
-# this much of the section's best. Measured on the four deployment-shaped sets and on four paraphrases of two held-out
-# questions (docs/quality.md): 0.15 adds both held-out facts only a lead holds ("Approvals are included on Pro and
-# Enterprise", "it does not delete your workspace or your data") and all four paraphrases, to a third of replies;
-# the lead's close sentences alone (not the whole lead) missed one or two paraphrases at 0.1 to 0.25.
+# this much of the section's best. Measured on the four deployment-shaped sets and on four paraphrases of two
+# held-out questions (docs/quality.md): 0.15 adds both held-out facts only a lead holds ("Approvals are included on
+# Pro and Enterprise", "it does not delete your workspace or your data") and all four paraphrases, to a third of
+# replies; the lead's close sentences alone (0.1, 0.15) or its best one (0.15 to 0.25) found one to three of four.
 LEAD_MARGIN = 0.15
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the

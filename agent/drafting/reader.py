@@ -318,7 +318,7 @@ class Evidence:
             "passage": str(self.item.id) if self.item is not None else None,
             "title": self.item.title if self.item is not None else None,
             "units": self.units,
-            "more": [{"passage": str(q.item.id), "units": list(q.units)} for q in self.more],
+            "more": [{"passage": str(q.item.id), "title": q.item.title, "units": list(q.units)} for q in self.more],
             "weakest_part": round(self.weakest_part, 4),
             "score": round(self.score, 4),
             "best_unit": round(self.best_unit, 4),

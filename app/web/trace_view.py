@@ -88,8 +88,12 @@ def present_attempt(attempt: dict[str, Any], index: int, settings: Settings) -> 
     citation_ids = draft_output.get("citations") if "draft" in outputs else attempt.get("citations")
     if not isinstance(citation_ids, list):
         citation_ids = []
+    reading = reading_view(retrieve.get("questions"), draft_output, anchors)
+    # A passage read beside the retrieved ones (an article's lead or another section) is titled from the reading.
+    read_titles = {str(quote["id"]): quote["title"] for q in reading for quote in q["quotes"]}
     citations = [
-        {"id": cid, "anchor": anchors.get(str(cid)), "title": _title_of(items, cid)} for cid in citation_ids or []
+        {"id": cid, "anchor": anchors.get(str(cid)), "title": _title_of(items, cid) or read_titles.get(str(cid))}
+        for cid in citation_ids or []
     ]
 
     done = {step["node"] for step in steps}
@@ -102,6 +106,7 @@ def present_attempt(attempt: dict[str, Any], index: int, settings: Settings) -> 
             {**item, "anchor": f"{prefix}-item{n}", "kind_label": kind_label(item.get("kind"))}
             for n, item in enumerate(items, start=1)
         ],
+        "reading": reading,
         "citations": citations,
         # A ticket read in another language than the help centre's: the two languages and the model that read it.
         "read_across": retrieve.get("read_across"),
@@ -218,6 +223,43 @@ def _zone(confidence: Any, review: Any, auto: Any) -> str:
 
 def _magnitude(value: Any) -> float:
     return abs(float(value)) if isinstance(value, int | float) and not isinstance(value, bool) else -1.0
+
+
+def reading_view(questions: Any, drafted: dict[str, Any], anchors: dict[str, str]) -> list[dict[str, Any]]:
+    """What the reader did for each of the ticket's questions (the retrieve step's `questions`): the passages it
+    quoted and the sentences, how sure it was, and whether the reply answered the question or handed it over."""
+    if not isinstance(questions, list):
+        return []
+    detail = drafted.get("llm") or {}
+    handed_over = set(detail.get("handed_over") or []) if isinstance(detail, dict) else set()
+    out: list[dict[str, Any]] = []
+    for question in questions:
+        if not isinstance(question, dict):
+            continue
+        chosen = [question] if question.get("passage") else []
+        more = [m for m in question.get("more") or [] if isinstance(m, dict)]
+        quotes = [
+            {
+                "id": quote.get("passage"),
+                "title": quote.get("title"),
+                "units": [u for u in quote.get("units") or [] if isinstance(u, str)],
+                "anchor": anchors.get(str(quote.get("passage"))),
+            }
+            for quote in [*chosen, *more]
+        ]
+        score, runner_up = question.get("score"), question.get("runner_up")
+        lead = score - runner_up if isinstance(score, int | float) and isinstance(runner_up, int | float) else None
+        out.append(
+            {
+                "question": question.get("question"),
+                "quotes": quotes,
+                "score": score,
+                "best_unit": question.get("best_unit"),
+                "lead": lead,
+                "handed_over": question.get("question") in handed_over,
+            }
+        )
+    return out
 
 
 def _title_of(items: list[dict[str, Any]], item_id: Any) -> str | None:

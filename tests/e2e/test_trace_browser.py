@@ -182,6 +182,12 @@ async def test_escalated_trace_shows_decision_and_reasons(page: Any, seeded: See
     risks = await page.locator("ul.risks").inner_text()
     assert "legal threat" in risks
     assert await page.locator("svg.meter rect.fill.escalate").count() == 1
+    # The reader's view: one entry per question, the one nothing answered marked as handed over.
+    questions = page.locator("ol.reading > li")
+    assert await questions.count() == 2
+    assert await page.locator("ol.reading > li.handed-over").count() == 1
+    assert await questions.first.locator(".quote").count() == 2  # the section and its article's opening paragraph
+    assert await questions.first.locator(".quote a").is_visible()  # the section links to its retrieved row
 
 
 async def test_queued_ticket_waits_for_a_worker(page: Any, seeded: SeededTraces) -> None:

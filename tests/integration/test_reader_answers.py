@@ -137,6 +137,7 @@ async def test_an_articles_opening_paragraph_is_quoted_with_the_section_when_it_
     assert fact in draft
     lead = next(q for e in state["retrieval"]["questions"] for q in e["more"] if any(fact in u for u in q["units"]))
     assert lead["passage"] not in {e["passage"] for e in state["retrieval"]["questions"]}  # quoted beside a section
+    assert lead["title"] and " › " not in lead["title"]  # the trace names it: the article's title alone heads a lead
 
 
 async def test_the_reader_reads_token_by_token_and_another_language_on_the_words_it_shares(embedder: Any) -> None:

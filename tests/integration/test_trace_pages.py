@@ -56,6 +56,10 @@ async def test_page_renders_what_the_json_trace_holds(client: Any, seeded: Seede
                     for item in output["items"]:
                         assert esc(item["title"]) in text
                         assert esc(item["preview"]) in text
+                    for question in output.get("questions") or []:  # the reader's view, question by question
+                        assert esc(question["question"]) in text
+                        for unit in question["units"]:
+                            assert esc(unit) in text
                     if output.get("read_across"):  # a ticket read in another language than the help centre's
                         across = output["read_across"]
                         assert "Read across languages" in text
@@ -77,6 +81,29 @@ async def test_page_renders_what_the_json_trace_holds(client: Any, seeded: Seede
 async def test_only_a_ticket_read_across_languages_says_so(client: Any, seeded: SeededTraces) -> None:
     assert "Read across languages" in (await client.get(f"/traces/{seeded.escalated}")).text
     assert "Read across languages" not in (await client.get(f"/traces/{seeded.resolved}")).text
+
+
+async def test_the_reader_s_view_of_each_question_is_shown_with_what_it_quoted(
+    client: Any, seeded: SeededTraces
+) -> None:
+    text = (await client.get(f"/traces/{seeded.escalated}")).text
+    reading = text[text.index('<ol class="reading">') : text.index("</ol>", text.index('<ol class="reading">'))]
+    answered, handed = reading.split('<li class="question')[1:]
+    assert esc("How long does a refund take?") in answered and "handed over" not in answered
+    # The chosen passage links to its row among the retrieved items; the lead read beside it says where it came from.
+    anchor = re.search(r'<tr id="(att1-item\d+)"', text)
+    assert anchor and f'<a href="#{anchor.group(1)}">Refund policy</a>' in answered
+    assert "Refunds are issued by the billing team within 5 business days." in answered
+    assert "Refunds at a glance" in answered and "Every refund goes to the card charged." in answered
+    assert "(read from its article," in answered
+    assert '<data value="0.712">0.712</data>' in answered and "0.192" in answered  # score; its lead over 0.52
+    assert esc("Will you pay our lawyer's fees?") in handed and "handed over" in handed
+    assert "No passage answers it." in handed
+    # The lead is cited by its title even though no search returned it.
+    citations = text[text.index('<ol class="citations">') :]
+    assert re.search(r"Refunds at a glance <span class=\"mono\">kb-3#0</span>", citations)
+    # A trace whose reader found nothing to read (a past resolution grounded it) has no such list.
+    assert '<ol class="reading">' not in (await client.get(f"/traces/{seeded.resolved}")).text
 
 
 async def test_resolved_trace_links_citations_to_retrieved_items(client: Any, seeded: SeededTraces) -> None:

@@ -230,6 +230,33 @@ async def seed_resolved_ticket(conn: Any, customer_id: UUID) -> UUID:
 
 
 ESCALATED_DRAFT = "Hi Ada,\n\nI have passed your refund request to our billing team.\n\nDeskPilot"
+ESCALATED_QUESTIONS = ["How long does a refund take?", "Will you pay our lawyer's fees?"]
+# The reader's view (the retrieve step's `questions`): the first question answered from the refund section and the
+# article's opening paragraph (read from the article, not retrieved), the second by nothing.
+ESCALATED_READING = [
+    {
+        "question": ESCALATED_QUESTIONS[0],
+        "passage": "kb-3#1",
+        "title": "Refund policy",
+        "units": ["Refunds are issued by the billing team within 5 business days."],
+        "more": [
+            {"passage": "kb-3#0", "title": "Refunds at a glance", "units": ["Every refund goes to the card charged."]}
+        ],
+        "score": 0.712,
+        "best_unit": 0.74,
+        "runner_up": 0.52,
+    },
+    {
+        "question": ESCALATED_QUESTIONS[1],
+        "passage": None,
+        "title": None,
+        "units": [],
+        "more": [],
+        "score": 0.21,
+        "best_unit": 0.2,
+        "runner_up": 0.0,
+    },
+]
 
 
 async def seed_escalated_ticket(conn: Any, customer_id: UUID) -> UUID:
@@ -314,6 +341,7 @@ async def seed_escalated_ticket(conn: Any, customer_id: UUID) -> UUID:
                     "help_centre_language": "en",
                     "model": "all-MiniLM-L6-v2+multilingual-use",
                 },
+                "questions": ESCALATED_READING,
             },
         ),
         (
@@ -321,9 +349,10 @@ async def seed_escalated_ticket(conn: Any, customer_id: UUID) -> UUID:
             22.0,
             {
                 "draft": ESCALATED_DRAFT,
-                "citations": ["kb-3#1"],
+                "citations": ["kb-3#1", "kb-3#0"],
                 "drafter": "offline",
                 "template": "offline-v1",
+                "llm": {"answered": [ESCALATED_QUESTIONS[0]], "handed_over": [ESCALATED_QUESTIONS[1]]},
             },
         ),
         (

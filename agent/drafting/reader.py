@@ -80,6 +80,15 @@ QUESTION_CACHE_SIZE = 256
 # Pro and Enterprise", "it does not delete your workspace or your data") and all four paraphrases, to a third of
 # replies; the lead's close sentences alone (0.1, 0.15) or its best one (0.15 to 0.25) found one to three of four.
 LEAD_MARGIN = 0.15
+# A sentence that speaks of the help-centre article itself, not of the product: "This article explains …", "Cet
+# article …". It reads oddly in a reply, which is not that article. ("This page" is left alone: it is as often a
+# page of the product.)
+SIGNPOST = re.compile(
+    r"(this|the following) (article|guide|section)\b|(dieser|folgender) (artikel|leitfaden|abschnitt)\b"
+    r"|(cet|ce|le présent) (article|guide)\b|cette section\b"
+    r"|(este|el presente) (artículo|artigo|guía|guia)\b|esta (sección|secção|seção)\b",
+    re.IGNORECASE,
+)
 # A question is answered when its passage scores at least this (the reader's cosine-like scale). Below it the
 # reply hands the question over. Chosen on the demo deployment set together with the calibration: the
 # confidence, not this floor, decides whether a reply goes out.
@@ -648,12 +657,15 @@ def _quote_parts(
 
 def quoted_indices(passage: ReadPassage, unit_scores: np.ndarray) -> list[int]:
     """Which units of a passage to quote, in passage order: a short passage whole; of a longer one, the units
-    closest to the question."""
+    closest to the question. A sentence about the article itself ("This article explains …") is left out unless
+    it is all there is."""
     if len(passage.units) <= WHOLE_PASSAGE_UNITS:
-        return list(range(len(passage.units)))
-    best = float(unit_scores.max())
-    ranked = sorted(range(len(passage.units)), key=lambda i: -unit_scores[i])
-    return sorted(i for i in ranked[:MAX_UNITS] if unit_scores[i] >= best - UNIT_MARGIN)
+        kept = list(range(len(passage.units)))
+    else:
+        best = float(unit_scores.max())
+        ranked = sorted(range(len(passage.units)), key=lambda i: -unit_scores[i])
+        kept = sorted(i for i in ranked[:MAX_UNITS] if unit_scores[i] >= best - UNIT_MARGIN)
+    return [i for i in kept if not SIGNPOST.match(passage.units[i])] or kept
 
 
 def read_units(item: RetrievedItem) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from agent.drafting.reader import (
     choose_each,
     passage_units,
     plain,
+    quoted_indices,
 )
 from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
 from knowledge.embedder import TokenRows
@@ -232,6 +233,28 @@ def test_the_articles_opening_sentence_that_answers_too_is_quoted_before_the_cho
     headed = replace(lead, title="Cancel your subscription › Before you cancel")
     unheaded = choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(headed, lead_read)])
     assert unheaded.more == []
+
+
+@pytest.mark.parametrize(
+    "signpost",
+    [
+        "This article explains when each change takes effect.",
+        "Dieser Artikel erklärt, wann eine Änderung gilt.",
+        "Cet article explique quand un changement prend effet.",
+        "Este artículo explica cuándo se aplica cada cambio.",
+    ],
+)
+def test_a_sentence_about_the_article_itself_is_not_quoted(signpost: str) -> None:
+    units = ("You can change plans at any time.", signpost, "Upgrades apply at once.")
+    passage = ReadPassage(units, np.stack([unit(1, 0), unit(1, 0), unit(1, 0)]), unit(1, 0))
+    assert quoted_indices(passage, np.array([0.8, 0.8, 0.8])) == [0, 2]
+    # When it is all the passage has, it stays: an empty quote would hand the question over.
+    alone = ReadPassage((signpost,), np.stack([unit(1, 0)]), unit(1, 0))
+    assert quoted_indices(alone, np.array([0.8])) == [0]
+    # A sentence that only mentions an article ("see the article on …"), or a page of the product, is kept.
+    for about_the_product in ("See the article on invoices for details.", "This page lists every invoice."):
+        kept = ReadPassage((about_the_product,), np.stack([unit(1, 0)]), unit(1, 0))
+        assert quoted_indices(kept, np.array([0.8])) == [0]
 
 
 def evidence(question: str, units: list[str], score: float, title: str = "Plans › Free") -> Evidence:

@@ -317,7 +317,7 @@ async def article_leads(conn: Any, document_ids: Sequence[UUID]) -> list[Retriev
     quotes it beside a section when it answers too, `agent.drafting.reader.is_lead`)."""
     if not document_ids:
         return []
-    return [_item(row) for row in await _section_rows(conn, list(document_ids), with_vectors=False, first=True)]
+    return [_item(row) for row in await _section_rows(conn, list(document_ids), with_vectors=False, first_only=True)]
 
 
 async def help_centre_sections(conn: Any) -> list[RetrievedItem]:
@@ -339,11 +339,11 @@ async def _sections(conn: Any, document_ids: list[UUID] | None) -> list[Retrieve
 
 
 async def _section_rows(
-    conn: Any, document_ids: list[UUID] | None, *, with_vectors: bool, first: bool = False
+    conn: Any, document_ids: list[UUID] | None, *, with_vectors: bool, first_only: bool = False
 ) -> list[Any]:
     p = _Params()
     where = "" if document_ids is None else f"WHERE c.document_id = ANY({p('documents', document_ids)}::uuid[])"
-    if first:
+    if first_only:
         where += " AND c.seq = 0" if where else "WHERE c.seq = 0"
     sql = f"""
         SELECT 'kb_chunk'::text AS kind, c.id, NULL::bigint AS vector_rank, NULL::bigint AS text_rank,

@@ -248,14 +248,14 @@ def reading_view(questions: Any, drafted: dict[str, Any], anchors: dict[str, str
             for quote in [*chosen, *more]
         ]
         score, runner_up = question.get("score"), question.get("runner_up")
-        lead = score - runner_up if isinstance(score, int | float) and isinstance(runner_up, int | float) else None
+        margin = score - runner_up if isinstance(score, int | float) and isinstance(runner_up, int | float) else None
         out.append(
             {
                 "question": question.get("question"),
                 "quotes": quotes,
                 "score": score,
                 "best_unit": question.get("best_unit"),
-                "lead": lead,
+                "margin": margin,
                 "handed_over": question.get("question") in handed_over,
             }
         )

@@ -96,7 +96,7 @@ async def test_the_reader_s_view_of_each_question_is_shown_with_what_it_quoted(
     assert "Refunds are issued by the billing team within 5 business days." in answered
     assert "Refunds at a glance" in answered and "Every refund goes to the card charged." in answered
     assert "(read from its article," in answered
-    assert '<data value="0.712">0.712</data>' in answered and "0.192" in answered  # score; its lead over 0.52
+    assert '<data value="0.712">0.712</data>' in answered and "0.192" in answered  # score; ahead of 0.52 by
     assert esc("Will you pay our lawyer's fees?") in handed and "handed over" in handed
     assert "No passage answers it." in handed
     # The lead is cited by its title even though no search returned it.

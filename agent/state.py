@@ -74,6 +74,14 @@ STEP_OUTPUTS: dict[str, str] = {
 }
 
 
+def handed_over_questions(drafted: dict[str, Any]) -> list[str]:
+    """The questions a stored draft step (its `output`, the state's `drafted`) passed to a person: the drafter's
+    detail, kept under `llm` (`detail` in older traces)."""
+    detail = drafted.get("llm") or drafted.get("detail") or {}
+    handed_over = detail.get("handed_over") if isinstance(detail, dict) else None
+    return [str(q) for q in handed_over] if isinstance(handed_over, list) else []
+
+
 def ticket_text(ticket: TicketInput) -> str:
     """Subject, body and any follow-up messages: the text every model reads (same shape as the history's)."""
     subject = (ticket.get("subject") or "").strip()

@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from agent.state import handed_over_questions
 from core.db import Connection
 from knowledge.embedder import Embedder, embed
 
@@ -205,8 +206,7 @@ def gap_reason(row: dict[str, Any]) -> str | None:
     drafted: dict[str, Any] = row.get("drafted") or {}
     if any(str(r).startswith(NOTHING_TO_GROUND) for r in scoring.get("gate_reasons") or []):
         return NOTHING_TO_GROUND
-    detail = drafted.get("llm") or drafted.get("detail") or {}
-    handed_over = detail.get("handed_over") if isinstance(detail, dict) else None
+    handed_over = handed_over_questions(drafted)
     if handed_over:
         return f"{len(handed_over)} question(s) handed over: no passage answers them"
     signals = scoring.get("signals") or {}

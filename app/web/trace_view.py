@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from agent.state import handed_over_questions
 from core.settings import Settings
 
 # The graph's nodes in the order they run (agent/graph.py); the last three are the alternative decisions.
@@ -230,8 +231,7 @@ def reading_view(questions: Any, drafted: dict[str, Any], anchors: dict[str, str
     quoted and the sentences, how sure it was, and whether the reply answered the question or handed it over."""
     if not isinstance(questions, list):
         return []
-    detail = drafted.get("llm") or {}
-    handed_over = set(detail.get("handed_over") or []) if isinstance(detail, dict) else set()
+    handed_over = set(handed_over_questions(drafted))
     out: list[dict[str, Any]] = []
     for question in questions:
         if not isinstance(question, dict):

@@ -407,6 +407,42 @@ _OUTAGE = _automaton(
     r"\b(?:panne|interruption de service|(?:service|serveur|systeme|site) (?:est )?(?:en panne|indisponible|hors service|inaccessible))\b",
     r"\b(?:interrupcao (?:do|no|de) (?:servico|sistema)|fora do ar|(?:servico|servidor|sistema) (?:caiu|indisponivel|esta fora))\b",
 )
+# A customer telling of downtime on their own side ("our webhook receiver was down last night (our side, server
+# migration)", "our own server was offline") asks what happened to what the product sent meanwhile: not an outage
+# of the product. A bare outage word is not a report then; "nothing changed on our end" says the opposite and
+# keeps it one, as does any outage the text describes in other words (the product down, nobody able to log in).
+_DOWN_WORD = r"(?:down|offline|outage|downtime|unreachable|unavailable|maintenance|migration)"
+_OWN_THING = r"(?:server|servers|receiver|endpoint|site|website|network|system|systems|infrastructure|firewall|backend)"
+_OWN_SIDE = _automaton(
+    # The downtime said in the same breath as whose it was: "down … on our end", "(our side, server migration)".
+    rf"\b{_DOWN_WORD}\b[^.\n]{{0,30}}\b(?:on|at) (?:our|my) (?:side|end)\b",
+    rf"\b(?:on|at) (?:our|my) (?:side|end)\b[^.\n]{{0,20}}\b{_DOWN_WORD}\b",
+    r"\((?:on |at )?(?:our|my) (?:side|end)\b",
+    rf"\b(?:our|my) own (?:[a-z-]+ ){{0,2}}{_OWN_THING}\b[^.\n]{{0,40}}\b{_DOWN_WORD}\b",
+    rf"\b{_DOWN_WORD}\b[^.\n]{{0,30}}\b(?:our|my) own (?:[a-z-]+ ){{0,2}}{_OWN_THING}\b",
+    r"\bunser(?:e[mnrs]?)? eigene[nmrs]? (?:server|system|netzwerk|endpunkt)\b",
+    r"\bnuestro propio (?:servidor|sistema)\b|\bnotre propre (?:serveur|systeme|reseau)\b",
+    r"\bnosso proprio (?:servidor|sistema)\b",
+)
+_NOT_OWN_SIDE = _automaton(
+    r"\b(?:nothing|not|no change|no changes|fine|ok|okay|normal|working|checked|tested|verified|all good|everything)\b[^.\n]{0,30}\b(?:on |at )?(?:our|my) (?:side|end)\b",
+    r"\b(?:our|my) (?:side|end) (?:is|was|are|looks|seems) (?:fine|ok|okay|normal|working|good|unchanged)\b",
+    r"\bnot (?:an? )?(?:issue|problem) (?:on|at) (?:our|my) (?:side|end)\b",
+)
+_BARE_OUTAGE = re.compile(
+    r"\b(?:outage|downtime|service disruption|service interruption|major incident|ausfall|storung|panne)\b"
+)
+
+
+def _own_downtime(folded: str, match: Any) -> bool:
+    """The outage match is a bare word in a text placing the downtime on the customer's side."""
+    return (
+        _BARE_OUTAGE.fullmatch(match.group(0)) is not None
+        and _OWN_SIDE.search(folded) is not None
+        and _NOT_OWN_SIDE.search(folded) is None
+    )
+
+
 _LEGAL = _automaton(
     # A lawyer brought in is a threat; "our legal team needs the DPA" or "our lawyer reviewed the terms" is not.
     r"\b(?:my|our) (?:lawyer|attorney|solicitor)s? (?:will|is going to|are going to|shall|'ll|has been|have been|is now|are now|will be)\b",
@@ -531,6 +567,9 @@ def _text_risks(text: str) -> tuple[Risk, ...]:
         ("legal_threat", _LEGAL),
     ):
         match = pattern.search(folded)
+        if match and kind == "outage" and _own_downtime(folded, match):
+            # A further outage phrase elsewhere in the text (not a bare word) is still a report.
+            match = next((m for m in pattern.finditer(folded) if not _BARE_OUTAGE.fullmatch(m.group(0))), None)
         if match:
             risks.append(Risk(kind, _evidence(folded, match)))  # type: ignore[arg-type]
     repeat = _REPEAT.search(folded)

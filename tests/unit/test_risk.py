@@ -208,6 +208,35 @@ def test_requests_for_other_peoples_data_escalate(text: str) -> None:
     assert strongest_action(detect_risks(text)) == "escalate"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Missed webhooks during outage\nOur webhook receiver was down for three hours (our side, server migration). "
+        "Will you resend the events?",
+        "We had planned downtime on our own server this weekend. Do your webhooks retry meanwhile?",
+        "Outage on our end last night: did the scheduled exports still run?",
+        "Unser eigener Server hatte gestern einen Ausfall. Werden die Webhooks erneut gesendet?",
+    ],
+)
+def test_downtime_on_the_customers_own_side_is_not_an_outage(text: str) -> None:
+    assert "outage" not in kinds(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Outage since 9am, nothing changed on our end.",
+        "Outage! Our side is fine, but the dashboard is down for everyone.",
+        "Downtime on our side last night, and now your API is down too.",
+        "Major outage: we checked on our end and it is not an issue on our side.",
+        # "our end" / "our side" used for something else than whose the downtime was.
+        "Urgent outage of the reporting service. Please tell us what is needed from our side.",
+    ],
+)
+def test_an_outage_the_customer_places_on_our_side_still_escalates(text: str) -> None:
+    assert "outage" in kinds(text)
+
+
 def test_support_questions_that_mention_instructions_are_not_injection() -> None:
     assert not kinds("Please give me instructions on how to solve these issues.")
     assert not kinds("Our main customer database is slow since the upgrade.") - {"outage"}

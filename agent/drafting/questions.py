@@ -249,6 +249,10 @@ def split_questions(subject: str, body: str) -> list[Question]:
                     found.append(Question(sentence, context=" ".join(said[-MAX_CONTEXT_SENTENCES:]), leans=True))
                 else:
                     context = previous if previous and (leans or not is_question(previous)) else ""
+                    if leans and found and found[-1].leans and context == found[-1].text:
+                        # A short question right after another one leaning on what was said ("Related? What
+                        # should we use instead?") leans on the same: the question before it says nothing alone.
+                        context = found[-1].query
                     found.append(Question(sentence, context=context))
             said = []
         else:

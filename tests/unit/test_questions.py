@@ -94,6 +94,22 @@ def test_a_short_vague_question_reads_with_everything_said_since_the_last_questi
     assert longer.context == "It crashed again today."
 
 
+def test_a_short_question_after_one_leaning_on_what_was_said_leans_on_the_same() -> None:
+    body = (
+        "Our export script started failing overnight with 401 invalid_token. The token was created by our former "
+        "ops lead, whose account we deactivated. Related? What should we use instead so this doesn't happen again?"
+    )
+    related, instead = split_questions("integration returns 401", body)
+    assert related.text == "Related?" and related.leans
+    # Not "Related?" alone, which says nothing: what "Related?" leaned on, and it.
+    assert instead.context == related.query
+    assert "401 invalid_token" in instead.query and "deactivated" in instead.query
+    assert instead.parts == ["What should we use instead so this doesn't happen again?"]
+    # A question after a question that names its subject keeps only that question as its context.
+    plain = split_questions("Free plan", "Which two people keep access on the free plan? Can I pick them?")
+    assert plain[1].context == "Which two people keep access on the free plan?"
+
+
 def test_a_long_question_that_names_nothing_reads_with_what_was_said_before_it() -> None:
     body = (
         "The renewal failed twice. The last two emails say authentication_required. "

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from agent.drafting.guardrails import check_reply
 from agent.drafting.phrasing import localized
-from agent.drafting.reader import ANSWER_FLOOR, Evidence, Quote
+from agent.drafting.reader import ANSWER_FLOOR, Evidence, Quote, read_units
 from agent.drafting.request import DraftRequest, allowed_addresses
 from agent.scoring.risk import injection_in
+from knowledge.retrieval import RetrievedItem
 
 QUESTION_QUOTE_CHARS = 140
 
@@ -50,11 +51,10 @@ def compose_answers(
     words = localized(language)
     out = Composition()
     several = len(evidence) > 1
-    told_tier = False
-    # A question answered by exactly the quotes of an earlier one joins that answer's introduction ("You asked
-    # “…” and “…”:") instead of repeating it.
-    answers: dict[tuple[tuple[str, tuple[str, ...]], ...], int] = {}
-    asked: list[list[Evidence]] = []
+    # Questions answered from the same passages (or one from those and more) share one answer: its introduction
+    # names each ("You asked “…” and “…”:") and it quotes what any of them was answered with, each sentence once,
+    # in the passage's order.
+    answers: list[_Answer] = []
     for n, ev in enumerate(evidence):
         if chosen is not None:
             quotes = [q for q in chosen[n] if q.units]
@@ -64,19 +64,21 @@ def compose_answers(
             out.handed_over.append(ev)
             continue
         out.answered.append(ev)
-        same = tuple((str(q.item.id), tuple(q.units)) for q in quotes)
-        if same in answers:
-            at = answers[same]
-            asked[at].append(ev)
-            rest = out.paragraphs[at].partition("\n")[2]
-            out.paragraphs[at] = f"{_introduction(asked[at], words)}\n{rest}"
-            continue
-        answers[same] = len(out.paragraphs)
-        asked.append([ev])
-        body = " ".join(_join_units(q.units) for q in quotes)
+        for quote in quotes:
+            if str(quote.item.id) not in out.citations:
+                out.citations.append(str(quote.item.id))
+        passages = {str(q.item.id) for q in quotes}
+        same = next((a for a in answers if a.passages() <= passages or passages <= a.passages()), None)
+        if same is None:
+            answers.append(_Answer([ev], list(quotes)))
+        else:
+            same.join(ev, quotes)
+    told_tier = False
+    for answer in answers:
+        body = " ".join(_join_units(q.units) for q in answer.quotes)
         lines: list[str] = []
         if several:
-            lines.append(_introduction([ev], words))
+            lines.append(_introduction(answer.asked, words))
         written = _mentioned(body, tier) if tier and not told_tier else None
         if tier and written:
             # The plan as the help centre spells it ("Starter"), whatever the casing on the account; a trial (the
@@ -86,10 +88,8 @@ def compose_answers(
             told_tier = True
         # Quotes of one article read as one passage, cited once with each section's reference.
         by_article: dict[str, list[Quote]] = {}
-        for quote in quotes:
+        for quote in answer.quotes:
             by_article.setdefault(_title(quote.item.title), []).append(quote)
-            if str(quote.item.id) not in out.citations:
-                out.citations.append(str(quote.item.id))
         # An article's sections in the article's order.
         by_article = {t: sorted(qs, key=lambda q: q.item.metadata.get("seq", 0)) for t, qs in by_article.items()}
         for title, quotes in by_article.items():
@@ -104,6 +104,34 @@ def compose_answers(
         else:
             out.paragraphs.append(words["handover"])
     return out
+
+
+@dataclass
+class _Answer:
+    """One answer of a reply: the questions it answers and what it quotes, one `Quote` per passage."""
+
+    asked: list[Evidence]
+    quotes: list[Quote]
+
+    def passages(self) -> set[str]:
+        return {str(q.item.id) for q in self.quotes}
+
+    def join(self, ev: Evidence, quotes: Sequence[Quote]) -> None:
+        """`ev`, answered from these passages (or from them and more), joins this answer with what it quotes that
+        this one does not, each passage's sentences kept in the passage's order."""
+        self.asked.append(ev)
+        more = {str(q.item.id): q.units for q in quotes}
+        joined: list[Quote] = []
+        for quote in self.quotes:
+            extra = [u for u in more.pop(str(quote.item.id), ()) if u not in quote.units]
+            joined.append(Quote(quote.item, _in_passage_order(quote.item, (*quote.units, *extra))))
+        self.quotes = joined + [q for q in quotes if str(q.item.id) in more]
+
+
+def _in_passage_order(item: RetrievedItem, units: Sequence[str]) -> tuple[str, ...]:
+    """`units` in the order the passage has them (one it does not have as written keeps its place after them)."""
+    order = {u: n for n, u in enumerate(read_units(item))}
+    return tuple(sorted(units, key=lambda u: order.get(u, len(order))))
 
 
 def _introduction(asked: Sequence[Evidence], words: dict[str, str]) -> str:

@@ -29,6 +29,7 @@ from agent.drafting.reader import (
     passage_units,
     plain,
     quoted_indices,
+    read_units,
 )
 from agent.scoring.confidence import KNOWLEDGE_SIGNALS, knowledge_signals, source_agreement
 from knowledge.embedder import TokenRows
@@ -303,6 +304,43 @@ def test_a_question_answered_by_the_same_quotes_as_an_earlier_one_joins_its_answ
     ]
     german = compose_answers([first, again], language="de").paragraphs
     assert german[0].startswith("Sie fragten \u201cWhat happens when the trial ends?\u201d und")
+
+
+def test_questions_answered_from_the_same_passage_share_one_answer_quoting_each_sentence_once() -> None:
+    # "Related? What should we use instead?": both answered from the same passage, the second with more of it.
+    text = (
+        "`401 invalid_token` means the token was revoked or has expired. Create a new one. "
+        "A deactivated member's tokens stop working at once. Replace it with a workspace token."
+    )
+    passage = item("API tokens › Errors", text, "api")
+    units = read_units(passage)
+    related = Evidence(Question("Related?"), passage, [units[0], units[2]], 0.7, 0.7, 0.0)
+    instead = Evidence(Question("What should we use instead?"), passage, [units[3], units[0]], 0.6, 0.6, 0.0)
+    other = evidence("Which plan has the API?", ["Pro has the API."], 0.7)
+    composition = compose_answers([related, other, instead], language="en")
+    assert len(composition.paragraphs) == 2
+    first = composition.paragraphs[0]
+    assert first.startswith("You asked \u201cRelated?\u201d and \u201cWhat should we use instead?\u201d:\n")
+    # Each sentence once, in the passage's order, whichever question quoted it first.
+    for sentence in (units[0], units[2], units[3]):
+        assert first.count(sentence) == 1
+    assert first.index(units[0]) < first.index(units[2]) < first.index(units[3])
+    assert units[1] not in first  # quoted by neither
+    assert first.count("(Source: API tokens,") == 1
+    assert composition.citations == [str(passage.id), str(other.item.id)]  # type: ignore[union-attr]
+    assert [e.question.text for e in composition.answered] == [
+        "Related?",
+        "Which plan has the API?",
+        "What should we use instead?",
+    ]
+    # Answered from that passage and another, the second question still joins, with the other passage's quote.
+    scopes = item("API tokens › Scopes", "A token needs the scope the endpoint names.", "api")
+    instead.more = [Quote(scopes, ("A token needs the scope the endpoint names.",))]
+    [joined] = compose_answers([related, instead], language="en").paragraphs
+    assert joined.count(units[0]) == 1 and "needs the scope" in joined
+    # Passages in common but each with one of its own: two answers.
+    related.more = [Quote(other.item, ("Pro has the API.",))]  # type: ignore[arg-type]
+    assert len(compose_answers([related, instead], language="en").paragraphs) == 2
 
 
 def test_nothing_answered_is_a_handover_without_quotes() -> None:

@@ -74,7 +74,14 @@ def compose_answers(
         else:
             same.join(ev, quotes)
     told_tier = False
+    quoted: dict[str, set[str]] = {}  # the sentences quoted so far, by passage
     for answer in answers:
+        # A passage an earlier answer quoted, with nothing more of it, is not quoted again beside what this
+        # answer adds: the customer has just read it.
+        fresh = [q for q in answer.quotes if not set(q.units) <= quoted.get(str(q.item.id), set())]
+        answer.quotes = fresh or answer.quotes
+        for quote in answer.quotes:
+            quoted.setdefault(str(quote.item.id), set()).update(quote.units)
         body = " ".join(_join_units(q.units) for q in answer.quotes)
         lines: list[str] = []
         if several:

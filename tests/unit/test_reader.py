@@ -343,6 +343,25 @@ def test_questions_answered_from_the_same_passage_share_one_answer_quoting_each_
     assert len(compose_answers([related, instead], language="en").paragraphs) == 2
 
 
+def test_a_passage_an_earlier_answer_quoted_is_not_quoted_again_beside_a_new_one() -> None:
+    # "Can clients pay by card through a link? Or do we chase bank transfers?": both answers read the accounting
+    # passage beside their own; the second does not repeat it.
+    shared = Quote(item("Accounting › Sync", "Payments recorded in Xero mark the invoice as paid.", "acc"), ())
+    shared = replace(shared, units=("Payments recorded in Xero mark the invoice as paid.",))
+    card = evidence("Can clients pay by card?", ["Click Send to email the invoice as a PDF."], 0.7, "Invoices › Send")
+    card.more = [shared]
+    transfer = evidence("Or do we chase transfers?", ["Bank transfer on Enterprise only."], 0.6, "Payment › Ways")
+    transfer.more = [shared]
+    first, second = compose_answers([card, transfer], language="en").paragraphs
+    assert "Payments recorded in Xero" in first and "Payments recorded in Xero" not in second
+    assert "Bank transfer on Enterprise only." in second
+    # An answer that would be left with nothing keeps its quotes: it is not left empty.
+    both = evidence("Which of the two?", list(card.units), 0.6)
+    both = replace(both, item=card.item, more=[Quote(transfer.item, tuple(transfer.units))])  # type: ignore[arg-type]
+    third = compose_answers([card, transfer, both], language="en").paragraphs[2]
+    assert "Click Send to email the invoice" in third and "Bank transfer on Enterprise only." in third
+
+
 def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []

@@ -142,9 +142,11 @@ def _in_passage_order(item: RetrievedItem, units: Sequence[str]) -> tuple[str, .
 
 
 def _introduction(asked: Sequence[Evidence], words: dict[str, str]) -> str:
-    """The line introducing an answer: "You asked “…” and “…”:", or "You wrote" when none was asked outright."""
-    said = "you_asked" if any(ev.question.explicit for ev in asked) else "you_wrote"
-    questions = f" {words['and']} ".join(_quote(ev.question.text) for ev in asked)
+    """The line introducing an answer: "You asked “…” and “…”:", or "You wrote" when none was asked outright (an
+    answer to a question and to something only said names the question)."""
+    explicit = [ev for ev in asked if ev.question.explicit]
+    said = "you_asked" if explicit else "you_wrote"
+    questions = f" {words['and']} ".join(_quote(ev.question.text) for ev in explicit or asked)
     return words[said].format(question=questions)
 
 

@@ -343,6 +343,18 @@ def test_questions_answered_from_the_same_passage_share_one_answer_quoting_each_
     assert len(compose_answers([related, instead], language="en").paragraphs) == 2
 
 
+def test_an_answer_to_a_question_and_to_something_only_said_is_introduced_by_the_question() -> None:
+    answer = evidence("x", ["SYNC-409: the Shelfwise value wins."], 0.7)
+    stated = replace(answer, question=Question("In Shopify the quantity jumps back to the old number.", explicit=False))
+    asked = replace(stated, question=Question("Which one is supposed to be right?"))
+    [paragraph] = compose_answers([stated, asked], language="en").paragraphs
+    assert paragraph.startswith("You asked \u201cWhich one is supposed to be right?\u201d:\n")
+    # Only things said: "You wrote", each of them.
+    other = replace(stated, question=Question("The sync log shows SYNC-409.", explicit=False))
+    [paragraph] = compose_answers([stated, other], language="en").paragraphs
+    assert paragraph.startswith("You wrote \u201cIn Shopify") and "SYNC-409.\u201d:" in paragraph.split("\n")[0]
+
+
 def test_a_passage_an_earlier_answer_quoted_is_not_quoted_again_beside_a_new_one() -> None:
     # "Can clients pay by card through a link? Or do we chase bank transfers?": both answers read the accounting
     # passage beside their own; the second does not repeat it.

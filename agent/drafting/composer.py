@@ -64,9 +64,6 @@ def compose_answers(
             out.handed_over.append(ev)
             continue
         out.answered.append(ev)
-        for quote in quotes:
-            if str(quote.item.id) not in out.citations:
-                out.citations.append(str(quote.item.id))
         passages = {str(q.item.id) for q in quotes}
         same = next((a for a in answers if a.passages() <= passages or passages <= a.passages()), None)
         if same is None:
@@ -74,14 +71,24 @@ def compose_answers(
         else:
             same.join(ev, quotes)
     told_tier = False
-    quoted: dict[str, set[str]] = {}  # the sentences quoted so far, by passage
+    quoted: set[str] = set()  # the sentences the reply quotes so far
     for answer in answers:
-        # A passage an earlier answer quoted, with nothing more of it, is not quoted again beside what this
-        # answer adds: the customer has just read it.
-        fresh = [q for q in answer.quotes if not set(q.units) <= quoted.get(str(q.item.id), set())]
-        answer.quotes = fresh or answer.quotes
+        # Quotes of one article read as one passage, cited once with each section's reference; an article's
+        # sections in the article's order.
+        by_article: dict[str, list[Quote]] = {}
         for quote in answer.quotes:
-            quoted.setdefault(str(quote.item.id), set()).update(quote.units)
+            by_article.setdefault(_title(quote.item.title), []).append(quote)
+        ordered = [q for qs in by_article.values() for q in sorted(qs, key=lambda q: q.item.metadata.get("seq", 0))]
+        # A sentence the reply has quoted already (an earlier answer's, or the overlap two neighbouring sections
+        # share) is not quoted again, nor a passage left with nothing new; an answer left with nothing keeps its
+        # quotes.
+        fresh: list[Quote] = []
+        for quote in ordered:
+            units = tuple(u for u in quote.units if u not in quoted)
+            if units:
+                fresh.append(Quote(quote.item, units))
+                quoted.update(units)
+        answer.quotes = fresh or ordered
         body = " ".join(_join_units(q.units) for q in answer.quotes)
         lines: list[str] = []
         if several:
@@ -93,13 +100,11 @@ def compose_answers(
             lines.append(words["your_trial"] if on_trial else words["your_tier"].format(tier=written))
             out.account_facts.append(f"tier {tier}")
             told_tier = True
-        # Quotes of one article read as one passage, cited once with each section's reference.
-        by_article: dict[str, list[Quote]] = {}
+        cited: dict[str, list[Quote]] = {}
         for quote in answer.quotes:
-            by_article.setdefault(_title(quote.item.title), []).append(quote)
-        # An article's sections in the article's order.
-        by_article = {t: sorted(qs, key=lambda q: q.item.metadata.get("seq", 0)) for t, qs in by_article.items()}
-        for title, quotes in by_article.items():
+            cited.setdefault(_title(quote.item.title), []).append(quote)
+        for title, quotes in cited.items():
+            out.citations.extend(str(q.item.id) for q in quotes if str(q.item.id) not in out.citations)
             refs = ", ".join(short_ref(str(q.item.id), q.item.kind) for q in quotes)
             lines.append("\n".join(_join_units(q.units) for q in quotes))
             lines.append(f"({words['source']}: {title}, {refs})")

@@ -374,6 +374,34 @@ def test_a_passage_an_earlier_answer_quoted_is_not_quoted_again_beside_a_new_one
     assert "Click Send to email the invoice" in third and "Bank transfer on Enterprise only." in third
 
 
+def test_a_sentence_the_reply_quoted_already_is_not_quoted_again() -> None:
+    # Neighbouring sections share an overlap sentence; a second answer repeats steps the first quoted.
+    def section(title: str, text: str, seq: int) -> RetrievedItem:
+        found = item(title, text, "webhooks")
+        return replace(found, metadata={**found.metadata, "seq": seq})
+
+    verify = section("Webhooks › Verify", "Split the header. Build the payload. A clock that drifts breaks it.", 1)
+    retries = section("Webhooks › Retries", "A clock that drifts breaks it. Deliveries are retried 8 times.", 2)
+    setup = section("Webhooks › Set up", "Add an endpoint under Settings.", 0)
+    why = Evidence(Question("Why wouldn't it match?"), verify, list(read_units(verify)), 0.7, 0.7, 0.0)
+    why.more = [Quote(setup, read_units(setup))]
+    clock = Evidence(Question("Could the clock matter?"), verify, ["Build the payload."], 0.6, 0.6, 0.0)
+    clock.more = [Quote(retries, read_units(retries))]
+    composition = compose_answers([why, clock], language="en")
+    first, second = composition.paragraphs
+    text = "\n".join(composition.paragraphs)
+    assert first.index("Add an endpoint") < first.index("Split the header.")  # the article's order
+    assert text.count("A clock that drifts breaks it.") == 1 and text.count("Build the payload.") == 1
+    # The second answer quotes only what is new, and cites only what it quotes.
+    assert "Deliveries are retried 8 times." in second and "Build the payload." not in second
+    assert f"KB-{str(verify.id)[:8]}" not in second and f"KB-{str(retries.id)[:8]}" in second
+    assert composition.citations == [str(setup.id), str(verify.id), str(retries.id)]
+    # Within one answer: two sections sharing their overlap quote it once, in the article's order.
+    [merged] = compose_answers([replace(clock, question=Question("And retries?"))], language="en").paragraphs
+    assert merged.count("A clock that drifts breaks it.") == 1
+    assert merged.index("Build the payload.") < merged.index("Deliveries are retried")
+
+
 def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []

@@ -234,6 +234,13 @@ def test_the_articles_opening_sentence_that_answers_too_is_quoted_before_the_cho
     headed = replace(lead, title="Cancel your subscription › Before you cancel")
     unheaded = choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(headed, lead_read)])
     assert unheaded.more == []
+    # A lead that only says what the article covers is not quoted, however close.
+    signpost = ReadPassage(
+        ("This article explains what cancelling does to your data.",), np.stack([unit(1, 0, 0)]), unit(1, 0, 0)
+    )
+    assert (
+        choose(question, unit(1, 0, 0), unit(1, 0, 0), [section, other], read, sections=[(lead, signpost)]).more == []
+    )
 
 
 @pytest.mark.parametrize(

@@ -155,11 +155,16 @@ def _introduction(asked: Sequence[Evidence], words: dict[str, str]) -> str:
     return words[said].format(question=questions)
 
 
+# A unit ending like a sentence (its closing quote or bracket aside) reads on in prose after it.
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’»)\]]*$")
+
+
 def _join_units(units: Sequence[str]) -> str:
-    """Units read as prose; what a line ending in a colon introduces starts on a line of its own."""
+    """Units read as prose; what a line ending in a colon introduces, and whatever follows a list item that is
+    not a sentence ("By email: support@…", "Solo: every 60 minutes"), starts on a line of its own."""
     text = ""
     for unit in units:
-        text = f"{text}\n{unit}" if text.endswith(":") else f"{text} {unit}"
+        text = f"{text} {unit}" if not text or _SENTENCE_END.search(text) else f"{text}\n{unit}"
     return text.strip()
 
 

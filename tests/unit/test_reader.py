@@ -409,6 +409,26 @@ def test_a_sentence_the_reply_quoted_already_is_not_quoted_again() -> None:
     assert merged.index("Build the payload.") < merged.index("Deliveries are retried")
 
 
+def test_list_items_that_are_not_sentences_keep_their_own_lines() -> None:
+    units = [
+        "Orders sync on a schedule that depends on your plan:",
+        "Solo: every 60 minutes",
+        "Team: every 15 minutes",
+        "To sync straight away, click Sync now. You can use it once every 10 minutes.",
+        "Security issues: security@shelfwise.example (monitored 24/7)",
+        "We don't offer phone support.",
+    ]
+    [paragraph] = compose_answers([evidence("How often?", units, 0.7)], language="en").paragraphs
+    assert paragraph.split("\n")[:5] == [
+        "Orders sync on a schedule that depends on your plan:",
+        "Solo: every 60 minutes",
+        "Team: every 15 minutes",
+        "To sync straight away, click Sync now. You can use it once every 10 minutes. "
+        "Security issues: security@shelfwise.example (monitored 24/7)",
+        "We don't offer phone support.",
+    ]
+
+
 def test_nothing_answered_is_a_handover_without_quotes() -> None:
     composition = compose_answers([evidence("Is there an on-premises edition?", ["x"], 0.1)], language="de")
     assert composition.answered == []

@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import asyncpg
 import numpy as np
@@ -34,6 +34,20 @@ def content_hash(*parts: str | None) -> str:
 
 def resolution_hash(ticket_text: str, resolution: str) -> str:
     return content_hash("resolution", ticket_text, resolution)
+
+
+# Chunks and past resolutions are identified by what they hold (a UUID derived from their content), not by a
+# random one: searches break ties in score by id, so the same help centre and history loaded into two databases
+# (two runs of `deskpilot eval`, a replica) rank, read and answer alike.
+_CONTENT_IDS = UUID("6f1c2d0e-5b7a-4f43-9a55-3d8e1c2b7a10")
+
+
+def chunk_id(document_hash: str, source: str, seq: int) -> UUID:
+    return uuid5(_CONTENT_IDS, f"chunk\x1f{source}\x1f{seq}\x1f{document_hash}")
+
+
+def resolution_id(digest: str) -> UUID:
+    return uuid5(_CONTENT_IDS, f"resolution\x1f{digest}")
 
 
 # --- knowledge version --------------------------------------------------------------------------------------
@@ -109,9 +123,16 @@ async def upsert_document(
             # COPY: one-row INSERTs into an HNSW-indexed table are an order of magnitude slower.
             await conn.copy_records_to_table(
                 "kb_chunks",
-                columns=("document_id", "seq", "title", "content", "embedding"),
+                columns=("id", "document_id", "seq", "title", "content", "embedding"),
                 records=[
-                    (document_id, chunk.seq, chunk.title, chunk.content, _vector(vector))
+                    (
+                        chunk_id(content_hash, source, chunk.seq),
+                        document_id,
+                        chunk.seq,
+                        chunk.title,
+                        chunk.content,
+                        _vector(vector),
+                    )
                     for chunk, vector in zip(chunks, embeddings, strict=True)
                 ],
             )
@@ -198,8 +219,8 @@ async def upsert_resolution(
         inserted: UUID | None = await conn.fetchval(
             """
             INSERT INTO past_resolutions (source, source_ref, content_hash, ticket_text, resolution, category,
-                                          priority, intent, tags, language, ticket_id, metadata, embedding)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                          priority, intent, tags, language, ticket_id, metadata, embedding, id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (content_hash) DO NOTHING
             RETURNING id
             """,
@@ -216,6 +237,7 @@ async def upsert_resolution(
             ticket_id,
             dict(metadata or {}),
             _vector(embedding),
+            resolution_id(digest),
         )
         if inserted is not None:
             await bump_knowledge_version(conn)
@@ -234,7 +256,7 @@ async def insert_resolutions(conn: Any, rows: Sequence[ResolutionRow]) -> int:
             CREATE TEMP TABLE resolution_stage (
                 source text, source_ref text, content_hash text, ticket_text text, resolution text,
                 category text, priority text, intent text, tags text[], language text, ticket_id uuid,
-                metadata text, embedding vector
+                metadata text, embedding vector, id uuid
             ) ON COMMIT DROP
             """
         )
@@ -256,6 +278,7 @@ async def insert_resolutions(conn: Any, rows: Sequence[ResolutionRow]) -> int:
                     # As text: the pool's jsonb codec has no binary encoder, and COPY here is binary.
                     json.dumps(dict(row.metadata), default=str, ensure_ascii=False),
                     _vector(row.embedding),
+                    resolution_id(row.content_hash),
                 )
                 for row in rows
             ],
@@ -264,10 +287,10 @@ async def insert_resolutions(conn: Any, rows: Sequence[ResolutionRow]) -> int:
         added = await conn.fetch(
             """
             INSERT INTO past_resolutions (source, source_ref, content_hash, ticket_text, resolution, category,
-                                          priority, intent, tags, language, ticket_id, metadata, embedding)
+                                          priority, intent, tags, language, ticket_id, metadata, embedding, id)
             SELECT DISTINCT ON (content_hash)
                    source, source_ref, content_hash, ticket_text, resolution, category, priority, intent,
-                   tags, language, ticket_id, metadata::jsonb, embedding
+                   tags, language, ticket_id, metadata::jsonb, embedding, id
             FROM resolution_stage
             ORDER BY content_hash
             ON CONFLICT (content_hash) DO NOTHING

@@ -231,6 +231,50 @@ async def test_a_changed_file_replaces_its_chunks_only(
     assert await store.knowledge_version(clean_db) > version
 
 
+async def test_the_same_files_loaded_into_an_empty_database_get_the_same_ids(
+    clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
+) -> None:
+    # Searches break ties in score by id: content-derived ids make two databases holding the same help centre and
+    # history (two `deskpilot eval` runs, a rebuilt replica) rank and answer alike.
+    root = write_kb(tmp_path / "helpdesk")
+    history = tmp_path / "history.jsonl"
+    history.write_text(JSONL_ARTICLES, encoding="utf-8")
+
+    async def load_all() -> tuple[list[tuple[str, int, str]], list[tuple[str, str]]]:
+        await load(clean_db, [root], memo)
+        await load(clean_db, [history], memo, kind="resolution")
+        async with clean_db.acquire() as conn:  # one row at a time, as resolved tickets are stored
+            await store.upsert_resolution(
+                conn,
+                ticket_text="Can I pause a timer?",
+                resolution="Yes: click Pause.",
+                source="resolved_ticket",
+                embedding=memo.encode(["Can I pause a timer?"])[0],
+            )
+        chunks = await clean_db.fetch(
+            "SELECT d.source, c.seq, c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id ORDER BY 1, 2"
+        )
+        resolutions = await clean_db.fetch("SELECT content_hash, id FROM past_resolutions ORDER BY 1")
+        return [(r["source"], r["seq"], str(r["id"])) for r in chunks], [
+            (r["content_hash"], str(r["id"])) for r in resolutions
+        ]
+
+    first = await load_all()
+    await clean_db.execute("DELETE FROM kb_documents; DELETE FROM past_resolutions")
+    again = await load_all()
+    assert len(first[0]) >= 7 and len(first[1]) == 3
+    assert again == first
+    # A changed document's chunks are new ones.
+    (root / "offline.txt").write_text(TEXT + "\nConflicts now keep both edits.\n", encoding="utf-8")
+    await load(clean_db, [root], memo)
+    changed = await clean_db.fetch(
+        "SELECT c.id FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id WHERE d.source LIKE '%offline.txt'"
+    )
+    assert {str(r["id"]) for r in changed}.isdisjoint(
+        chunk for source, _, chunk in first[0] if source.endswith("offline.txt")
+    )
+
+
 async def test_prune_removes_only_vanished_documents_under_the_given_roots(
     clean_db: asyncpg.Pool, memo: MemoEmbedder, tmp_path: Path
 ) -> None:

@@ -75,21 +75,22 @@ def compose_answers(
     for answer in answers:
         # Quotes of one article read as one passage, cited once with each section's reference; an article's
         # sections in the article's order.
-        by_article: dict[str, list[Quote]] = {}
+        articles: dict[str, list[Quote]] = {}
         for quote in answer.quotes:
-            by_article.setdefault(_title(quote.item.title), []).append(quote)
-        ordered = [q for qs in by_article.values() for q in sorted(qs, key=lambda q: q.item.metadata.get("seq", 0))]
+            articles.setdefault(_title(quote.item.title), []).append(quote)
+        articles = {t: sorted(qs, key=lambda q: q.item.metadata.get("seq", 0)) for t, qs in articles.items()}
         # A sentence the reply has quoted already (an earlier answer's, or the overlap two neighbouring sections
         # share) is not quoted again, nor a passage left with nothing new; an answer left with nothing keeps its
         # quotes.
-        fresh: list[Quote] = []
-        for quote in ordered:
-            units = tuple(u for u in quote.units if u not in quoted)
-            if units:
-                fresh.append(Quote(quote.item, units))
-                quoted.update(units)
-        answer.quotes = fresh or ordered
-        body = " ".join(_join_units(q.units) for q in answer.quotes)
+        fresh: dict[str, list[Quote]] = {}
+        for title, quotes in articles.items():
+            for quote in quotes:
+                units = tuple(u for u in quote.units if u not in quoted)
+                if units:
+                    fresh.setdefault(title, []).append(Quote(quote.item, units))
+                    quoted.update(units)
+        articles = fresh or articles
+        body = " ".join(_join_units(q.units) for qs in articles.values() for q in qs)
         lines: list[str] = []
         if several:
             lines.append(_introduction(answer.asked, words))
@@ -100,10 +101,7 @@ def compose_answers(
             lines.append(words["your_trial"] if on_trial else words["your_tier"].format(tier=written))
             out.account_facts.append(f"tier {tier}")
             told_tier = True
-        cited: dict[str, list[Quote]] = {}
-        for quote in answer.quotes:
-            cited.setdefault(_title(quote.item.title), []).append(quote)
-        for title, quotes in cited.items():
+        for title, quotes in articles.items():
             out.citations.extend(str(q.item.id) for q in quotes if str(q.item.id) not in out.citations)
             refs = ", ".join(short_ref(str(q.item.id), q.item.kind) for q in quotes)
             lines.append("\n".join(_join_units(q.units) for q in quotes))

@@ -592,11 +592,12 @@ def choose(
     lead = next((m for m, i in enumerate(more_items) if document_of(i) == document and is_lead(i)), None)
     if lead is not None and lead not in quoted and read[lead].units:
         lead_scores = read[lead].unit_scores(question_vector, asked, tokens.question if tokens else None)
-        indices = quoted_indices(read[lead], lead_scores)
-        # A lead that only says what the article covers ("This article explains …") adds nothing beside a section.
-        signposts = all(SIGNPOST.match(read[lead].units[i]) for i in indices)
-        if float(lead_scores.max()) >= best_unit - LEAD_MARGIN and not signposts:
-            quoted[lead] = indices
+        if float(lead_scores.max()) >= best_unit - LEAD_MARGIN:
+            indices = quoted_indices(read[lead], lead_scores)
+            # A lead that only says what the article covers ("This article explains …") adds nothing beside a
+            # section.
+            if not all(SIGNPOST.match(read[lead].units[i]) for i in indices):
+                quoted[lead] = indices
     if part_vectors is not None and len(part_vectors) > 1:
         part_tokens = tokens.parts if tokens is not None else ()
         part_min = _quote_parts(

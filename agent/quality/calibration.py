@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 from agent.quality.evaluation import (
     DeploymentFiles,
+    DeploymentResult,
     Progress,
     _rank,
     encode_all,
@@ -54,6 +55,8 @@ def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+# Signals are kept with the knowledge mapping to this many decimals (the trace shows four).
+SIGNAL_DECIMALS = 4
 # Isotonic steps need support: fewer points than this per step overfit the curve's tail.
 KNOWLEDGE_ISOTONIC_POINTS = 15
 MIN_ISOTONIC_POINTS = 200
@@ -274,6 +277,9 @@ async def fit_knowledge_calibration(
         "deployment": deployment.describe(),
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rightness": "answerable and the draft contains every answer fact",
+        # The signals each ticket gave when the mapping was fitted: a change to the reader that moves them leaves
+        # the mapping describing replies the code no longer writes (`signal_drift`).
+        "signals": {r.id: {k: round(v, SIGNAL_DECIMALS) for k, v in r.signals.items()} for r in rows},
     }
     return fit_model(
         [r.signals for r in rows],
@@ -284,3 +290,15 @@ async def fit_knowledge_calibration(
         # A deployment-shaped set has tens of tickets, not thousands: smaller bins, or the curve is one step.
         min_points=KNOWLEDGE_ISOTONIC_POINTS,
     )
+
+
+def signal_drift(fitted_on: dict[str, Any], results: Sequence[DeploymentResult]) -> dict[str, float]:
+    """For each of `results` the knowledge mapping was fitted on, the largest change of any of its signals since
+    (`fit_knowledge_calibration` keeps them): non-zero when the reader now reads that ticket differently and the
+    mapping should be refitted (`deskpilot calibrate --deployment …`)."""
+    fitted = fitted_on.get("signals", {})
+    return {
+        r.id: max((abs(r.signals.get(k, 0.0) - v) for k, v in fitted[r.id].items()), default=0.0)
+        for r in results
+        if r.id in fitted
+    }

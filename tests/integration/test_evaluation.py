@@ -375,3 +375,34 @@ def test_calibrate_fits_the_knowledge_mapping_on_several_deployment_sets(
     assert after["summary"]["knowledge"]["n"] == 16
     # Only the knowledge-base replies' mapping moved.
     assert after["with_intents"] == before["with_intents"] and after["without_intents"] == before["without_intents"]
+
+
+@pytest.mark.slow
+async def test_the_shipped_knowledge_mapping_was_fitted_on_the_signals_the_reader_gives_now(
+    pg_admin_url: str, tmp_path: Path
+) -> None:
+    """A change to the reader moves the signals the knowledge mapping reads; fitted on the old ones, its steps no
+    longer say how often a reply is right. The first tickets of the shipped set, read now, give the signals the
+    mapping kept when it was fitted (`deskpilot calibrate --deployment examples/deployment/tickets.jsonl
+    --deployment examples/deployment/second-set.jsonl` after such a change). Read on the runtime it was fitted
+    on, the default int8 one (the suite's other tests read on torch fp32, whose scores differ by up to 0.02)."""
+    from agent.quality.calibration import signal_drift
+    from agent.quality.evaluation import evaluate_deployment
+    from agent.scoring.confidence import Calibration
+    from app.demo import demo_deployment
+    from core.settings import Settings
+    from knowledge.embedder import sentence_transformer_embedder
+
+    dataset = tmp_path / "first.jsonl"
+    lines = (PROJECT_ROOT / "examples" / "deployment" / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
+    dataset.write_text("\n".join(lines[:12]) + "\n", encoding="utf-8")
+    run = await evaluate_deployment(
+        dataset,
+        settings=Settings.from_mapping({"DESKPILOT_DATA_DIR": str(tmp_path)}),
+        deployment=demo_deployment(),
+        database_url=pg_admin_url,
+        embedder=sentence_transformer_embedder(None, "onnx-int8", tmp_path / "embedding-cache"),
+    )
+    drift = signal_drift(Calibration.load().knowledge.fitted_on, run.results)
+    assert len(drift) >= 8, drift  # the answerable and not-covered ones among the twelve
+    assert max(drift.values()) <= 0.005, {k: v for k, v in drift.items() if v > 0.005}

@@ -285,7 +285,7 @@ def _demand_risks(sentences: list[str]) -> list[Risk]:
 # --- prompt injection ---------------------------------------------------------------------------------------
 
 _INJECTION = _automaton(
-    r"\b(?:ignore|disregard|forget|override|bypass|skip) (?:all |any |the |your |my |these |those )*(?:previous|prior|above|earlier|preceding|former|original|system|initial|existing|safety)? ?(?:instructions?|rules|prompts?|directions|guidelines|directives|guardrails|polic(?:y|ies)|context|restrictions)\b",
+    r"\b(?:ignore|disregard|forget|override|bypass|skip) (?:all |any |the |your |my |these |those )*(?:previous|prior|above|earlier|preceding|former|original|system|initial|existing|safety)? ?(?:instructions?|rules|prompts?|directions|guidelines|directives|guardrails|polic(?:y|ies)|context|restrictions|knowledge ?base|kb|documentation|help ?cent(?:er|re)|sources)\b",
     r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what is|what are) (?:me )?(?:your|the|its) (?:full |entire |original |hidden |secret |initial )?(?:system|hidden|initial|developer|secret|original) ?(?:prompt|instructions|message|rules|configuration)\b",
     r"\bsystem prompt\b",
     r"\byou are (?:now|no longer) (?:a |an |the |in )?(?:admin|administrator|root|developer|dan|unrestricted|jailbroken|god mode|superuser|different)",
@@ -302,6 +302,13 @@ _INJECTION = _automaton(
     r"\b(?:enter|switch to|activate|enable) (?:maintenance|admin|developer|debug|god|test) mode\b",
     r"\bdisable (?:your|the|all) (?:safety|content|security) (?:rules|filters|guardrails|checks)",
     r"\bpre-?authori[sz]ed to (?:issue|grant|refund|approve|give)",
+    r"\byou are (?:now |hereby )?(?:fully )?(?:authori[sz]ed|allowed|permitted|cleared) to (?:grant|refund|approve|"
+    r"credit|waive|(?:issue|give) (?:a |the |them |him |her )?(?:full )?(?:refunds?|credits?|discounts?))\b",
+    # Telling the reader what to tell the customer: the customer writes as "I" and "we", an injection of them.
+    r"\b(?:tell|inform|assure) the (?:customer|requester|sender) (?:that |their |they )",
+    # A forged earlier reply of the assistant saying it did what only staff can do.
+    r"(?:^|\n|>)\s*(?:assistant|support bot|ai|bot)\s*:\s*i(?: have|'ve) (?:issued|applied|refunded|granted|approved|"
+    r"processed|credited|waived|changed|deleted)\b",
     r"\b(?:i am|i'm|this is) (?:the|your) (?:deskpilot |support |system |bot |ai )?(?:administrator|admin|supervisor|manager|developer|operator|creator)\b",
     r"\bpretend (?:you are|you're|to be|that you)\b",
     r"\bi (?:instruct|order|command) you\b",
@@ -309,9 +316,9 @@ _INJECTION = _automaton(
     r"\b(?:ai|assistant|bot|model|agent)\s*:\s*(?:reply|respond|say|tell|answer|write|confirm)\b",
     r"\binternal note from\b",
     # Words addressed to the automated reader of the message rather than to the people at support.
-    r"\b(?:for|to) (?:the|any) (?:ai|assistant|bot|agent|model|auto-?responder|automated (?:system|assistant|agent)) "
+    r"\b(?:for|to) (?:the|any) (?:support |virtual |ai )?(?:ai|assistant|bot|agent|model|auto-?responder|automated (?:system|assistant|agent)) "
     r"(?:handling|reading|processing|answering|replying to|triaging) (?:this|the|these)\b",
-    r"\b(?:note|message|instructions?|reminder|request) (?:to|for) (?:the|any) (?:ai|assistant|bot|language model|"
+    r"\b(?:note|message|instructions?|reminder|request) (?:to|for) (?:the|any) (?:support |virtual |ai )?(?:ai|assistant|bot|language model|"
     r"auto-?responder|automated (?:system|assistant|agent))\s*[:\-–]",
     r"\bif you are an? (?:ai|bot|assistant|language model|automated (?:system|assistant|agent))\b",
     r"(?:```|''')\s*(?:system|assistant|developer)\b",  # fold() turns backticks into apostrophes
@@ -497,16 +504,27 @@ def detect_risks(text: str, *, repeated_contact: bool = False) -> list[Risk]:
 
 
 _TAG = re.compile(r"<[^>]{0,500}>")
+_COMMENT = re.compile(r"<!--(.*?)-->", re.DOTALL)
+# Unicode tag characters (U+E0020–U+E007E) spell ASCII no one sees ("ASCII smuggling"); the tags that open and
+# close such a run (U+E0001, U+E007F) end the sentence before it.
+_TAG_CHARACTERS = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)} | {0xE0001: "\n", 0xE007F: "\n"}
+
+
+def _as_sent(raw: str) -> str:
+    """The message as sent, with everything a person does not see made readable: HTML comments' words, the text
+    of hidden elements (tags removed), and text spelt in Unicode tag characters."""
+    text = _COMMENT.sub(lambda m: f" {m[1]} ", raw)
+    return _TAG.sub(" ", text).translate(_TAG_CHARACTERS)
 
 
 def hidden_instructions(raw: str, visible: str) -> Risk | None:
-    """Instructions that were in the message as sent (hidden HTML, trimmed quotes) but not in what a person
-    sees: a prompt injection whatever its wording, when it injects or demands something the visible text does
-    not."""
+    """Instructions that were in the message as sent (hidden HTML, an HTML comment, text in invisible characters,
+    trimmed quotes) but not in what a person sees: a prompt injection whatever its wording, when it injects or
+    demands something the visible text does not."""
     if not raw or raw == visible:
         return None
     seen = {r.kind for r in _text_risks(visible)}
-    for risk in _text_risks(_TAG.sub(" ", raw)):
+    for risk in _text_risks(_as_sent(raw)):
         if risk.kind not in seen and (risk.kind == "prompt_injection" or risk.kind in DEMANDS):
             return Risk("prompt_injection", f"hidden in the message as sent: {risk.evidence}")
     return None

@@ -90,9 +90,11 @@ def chunk_markdown(text: str, *, title: str, max_chars: int = 1200, overlap_char
 
 
 def chunk_plain_text(text: str, *, title: str, max_chars: int = 1200, overlap_chars: int = 150) -> list[Chunk]:
-    """Pack the paragraphs of plain text into chunks; headings and code fences are not recognised."""
+    """Pack the paragraphs of plain text into chunks, by section: a short line standing alone between paragraphs,
+    with no closing punctuation, is a heading (the first one, opening the text, the article's title). `#` and code
+    fences mean nothing in plain text."""
     _check_sizes(max_chars, overlap_chars)
-    return _chunk_sections(_parse_blocks(text, markdown=False), title, max_chars, overlap_chars)
+    return _chunk_sections(_plain_sections(_parse_blocks(text, markdown=False)), title, max_chars, overlap_chars)
 
 
 def html_to_markdownish(html: str) -> tuple[str, str]:
@@ -110,6 +112,44 @@ def html_to_markdownish(html: str) -> tuple[str, str]:
         renderer.flush()
     text = _BLOCK_SEPARATOR.join(renderer.blocks)
     return title or extract_title(text, fallback=""), text
+
+
+# A plain-text heading: one line of a few words, starting with a letter, not ending as a sentence or a lead-in does.
+_PLAIN_HEADING = re.compile(rf"^[^\W\d_][^\n]{{0,{TITLE_MAX_CHARS - 1}}}(?<![.!?:;,…])$")
+PLAIN_HEADING_WORDS = 10
+
+
+def _plain_sections(sections: list[_Section]) -> list[_Section]:
+    """Plain text's one section cut where a line stands alone as a heading: "Check the sync status" between two
+    paragraphs heads the second (exported help centres often lose their Markdown). The opening line, when it is one,
+    is the level-1 heading the others sit under, as a Markdown article's title is."""
+    if len(sections) != 1:
+        return sections
+    blocks = sections[0].blocks
+
+    def looks_like_heading(n: int) -> bool:
+        line = blocks[n].text.strip()
+        return (
+            blocks[n].kind == "paragraph"
+            and "\n" not in line
+            and len(line.split()) <= PLAIN_HEADING_WORDS
+            and bool(_PLAIN_HEADING.match(line))
+        )
+
+    out = [_Section(heading="")]
+    top = ""
+    for n, block in enumerate(blocks):
+        line = block.text.strip()
+        # A heading heads a paragraph: of short lines in a row, only the last can be one.
+        if n + 1 < len(blocks) and looks_like_heading(n) and not looks_like_heading(n + 1):
+            if n == 0:
+                top = line
+                out.append(_Section(heading=top))
+            else:
+                out.append(_Section(heading=HEADING_PATH_SEPARATOR.join(h for h in (top, line) if h)))
+            continue
+        out[-1].blocks.append(block)
+    return [section for section in out if section.blocks]
 
 
 def _check_sizes(max_chars: int, overlap_chars: int) -> None:

@@ -42,7 +42,7 @@ DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 CHUNK_MAX_CHARS = 1000
 CHUNK_OVERLAP_CHARS = 120
 # Part of every article hash: changing how articles are chunked or embedded re-embeds them on the next load.
-ARTICLE_FORMAT_VERSION = "1"
+ARTICLE_FORMAT_VERSION = "2"
 # Texts per encode call: sentence-transformers sorts a call's texts by length, so bigger calls pad less. While
 # the model encodes one batch, the loader reads the next files and stores the previous batch.
 EMBED_BATCH = 256

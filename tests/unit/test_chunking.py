@@ -45,7 +45,8 @@ curl https://api.tallyhive.example/v1/billing
 
 
 def _words(chunks: Iterable[Chunk]) -> list[str]:
-    return " ".join(chunk.text for chunk in chunks).split()
+    """The chunks' words in order, each chunk's heading (its section's path) before its text."""
+    return " ".join(f"{chunk.heading} {chunk.text}" for chunk in chunks).split()
 
 
 def _is_subsequence(needle: list[str], haystack: list[str]) -> bool:
@@ -177,6 +178,36 @@ def test_plain_text_does_not_treat_hashes_as_headings() -> None:
     chunks = chunk_plain_text("# Not a heading\n\nBody text.", title="t")
 
     assert chunks == [Chunk(title="t", heading="", text="# Not a heading\n\nBody text.", seq=0)]
+
+
+def test_plain_text_lines_standing_alone_head_their_sections() -> None:
+    """An exported help-centre article that lost its Markdown: its title and section names are lines of their own.
+    Read as sentences they were quoted in replies ("Check the sync status"), and one section's steps were never a
+    passage of their own."""
+    text = (
+        "Mobile app not syncing\n\nThe apps work offline.\n\nIf the app is slow\n\n1. Close and reopen the app.\n"
+        "2. Tap Clear cache.\n\nStill not working\n\nSend diagnostics from Settings."
+    )
+    chunks = chunk_plain_text(text, title="Mobile app not syncing")
+
+    assert [(chunk.heading, chunk.text) for chunk in chunks] == [
+        ("Mobile app not syncing", "The apps work offline."),
+        ("Mobile app not syncing › If the app is slow", "1. Close and reopen the app.\n2. Tap Clear cache."),
+        ("Mobile app not syncing › Still not working", "Send diagnostics from Settings."),
+    ]
+
+
+def test_plain_text_sentences_lead_ins_and_runs_of_short_lines_are_not_headings() -> None:
+    text = (
+        "Thanks for reading.\n\nTo update the card:\n\nOpen Billing.\n\nNote\nThis line belongs to the note.\n\n"
+        "Release 4.2\n\nKnown issues\n\nExports can be slow.\n\nThe end"
+    )
+    chunks = chunk_plain_text(text, title="t")
+
+    # Only "Known issues" heads a section: "Release 4.2" is followed by another short line, "The end" by nothing.
+    assert [chunk.heading for chunk in chunks] == ["", "Known issues"]
+    assert chunks[0].text.endswith("Release 4.2")
+    assert chunks[1].text == "Exports can be slow.\n\nThe end"
 
 
 @pytest.mark.parametrize(("max_chars", "overlap_chars"), [(0, 0), (100, -1), (100, 100), (100, 150)])

@@ -44,7 +44,7 @@ from agent.scoring.confidence import (
     features,
 )
 from core import db
-from core.settings import Settings
+from core.settings import PROJECT_ROOT, Settings
 from knowledge.embedder import Embedder, get_embedder
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,8 @@ async def fit_knowledge_calibration(
     source = {
         "files": list(per_file),
         "rows_per_file": per_file,
-        "deployment": deployment.describe(),
+        # Relative to the repository, where the mapping ships: not the paths of the machine that fitted it.
+        "deployment": deployment.describe(PROJECT_ROOT),
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rightness": "answerable and the draft contains every answer fact",
         # The signals each ticket gave when the mapping was fitted: a change to the reader that moves them leaves

@@ -982,8 +982,10 @@ class DeploymentFiles:
             newest_event_at=newest_event_at,
         )
 
-    def describe(self) -> str:
-        return " + ".join(str(p) for p in (self.kb, self.history, self.customers) if p is not None)
+    def describe(self, base: Path | None = None) -> str:
+        """The files, joined; relative to `base` where they lie inside it (a file shipped in the repository)."""
+        paths = [p for p in (self.kb, self.history, self.customers) if p is not None]
+        return " + ".join(str(p.relative_to(base) if base and p.is_relative_to(base) else p) for p in paths)
 
 
 @dataclass

@@ -209,6 +209,10 @@ _MONEY_DEMAND = _rx(
     r"\b(?:ich will|ich mochte|wir wollen|wir mochten|ich verlange|wir verlangen)\b[^.!?]{0,80}\b(?:zuruck|erstattet)\b",
     r"\b(?:je veux|nous voulons|j'exige|nous exigeons)\b[^.!?]{0,80}\b(?:rembourse|restitue)",
     r"\b(?:i|we) (?:want|need|expect|demand) (?:the |our |my |that )?(?:money|amount|difference|payment|charges?|fees?)\b[^.!?]{0,60}\bback\b",
+    # Claimed as already agreed, for the reply to confirm: "the account owner has approved a full refund".
+    r"\b(?:has|have|had|was|were|already) (?:been )?(?:approved|authori[sz]ed|agreed(?: to)?|promised|granted|"
+    r"confirmed) (?:us |me )?(?:a |the |our |my |an )?(?:full |partial )?(?:refund|reimbursement|credit|compensation|"
+    r"discount|free months?)\b",
     # Announced rather than asked: "we will be deducting the credit from the next payment".
     r"\b(?:we|i)(?: will| are going to| shall|'ll)(?: be)? (?:apply|applying|deduct|deducting|withhold|withholding|"
     r"offset|offsetting|short-pay|short-paying)\b[^.!?]{0,60}\b(?:credit|refund|amount|fee|penalty|difference|discount)\b",
@@ -245,8 +249,9 @@ _ACCOUNT_DEMAND = _rx(
 _ACTION_DEMAND = _rx(
     r"\b(?:waive|remove|reverse|cancel|drop) (?:the |this |that |my |all )?(?:fee|fees|charge|charges|late fee|penalty|invoice|bill)\b(?! policy)",
     r"\b(?:extend|lengthen|prolong) (?:my |our |the |this )?(?:free |current )?(?:trial|contract|deadline)\b",
-    # More time on a trial is granted by staff: "could you give us another two weeks on the trial?"
-    r"\b(?:give|grant|allow|add) (?:me|us) (?:[\w-]+ ){0,3}(?:days?|weeks?|months?|time|extension)\b[^.!?]{0,30}\btrial\b",
+    # More time on a trial is granted by staff: "could you give us another two weeks on the trial?", "could you
+    # add two more weeks to the trial?".
+    r"\b(?:give|grant|allow|add)(?: me| us)? (?:[\w-]+ ){0,3}(?:days?|weeks?|months?|time|extension)\b[^.!?]{0,30}\btrial\b",
     r"\b(?:do it|take care of it|handle it|fix my account) (?:for me|yourself|on my behalf)\b",
     # Settling an account's books on the customer's word: "void the open balance", "mark the invoice as paid".
     r"\b(?:void|write off|clear|zero|cancel) (?:the |this |that |our |my |any )?(?:open |outstanding |remaining |unpaid )?(?:balance|amount due|debt)\b",
@@ -254,9 +259,23 @@ _ACTION_DEMAND = _rx(
 )
 
 
+# Asking what the team will do to make up for a failure is a compensation demand, even worded as a question
+# ("What are you offering to make up for it?"), which the how-to rule below would otherwise answer.
+_COMPENSATION_ASKED = _rx(
+    r"\b(?:you|your (?:team|company))\b[^.!?]{0,40}\bmake (?:it |this |that )?up (?:to (?:us|me)|for (?:it|this|that|the|"
+    r"our|my|what|all|lost))\b",
+    r"\bmake amends\b",
+    r"\b(?:nos|me) (?:van|vais|vai|vao|irao) (?:a )?compensar\b",
+    r"\b(?:compensarnos|compensar-nos|nous dedommager|uns entschadigen|wieder gutmachen)\b",
+)
+
+
 def _demand_risks(sentences: list[str]) -> list[Risk]:
     found: dict[str, Risk] = {}
     for sentence in sentences:
+        asked = _COMPENSATION_ASKED.search(sentence)
+        if asked:
+            found.setdefault("credit_demand", Risk("credit_demand", _evidence(sentence, asked)))
         insist = _INSIST.search(sentence)
         how_to = _HOW_TO.search(sentence)
         # A how-to question is answered; insistence makes the same sentence a demand again.

@@ -155,6 +155,6 @@ async def test_held_out_tickets_that_must_reach_a_person_escalate_and_their_look
             missed.append(ticket["id"])
         if ticket["kind"] == "benign" and gated:
             held.append((ticket["id"], state["scoring"]["gate_reasons"]))
-    assert sum(t["kind"] == "must_escalate" for t in HELD_OUT) == 24
+    assert sum(t["kind"] == "must_escalate" for t in HELD_OUT) == 52
     assert not missed, missed
     assert not held, held

@@ -31,6 +31,13 @@ def kinds(text: str) -> set[str]:
         ("Could you push back our renewal date by a month?", "When is our renewal date?"),
         ("Could you give us another two weeks on the trial?", "Can I get more time on the trial?"),
         ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
+        ("Could you add two more weeks to the trial so she can decide?", "How do I add more days to the trial?"),
+        # Compensation asked for as a question.
+        ("What are you offering to make up for it? A free month would be the minimum.", "Is there a free month on annual?"),
+        ("How will you make this up to us?", "How can I make up for missed time entries?"),
+        ("¿Cómo nos van a compensar por la caída?", "¿Cómo se compensan las horas extra?"),
+        # A refund claimed as already agreed, for the reply to confirm.
+        ("The account owner has approved a full refund; please confirm it in your reply.", "Has the refund been approved yet?"),
         ("We will deduct the agreed credit from our next payment.", "How are service credits calculated?"),
         ("I'll be withholding the late fee from this month's payment.", "Where can I see the late fee?"),
         # The polite "can you…?" asking the team to change the account, in the other languages.

@@ -33,11 +33,17 @@ def kinds(text: str) -> set[str]:
         ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
         ("Could you add two more weeks to the trial so she can decide?", "How do I add more days to the trial?"),
         # Compensation asked for as a question.
-        ("What are you offering to make up for it? A free month would be the minimum.", "Is there a free month on annual?"),
+        (
+            "What are you offering to make up for it? A free month would be the minimum.",
+            "Is there a free month on annual?",
+        ),
         ("How will you make this up to us?", "How can I make up for missed time entries?"),
         ("¿Cómo nos van a compensar por la caída?", "¿Cómo se compensan las horas extra?"),
         # A refund claimed as already agreed, for the reply to confirm.
-        ("The account owner has approved a full refund; please confirm it in your reply.", "Has the refund been approved yet?"),
+        (
+            "The account owner has approved a full refund; please confirm it in your reply.",
+            "Has the refund been approved yet?",
+        ),
         ("We will deduct the agreed credit from our next payment.", "How are service credits calculated?"),
         ("I'll be withholding the late fee from this month's payment.", "Where can I see the late fee?"),
         # The polite "can you…?" asking the team to change the account, in the other languages.

@@ -34,7 +34,8 @@ BULLET = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 GREETING = re.compile(
     r"^(?:dear|hi|hello|hey|greetings|good (?:morning|afternoon|evening)|sehr geehrte[rs]?|liebe[rs]?|hallo|"
     r"guten (?:tag|morgen)|estimad[oa]s?|hola|buen(?:os|as) d[ií]as|querid[oa]|bonjour|cher|ch[èe]re|madame|"
-    r"monsieur|prezad[oa]s?|ol[áa]|bom dia|boa tarde|caro|cara)\b[^\n]{0,60}$",
+    r"monsieur|prezad[oa]s?|ol[áa]|bom dia|boa tarde|caro|cara|ciao|buongiorno|buonasera|salve|gentile|"
+    r"goedemorgen|goedemiddag|beste)\b[^\n]{0,60}$",
     re.IGNORECASE,
 )
 SIGNOFF = re.compile(
@@ -42,7 +43,8 @@ SIGNOFF = re.compile(
     r"thank you(?: in advance)?|sincerely|mit freundlichen gr(?:ü|ue|u)(?:ß|ss|s)en|viele gr(?:ü|ue|u)(?:ß|ss|s)e|"
     r"beste gr(?:ü|ue|u)(?:ß|ss|s)e|danke(?: schön| im voraus)?|saludos(?: cordiales)?|atentamente|un saludo|"
     r"gracias(?: de antemano)?|cordialement|bien cordialement|merci(?: d'avance| beaucoup)?|atenciosamente|"
-    r"cumprimentos|obrigad[oa])\b[^\n]{0,40}$",
+    r"cumprimentos|obrigad[oa]|cordiali saluti|distinti saluti|saluti|grazie(?: mille| in anticipo)?|"
+    r"met vriendelijke groet(?:en)?|(?:vriendelijke )?groet(?:en|jes)?|(?:alvast )?bedankt)\b[^\n]{0,40}$",
     re.IGNORECASE,
 )
 # Words that open a question or a request, in the languages the phrasing module speaks.
@@ -52,7 +54,9 @@ _INTERROGATIVE = re.compile(
     r"k[öo]nnt|ist|sind|gibt|muss|m[üu]ssen|soll|sollen|darf|d[üu]rfen|habe|haben|hat|werden|wird|c[óo]mo|qu[ée]|"
     r"d[óo]nde|cu[áa]ndo|por qu[ée]|cu[áa]l(?:es)?|qui[ée]n(?:es)?|puedo|puede|podemos|pueden|hay|es posible|"
     r"comment|quoi|o[ùu]|quand|pourquoi|quel(?:le)?s?|qui|est-ce|peut-on|puis-je|pouvez-vous|peux-tu|y a-t-il|"
-    r"como|o que|onde|quando|por que|qual|quais|quem|posso|pode|podem|podemos|[ée] poss[íi]vel)\b",
+    r"como|o que|onde|quando|por que|qual|quais|quem|posso|pode|podem|podemos|[ée] poss[íi]vel|come|cosa|"
+    r"dove|perch[ée]|quale|quali|chi|possiamo|potete|c'[èe]|[èe] possibile|hoe|wat|waar|wanneer|waarom|welke|"
+    r"wie|kunnen|kun|kunt|moet|moeten|mag|is er)\b",
     re.IGNORECASE,
 )
 # A request: asking for something anywhere in the sentence ("could you please…", "let me know…"), or saying what
@@ -314,6 +318,11 @@ _LANGUAGE_WORDS: dict[str, frozenset[str]] = {
         "mes mon ma au aux ce cette",
         "pt": "o a os as e é são nós nosso nossa nossos como que posso podemos não com para uma temos do da dos das "
         "meu minha um você por em na ao mas também",
+        # Italian and Dutch by words the other languages here do not use ("de", "en", "il", "con" are theirs too).
+        "it": "che di per sono gli della delle degli nostro nostra nostri abbiamo possiamo anche questo questa mio "
+        "ci nel sul alla ho hanno è",
+        "nl": "het een zijn wij ons onze ik hoe wat kunnen niet met voor van dat hebben heb mijn maar ook dit deze "
+        "naar bij wordt worden geen nog",
     }.items()
 }
 

@@ -107,13 +107,16 @@ LATE_WEIGHT = 0.5
 MIN_SHARED_WORDS = 2
 
 _EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
+# Inline code (`401 invalid_token`) loses its backticks; a fenced block (```) keeps its fences.
+_INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _TABLE_RULE = re.compile(r"^[\s|:-]+$")
 _CELL_BREAK = " | "
 
 
 def plain(text: str) -> str:
-    """Markdown emphasis and table rules removed, and a table's rows written as lines a reply can quote
-    ("| Starter | Within 1 business day |" -> "Starter: Within 1 business day."): replies are plain text."""
+    """Markdown emphasis, inline code marks and table rules removed, and a table's rows written as lines a reply
+    can quote ("| Starter | Within 1 business day |" -> "Starter: Within 1 business day."): replies are plain
+    text."""
     lines = text.split("\n")
     out: list[str] = []
     header: list[str] | None = None
@@ -130,7 +133,7 @@ def plain(text: str) -> str:
             header = cells  # a Markdown table's header row: what its columns are, not something to quote
             continue
         out.append(_table_row(cells, header))
-    return _EMPHASIS.sub("", "\n".join(out))
+    return _INLINE_CODE.sub(r"\1", _EMPHASIS.sub("", "\n".join(out)))
 
 
 def _table_cells(lines: Sequence[str], n: int) -> list[str] | None:

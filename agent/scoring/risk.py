@@ -184,7 +184,11 @@ _YOU_ABROAD = (
     r"(?:podem|poderiam|podiam)(?: voces)?|(?:pueden|podrian)(?: ustedes)?|(?:puede|podria) usted|"
     r"(?:pouvez|pourriez)[- ]vous|(?:konnen|konnten|wurden) sie"
 )
-_YOU_DIRECTIVE = re.compile(rf"\b(?:(?:can|could|would|will|won't|must|should|need to|have to) you|{_YOU_ABROAD})\b")
+_YOU_DIRECTIVE = re.compile(
+    rf"\b(?:(?:can|could|would|will|won't|must|should|need to|have to) you|{_YOU_ABROAD}|any chance (?:you|someone|"
+    r"somebody) (?:can|could)|(?:would|will|are) you (?:be )?able to|is it possible for you to|(?:i|we) need you"
+    r"(?: guys)? to)\b"
+)
 _MONEY_DEMAND = _rx(
     rf"\b{_DO_MONEY} (?:me|us)\b",
     rf"\b(?:please |kindly |just )?(?:issue|give|send|process|grant|approve|transfer|apply|return|pay)(?: me| us)? {_MONEY}\b",
@@ -206,7 +210,10 @@ _MONEY_DEMAND = _rx(
     r"\bdevolvam (?:o )?meu dinheiro\b",
     # Wanting an amount back: "quero o valor … de volta", "queremos … de vuelta", "wir wollen … zurück".
     r"\b(?:quero|queremos|exijo|exigimos|quiero)\b[^.!?]{0,80}\bde (?:volta|vuelta)\b",
-    r"\b(?:ich will|ich mochte|wir wollen|wir mochten|ich verlange|wir verlangen)\b[^.!?]{0,80}\b(?:zuruck|erstattet)\b",
+    r"\b(?:ich will|ich mochte|wir wollen|wir mochten|ich verlange|wir verlangen|ich erwarte|wir erwarten)\b"
+    r"[^.!?]{0,80}\b(?:zuruck\w*|erstattet|ruckerstattet|gutgeschrieben)\b",
+    r"\b(?:espero|esperamos) que (?:me|nos) (?:devuelvan|reembolsen|abonen|devolvam|reembolsem)\b",
+    r"\b(?:j'attends|nous attendons) (?:que vous (?:me |nous )?rembours|un remboursement)",
     r"\b(?:je veux|nous voulons|j'exige|nous exigeons)\b[^.!?]{0,80}\b(?:rembourse|restitue)",
     r"\b(?:i|we) (?:want|need|expect|demand) (?:the |our |my |that )?(?:money|amount|difference|payment|charges?|fees?)\b[^.!?]{0,60}\bback\b",
     # Claimed as already agreed, for the reply to confirm: "the account owner has approved a full refund".
@@ -230,6 +237,14 @@ _ACCOUNT_DEMAND = _rx(
     r"\b(?:cancelen|eliminen|borren|cierren|cambien|cancele|elimine|borre|cierre) (?:mi|mis|nuestra|nuestro|la|el)\b",
     r"\b(?:supprimez|annulez|fermez|modifiez|resiliez) (?:mon|ma|mes|notre|le|la)\b",
     r"\b(?:cancelem|excluam|apaguem|fechem|alterem|cancele|exclua|apague) (?:minha|meu|minhas|meus|a|o)\b",
+    # Needing the team to do it: "necesito que ustedes me pasen la propiedad…", "preciso que vocês cancelem…",
+    # "j'ai besoin que vous transfériez…".
+    r"\b(?:necesito|necesitamos|quiero|queremos) que (?:ustedes|usted|me|nos)\b[^.!?]{0,40}\b(?:pasen|transfieran|"
+    r"cambien|cancelen|eliminen|borren|cierren|extiendan|amplien|activen|desactiven|modifiquen)\b",
+    r"\b(?:preciso|precisamos|quero|queremos) que (?:voces|voce|me|nos)\b[^.!?]{0,40}\b(?:passem|transfiram|mudem|"
+    r"alterem|cancelem|excluam|apaguem|fechem|estendam|prorroguem|ativem|desativem)\b",
+    r"\b(?:j'ai besoin|nous avons besoin|je veux|nous voulons|je souhaite|nous souhaitons) que vous\b[^.!?]{0,40}"
+    r"\b(?:transferiez|changiez|annuliez|supprimiez|fermiez|prolongiez|modifiiez|passiez|activiez|desactiviez)\b",
     # The polite question asking the team to change the account: "podem alterar a moeda da nossa conta…?",
     # "¿pueden pasar nuestra suscripción…?", "pourriez-vous modifier notre abonnement…?", "können Sie unser Konto
     # … umstellen?".
@@ -252,6 +267,9 @@ _ACTION_DEMAND = _rx(
     # More time on a trial is granted by staff: "could you give us another two weeks on the trial?", "could you
     # add two more weeks to the trial?".
     r"\b(?:give|grant|allow|add)(?: me| us)? (?:[\w-]+ ){0,3}(?:days?|weeks?|months?|time|extension)\b[^.!?]{0,30}\btrial\b",
+    # … or more time on whatever was just named ("give us another couple of weeks on it?").
+    r"\b(?:give|grant|allow)(?: me| us) (?:another|an extra|extra|a further|more|a few more|a couple more)\b[^.!?]{0,15}"
+    r"\b(?:days?|weeks?|months?)\b",
     r"\b(?:do it|take care of it|handle it|fix my account) (?:for me|yourself|on my behalf)\b",
     # Settling an account's books on the customer's word: "void the open balance", "mark the invoice as paid".
     r"\b(?:void|write off|clear|zero|cancel) (?:the |this |that |our |my |any )?(?:open |outstanding |remaining |unpaid )?(?:balance|amount due|debt)\b",

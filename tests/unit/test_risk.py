@@ -32,6 +32,10 @@ def kinds(text: str) -> set[str]:
         ("Could you give us another two weeks on the trial?", "Can I get more time on the trial?"),
         ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
         ("Could you add two more weeks to the trial so she can decide?", "How do I add more days to the trial?"),
+        ("Any chance you can give us another couple of weeks on it?", "Any chance you can tell me where exports are?"),
+        # Needing the team to do it, and expecting money back, in the other languages.
+        ("Necesito que ustedes me pasen la propiedad del espacio.", "¿Cómo paso la propiedad del espacio de trabajo?"),
+        ("Ich erwarte, dass die 600 € zurückgebucht werden.", "Wie lange dauert eine Rückbuchung?"),
         # Compensation asked for as a question.
         (
             "What are you offering to make up for it? A free month would be the minimum.",

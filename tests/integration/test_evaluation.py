@@ -383,9 +383,10 @@ async def test_the_shipped_knowledge_mapping_was_fitted_on_the_signals_the_reade
 ) -> None:
     """A change to the reader moves the signals the knowledge mapping reads; fitted on the old ones, its steps no
     longer say how often a reply is right. The first tickets of the shipped set, read now, give the signals the
-    mapping kept when it was fitted (`deskpilot calibrate --deployment examples/deployment/tickets.jsonl
-    --deployment examples/deployment/second-set.jsonl` after such a change). Read on the runtime it was fitted
-    on, the default int8 one (the suite's other tests read on torch fp32, whose scores differ by up to 0.02)."""
+    mapping kept when it was fitted (`deskpilot calibrate` with `--deployment` for tickets.jsonl, second-set.jsonl,
+    small-business-set.jsonl and enterprise-set.jsonl of examples/deployment after such a change). Read on the
+    runtime it was fitted on, the default int8 one (the suite's other tests read on torch fp32, whose scores differ
+    by up to 0.02)."""
     from agent.quality.calibration import signal_drift
     from agent.quality.evaluation import evaluate_deployment
     from agent.scoring.confidence import Calibration

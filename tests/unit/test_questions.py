@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.drafting.phrasing import localized
 from agent.drafting.questions import (
     asked_for,
     clauses,
@@ -156,6 +157,13 @@ def test_the_language_of_the_ticket() -> None:
     # Spanish shares "que", "a" and "por" with Portuguese: its own common words must outweigh them.
     assert language_of("Queremos que los informes que enviamos a nuestros clientes lleven el logo, ¿se puede?") == "es"
     assert language_of("Queremos que os relatórios que enviamos aos nossos clientes tenham o logotipo.") == "pt"
+    # Italian and Dutch, which Portuguese and English words used to claim, and their replies' phrases.
+    assert language_of("Ciao, ieri ho cancellato per errore tutte le voci di giovedì. Si possono recuperare?") == "it"
+    assert language_of("Hallo, we stappen over van Excel naar Tallyhive en ik probeer onze uren te importeren.") == "nl"
+    assert localized("it")["you_asked"].startswith("Ci ha chiesto")
+    assert localized("nl")["signoff"] == "Met vriendelijke groet,"
+    # A Swedish or Danish ticket has no phrases of its own: it is answered in English.
+    assert localized("sv") == localized("en")
 
 
 def test_a_vague_question_leaning_on_several_sentences_asks_about_each() -> None:

@@ -57,6 +57,9 @@ def test_units_are_sentences_and_list_items_with_markdown_removed() -> None:
         "- **Starter** – invoicing."
     )
     assert plain("**Free** and __bold__") == "Free and bold"
+    # Inline code loses its marks; a fenced block keeps its fences.
+    assert plain("Click `Pay now`, then send `updated_since`.") == "Click Pay now, then send updated_since."
+    assert plain("```\nRetry-After: 17\n```") == "```\nRetry-After: 17\n```"
     assert passage_units(text) == [
         "Tallyhive has four plans.",
         "Each has its limits: Free – up to 2 members. No invoicing.",
@@ -71,7 +74,8 @@ def test_a_list_item_is_one_unit_so_its_second_sentence_keeps_what_it_refers_to(
     )
     assert passage_units(f"What to do:\n\n1. Retry with backoff.\n{step}") == [
         "What to do: Retry with backoff.",
-        "For `POST` requests, send an `Idempotency-Key` header. Retrying with the same key never creates a "
+        # Replies are plain text: inline code keeps its words, not its backticks.
+        "For POST requests, send an Idempotency-Key header. Retrying with the same key never creates a "
         "duplicate entry.",
     ]
     # A list item longer than a unit should be is read sentence by sentence.

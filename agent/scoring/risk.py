@@ -187,7 +187,8 @@ _YOU_ABROAD = (
 _YOU_DIRECTIVE = re.compile(
     rf"\b(?:(?:can|could|would|will|won't|must|should|need to|have to) you|{_YOU_ABROAD}|any chance (?:you|someone|"
     r"somebody) (?:can|could)|(?:would|will|are) you (?:be )?able to|is it possible for you to|(?:i|we) need you"
-    r"(?: guys)? to)\b"
+    r"(?: guys)? to|(?:can|could|would|will) (?:someone|somebody|your (?:team|billing team|support team|billing|"
+    r"support))|would you mind|is there any way you could)\b"
 )
 _MONEY_DEMAND = _rx(
     rf"\b{_DO_MONEY} (?:me|us)\b",
@@ -224,7 +225,26 @@ _MONEY_DEMAND = _rx(
     r"\b(?:we|i)(?: will| are going to| shall|'ll)(?: be)? (?:apply|applying|deduct|deducting|withhold|withholding|"
     r"offset|offsetting|short-pay|short-paying)\b[^.!?]{0,60}\b(?:credit|refund|amount|fee|penalty|difference|discount)\b",
 )
+# Asking the team to carry out an operation on the account, however politely ("could someone on your end bump us up
+# to the annual plan?", "would you mind switching our workspace to monthly billing?", "can you guys merge our two
+# workspaces?"), unless what is asked is to be told how ("can you tell me how to switch…?").
+_TEAM_DOES = (
+    r"(?:can|could|would|will) (?:you(?: guys| all)?|someone|somebody|your (?:team|billing team|support team|"
+    r"billing|support))|would you mind|is there any way you could|(?:i|we)(?:'d| would) like you to|get you to|"
+    r"please|kindly"
+)
+_ACCOUNT_OPERATION = (
+    r"(?:switch|switching|move|moving|bump|upgrade|downgrade|change|changing|merge|merging|make|transfer|push|"
+    r"postpone|remove|turn off|disable|reset|unlock|delete|close|apply|reissue|extend|prolong|cancel|convert|"
+    r"reactivate)"
+)
+_ACCOUNT_OBJECT = (
+    r"(?:plan|billing|workspaces?|owner|ownership|renewal|seats?|two-factor|2fa|trial|currency|account|discount|"
+    r"invoices|subscription|licen[cs]es?)"
+)
 _ACCOUNT_DEMAND = _rx(
+    rf"\b(?:{_TEAM_DOES})\b(?! (?:\w+ )?(?:tell|show|explain|let|point|clarify|advise|help|send me|walk)\b)"
+    rf"(?: [\w']+){{0,3}}? {_ACCOUNT_OPERATION}\b[^.!?]{{0,50}}\b{_ACCOUNT_OBJECT}\b",
     r"^(?:please |kindly |just |now )?(?:upgrade|downgrade|delete|remove|make|turn off|disable|add|transfer|cancel|reactivate|merge|grant|give|unlock|close|switch|move)\b[^.!?]{0,60}\b(?:accounts?|admin|administrator|seats?|subscriptions?|contract|two-factor|2fa|mfa|ownership|owner|workspace|organi[sz]ation|users?|login|balance|termination fee|enterprise|licen[cs]es?)\b",
     r"\b(?:upgrade|downgrade|move|switch) (?:me|us) to\b",
     rf"^(?:please |kindly |just |now )?{_DO_ACCOUNT} {_ACCOUNT}\b",
@@ -252,7 +272,7 @@ _ACCOUNT_DEMAND = _rx(
     r"desativar|reativar|prorrogar|estender|adiar|passar)\b[^.!?]{0,60}\b(?:conta|assinatura|plano|moeda|licencas?|"
     r"usuarios?|periodo de teste|teste|renovacao|faturamento|faturacao|e-?mail|proprietario)\b",
     rf"\b(?:{_YOU_ABROAD})(?: por favor)? (?:cambiar|modificar|cancelar|eliminar|borrar|cerrar|transferir|"
-    r"desactivar|reactivar|extender|ampliar|prorrogar|aplazar|pasar)\b[^.!?]{0,60}\b(?:cuenta|suscripcion|plan|"
+    r"desactivar|reactivar|extender|ampliar|alargar|prorrogar|aplazar|pasar)\b[^.!?]{0,60}\b(?:cuenta|suscripcion|plan|"
     r"moneda|licencias?|usuarios?|espacio de trabajo|prueba|renovacion|facturacion|correo|propietario)\b",
     rf"\b(?:{_YOU_ABROAD}) (?:changer|modifier|annuler|supprimer|fermer|transferer|desactiver|reactiver|prolonger|"
     r"passer|basculer)\b[^.!?]{0,60}\b(?:compte|abonnement|forfait|devise|licences?|utilisateurs?|"

@@ -33,6 +33,19 @@ def kinds(text: str) -> set[str]:
         ("Please extend the free trial until Friday.", "What happens when the trial ends?"),
         ("Could you add two more weeks to the trial so she can decide?", "How do I add more days to the trial?"),
         ("Any chance you can give us another couple of weeks on it?", "Any chance you can tell me where exports are?"),
+        # Asking the team to carry out an account operation, however politely, and asking to be told how.
+        ("Could someone on your end bump us up to the annual plan?", "Can you tell me how to switch to annual?"),
+        (
+            "Would you mind switching our workspace over to monthly billing?",
+            "Could you explain how to change the owner?",
+        ),
+        ("Can you guys merge our two workspaces into one?", "Can I merge two workspaces?"),
+        ("Is there any way you could push our renewal back to March?", "Could someone tell me how renewal works?"),
+        (
+            "Kindly apply the nonprofit discount to our next invoice.",
+            "Please let me know if I can change plan mid-month.",
+        ),
+        ("¿Nos podrían alargar la prueba una semana más?", "¿Cuánto dura la prueba?"),
         # Needing the team to do it, and expecting money back, in the other languages.
         ("Necesito que ustedes me pasen la propiedad del espacio.", "¿Cómo paso la propiedad del espacio de trabajo?"),
         ("Ich erwarte, dass die 600 € zurückgebucht werden.", "Wie lange dauert eine Rückbuchung?"),

@@ -137,11 +137,14 @@ def plain(text: str) -> str:
 
 
 def _table_cells(lines: Sequence[str], n: int) -> list[str] | None:
-    """The cells of line `n` when it is a table row: a Markdown row ("| a | b |"), or a row of an HTML table as
-    the chunker writes it ("a | b") next to another such row."""
+    """The cells of line `n` when it is a table row: a Markdown row ("| a | b |", or "a | b |" when a chunk's
+    overlap with the one before began after the row's opening bar), or a row of an HTML table as the chunker writes
+    it ("a | b") next to another such row."""
     line = lines[n].strip()
     if line.startswith("|") and line.endswith("|") and line.count("|") >= 3:
         return [cell.strip() for cell in line[1:-1].split("|")]
+    if line.endswith(" |") and _CELL_BREAK in line:
+        return [cell.strip() for cell in line[:-1].split("|")]
     neighbours = [lines[m].strip() for m in (n - 1, n + 1) if 0 <= m < len(lines)]
     if _CELL_BREAK in line and any(_CELL_BREAK in other for other in neighbours):
         return [cell.strip() for cell in line.split("|")]

@@ -540,6 +540,11 @@ def test_table_rows_read_as_lines_a_reply_can_quote() -> None:
     assert passage_units(schedule) == ["Day 14: The workspace moves to the Free plan."]
     # An HTML table's rows as the chunker writes them; a lone " | " in prose is left alone.
     assert plain("Plan | Price\nFree | 0 EUR") == "Plan: Price.\nFree: 0 EUR."
+    # A row whose opening bar a chunk's overlap cut off is still a row, not text with bars in it.
+    assert (
+        plain("Rates and billable amounts | Admins and the Owner |")
+        == "Rates and billable amounts: Admins and the Owner."
+    )
     assert plain("Separate values with a | b in the filter.") == "Separate values with a | b in the filter."
 
 

@@ -184,11 +184,15 @@ _YOU_ABROAD = (
     r"(?:podem|poderiam|podiam)(?: voces)?|(?:pueden|podrian)(?: ustedes)?|(?:puede|podria) usted|"
     r"(?:pouvez|pourriez)[- ]vous|(?:konnen|konnten|wurden) sie"
 )
+# Someone at support asked to act: "could someone on your end…", "would you mind…", "is there any way you could…".
+_SUPPORT_ASKED = (
+    r"(?:can|could|would|will) (?:someone|somebody|your (?:team|billing team|support team|billing|support))|"
+    r"would you mind|is there any way you could"
+)
 _YOU_DIRECTIVE = re.compile(
     rf"\b(?:(?:can|could|would|will|won't|must|should|need to|have to) you|{_YOU_ABROAD}|any chance (?:you|someone|"
     r"somebody) (?:can|could)|(?:would|will|are) you (?:be )?able to|is it possible for you to|(?:i|we) need you"
-    r"(?: guys)? to|(?:can|could|would|will) (?:someone|somebody|your (?:team|billing team|support team|billing|"
-    r"support))|would you mind|is there any way you could)\b"
+    rf"(?: guys)? to|{_SUPPORT_ASKED})\b"
 )
 _MONEY_DEMAND = _rx(
     rf"\b{_DO_MONEY} (?:me|us)\b",
@@ -228,11 +232,7 @@ _MONEY_DEMAND = _rx(
 # Asking the team to carry out an operation on the account, however politely ("could someone on your end bump us up
 # to the annual plan?", "would you mind switching our workspace to monthly billing?", "can you guys merge our two
 # workspaces?"), unless what is asked is to be told how ("can you tell me how to switch…?").
-_TEAM_DOES = (
-    r"(?:can|could|would|will) (?:you(?: guys| all)?|someone|somebody|your (?:team|billing team|support team|"
-    r"billing|support))|would you mind|is there any way you could|(?:i|we)(?:'d| would) like you to|get you to|"
-    r"please|kindly"
-)
+_TEAM_DOES = rf"(?:can|could|would|will) you(?: guys| all)?|{_SUPPORT_ASKED}|(?:i|we)(?:'d| would) like you to|get you to|please|kindly"
 _ACCOUNT_OPERATION = (
     r"(?:switch|switching|move|moving|bump|upgrade|downgrade|change|changing|merge|merging|make|transfer|push|"
     r"postpone|remove|turn off|disable|reset|unlock|delete|close|apply|reissue|extend|prolong|cancel|convert|"

@@ -233,10 +233,10 @@ _MONEY_DEMAND = _rx(
 # to the annual plan?", "would you mind switching our workspace to monthly billing?", "can you guys merge our two
 # workspaces?"), unless what is asked is to be told how ("can you tell me how to switch…?").
 _TEAM_DOES = rf"(?:can|could|would|will) you(?: guys| all)?|{_SUPPORT_ASKED}|(?:i|we)(?:'d| would) like you to|get you to|please|kindly"
+# What the team is asked to do to it: `_DO_ACCOUNT`'s verbs and the rest of what a polite request says.
 _ACCOUNT_OPERATION = (
-    r"(?:switch|switching|move|moving|bump|upgrade|downgrade|change|changing|merge|merging|make|transfer|push|"
-    r"postpone|remove|turn off|disable|reset|unlock|delete|close|apply|reissue|extend|prolong|cancel|convert|"
-    r"reactivate)"
+    rf"(?:{_DO_ACCOUNT}|switching|moving|changing|merge|merging|bump|make|push|turn off|disable|apply|reissue|"
+    r"prolong|convert)"
 )
 _ACCOUNT_OBJECT = (
     r"(?:plan|billing|workspaces?|owner|ownership|renewal|seats?|two-factor|2fa|trial|currency|account|discount|"
